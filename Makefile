@@ -1,0 +1,46 @@
+# ssechat: `make run` starts the server, `make test` sets up everything and runs every test.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Root installs directly; anyone else through sudo.
+SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+# Debian packages the tests drive for real: the browser.
+SYSTEM_COMMANDS := chromium
+SYSTEM_PACKAGES := chromium
+
+.PHONY: install system-deps run test lint format clean
+
+$(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ssechat needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c requirements-lock.txt
+	@touch $@
+
+install: $(STAMP)  ## create .venv/ and install the pinned Python requirements
+
+system-deps:  ## install the Debian packages the tests need, when missing
+	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $(SYSTEM_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
+	fi
+
+run: $(STAMP)  ## start the server on the embedded defaults (http://127.0.0.1:3000)
+	$(PY) server.py
+
+test: $(STAMP) system-deps lint  ## every test: wire, hub, real sockets, the browser
+	$(PY) -m pytest
+
+lint: $(STAMP)  ## ruff and mypy --strict
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
