@@ -1,0 +1,1 @@
+"""ssechat: a Server-Sent Events chat server on asyncio and h11."""

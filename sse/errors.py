@@ -1,0 +1,20 @@
+"""Exceptions of ssechat; the class name says whose fault it is."""
+
+from __future__ import annotations
+
+
+class SSEChatError(Exception):
+    """Base class of every exception ssechat raises on purpose."""
+
+
+class ClientError(SSEChatError):
+    """The peer sent something we refuse; carries the HTTP status to answer with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ConfigError(SSEChatError):
+    """The operator gave a setting that cannot work."""
