@@ -1,0 +1,252 @@
+"""ssechat: start the Server-Sent Events chat server.
+
+Builds a `Config` from the command line and runs the server until SIGINT or
+SIGTERM, then shuts down gracefully and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import resource
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sse.config import CLIENT_DIR, Config
+from sse.errors import ConfigError
+from sse.http import Server
+
+log = logging.getLogger("ssechat")
+
+_DEFAULTS = Config()
+# Descriptors the process keeps for itself (listener, logs, the loop's own).
+_RESERVED_FDS = 64
+
+
+def _port_default() -> int:
+    value = os.environ.get("PORT", "")
+    return int(value) if value.isdigit() else _DEFAULTS.port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; every limit of `Config` has a flag."""
+    d = _DEFAULTS
+    p = argparse.ArgumentParser(
+        prog="server.py",
+        description=(
+            "ssechat: a real-time chat server that pushes to browsers over Server-Sent "
+            "Events. GET /events opens a stream; POST /send-message with "
+            '{"message": "..."} broadcasts to every stream; GET / serves the page.'
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    net = p.add_argument_group("listening")
+    net.add_argument("--host", default=d.host, help="address to listen on")
+    net.add_argument(
+        "--port",
+        type=int,
+        default=_port_default(),
+        help="TCP port (also from the PORT environment variable; 0 picks a free one)",
+    )
+    net.add_argument(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        metavar="ORIGIN",
+        help="origin allowed to read responses from another site, e.g. "
+        "https://chat.example.com; repeat for several; '*' allows any "
+        "(the endpoints carry no credentials) [default: *]",
+    )
+    net.add_argument(
+        "--client-dir",
+        type=Path,
+        default=CLIENT_DIR,
+        help="folder with the browser page served at /",
+    )
+
+    streams = p.add_argument_group("event streams")
+    streams.add_argument(
+        "--history-size",
+        type=int,
+        default=d.history_size,
+        help="events kept per channel for clients that resume with Last-Event-ID",
+    )
+    streams.add_argument(
+        "--ping-interval",
+        type=float,
+        default=d.ping_interval_s,
+        metavar="SECONDS",
+        help="an idle stream gets a comment line this often, so proxies keep it open",
+    )
+    streams.add_argument(
+        "--retry-ms",
+        type=int,
+        default=d.retry_ms,
+        help="reconnection delay sent to browsers in the stream's retry: field",
+    )
+    streams.add_argument(
+        "--retry-jitter-ms",
+        type=int,
+        default=d.retry_jitter_ms,
+        help="up to this much is added at random to every retry: value, so that a "
+        "restart does not make every browser reconnect at the same moment",
+    )
+    streams.add_argument(
+        "--overload-retry-ms",
+        type=int,
+        default=d.overload_retry_ms,
+        help="retry: sent with a stream refused because the server is full",
+    )
+    streams.add_argument(
+        "--backlog-limit-bytes",
+        type=int,
+        default=d.backlog_limit_bytes,
+        help="bytes that may wait unsent for one stream; a client that falls further "
+        "behind is disconnected and resumes by Last-Event-ID when it reconnects",
+    )
+    streams.add_argument(
+        "--no-join-announcement",
+        dest="join_announcement",
+        action="store_false",
+        help="do not broadcast 'A new user joined!' when a stream opens",
+    )
+
+    limits = p.add_argument_group("request limits")
+    limits.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=d.max_body_bytes,
+        help="largest request body accepted; larger ones get 413",
+    )
+    limits.add_argument(
+        "--max-header-bytes",
+        type=int,
+        default=d.max_header_bytes,
+        help="largest request line plus headers; larger ones get 431",
+    )
+    limits.add_argument(
+        "--header-timeout",
+        type=float,
+        default=d.header_timeout_s,
+        metavar="SECONDS",
+        help="a connection that has not sent a whole request head this long after "
+        "opening (or after its previous reply) is closed; also the keep-alive idle time",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=float,
+        default=d.body_timeout_s,
+        metavar="SECONDS",
+        help="a request body not received this long after its head gets 408",
+    )
+    limits.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help="open connections; past it a stream gets 200 with a long retry: and is "
+        "closed (browsers then retry later), other requests get 503",
+    )
+    limits.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=d.shutdown_timeout_s,
+        metavar="SECONDS",
+        help="on SIGINT/SIGTERM, how long requests in flight may take before connections are cut",
+    )
+
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="logging level; info logs one line per request and per stream opened/closed",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The `Config` the parsed command line describes.
+
+    Raises:
+        ConfigError: a value is out of range.
+    """
+    origins = tuple(o for arg in (args.cors_origins or ["*"]) for o in arg.split(",") if o)
+    return Config(
+        host=args.host,
+        port=args.port,
+        cors_origins=origins,
+        history_size=args.history_size,
+        ping_interval_s=args.ping_interval,
+        retry_ms=args.retry_ms,
+        retry_jitter_ms=args.retry_jitter_ms,
+        overload_retry_ms=args.overload_retry_ms,
+        backlog_limit_bytes=args.backlog_limit_bytes,
+        max_body_bytes=args.max_body_bytes,
+        max_header_bytes=args.max_header_bytes,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
+        shutdown_timeout_s=args.shutdown_timeout,
+        join_announcement=args.join_announcement,
+        client_dir=args.client_dir,
+    )
+
+
+def _fit_open_files(config: Config) -> Config:
+    """Raise the open-files limit as far as allowed; shrink max_connections to fit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    room = soft - _RESERVED_FDS
+    if soft != resource.RLIM_INFINITY and config.max_connections > room:
+        log.warning(
+            "open-files limit is %d: max-connections lowered from %d to %d",
+            soft,
+            config.max_connections,
+            room,
+        )
+        fields = {f: getattr(config, f) for f in Config.__dataclass_fields__}
+        fields["max_connections"] = max(room, 1)
+        return Config(**fields)
+    return config
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT or SIGTERM, then stop gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = Server(config)
+    await server.start()
+    await stop.wait()
+    await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, configure logging, serve; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        config = _fit_open_files(config_from_args(args))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,205 @@
+"""What each request means: routing, validation and replies, with no I/O.
+
+The transport layer (`sse.http`) parses bytes into a `Request`, asks `App.handle`
+what to do, and either writes the `Reply` or opens the `OpenStream`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+
+from sse.config import Config
+from sse.cors import cors_headers, preflight_headers
+from sse.errors import ClientError
+from sse.hub import Hub
+from sse.static import StaticFile
+from sse.wire import EncodeError
+
+__all__ = [
+    "JOIN_ANNOUNCEMENT",
+    "ROOM",
+    "SENT_REPLY",
+    "App",
+    "OpenStream",
+    "Reply",
+    "Request",
+    "json_reply",
+]
+
+ROOM = "room"
+JOIN_ANNOUNCEMENT = "A new user joined!"
+SENT_REPLY = b"Message sent successfully!"
+
+_JSON = "application/json"
+_TEXT = "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One parsed request head; header names are lower case, repeats joined by ', '."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete response to write: status, body and any extra headers."""
+
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStream:
+    """Answer with an event stream of `topic`, replaying after `last_event_id` if set."""
+
+    topic: str
+    last_event_id: str | None
+    announce: str | None = None
+    cors: tuple[tuple[str, str], ...] = field(default=())
+
+
+def json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    """A reply whose body is `payload` as JSON."""
+    return Reply(status, json.dumps(payload).encode(), _JSON, headers)
+
+
+def _error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    return json_reply(status, {"error": message}, headers)
+
+
+def parse_json_object(req: Request, body: bytes) -> dict[str, object]:
+    """The body as a JSON object.
+
+    Raises:
+        ClientError: 415 for a non-JSON media type, 400 for anything not a JSON object.
+    """
+    media = req.headers.get("content-type", _JSON).split(";", 1)[0].strip().lower()
+    if media != _JSON and not media.endswith("+json"):
+        raise ClientError(415, f"expected a JSON body (Content-Type: {_JSON}), got {media!r}")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ClientError(400, "body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ClientError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ClientError(400, "body must be a JSON object")
+    return value
+
+
+def require_text(obj: Mapping[str, object], name: str) -> str:
+    """The string member `name` of a JSON object.
+
+    Raises:
+        ClientError: 400 when it is missing, not a string, or not encodable text.
+    """
+    if name not in obj:
+        raise ClientError(400, f'missing "{name}"')
+    value = obj[name]
+    if not isinstance(value, str):
+        raise ClientError(400, f'"{name}" must be a string')
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ClientError(400, f'"{name}" holds a lone surrogate, which is not text') from None
+    return value
+
+
+Handler = Callable[[Request, bytes], "Reply | OpenStream"]
+
+
+class App:
+    """The routes of the server, answering parsed requests."""
+
+    def __init__(
+        self,
+        config: Config,
+        hub: Hub,
+        static: Mapping[str, StaticFile],
+        health: Callable[[], Mapping[str, object]],
+    ) -> None:
+        self._config = config
+        self._hub = hub
+        self._static = static
+        self._health = health
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/events": {"GET": self._events},
+            "/send-message": {"POST": self._send_message},
+            "/healthz": {"GET": self._healthz},
+        }
+        for path in static:
+            self._routes[path] = {"GET": self._static_file}
+
+    def is_stream(self, req: Request) -> bool:
+        """Whether `req` asks for an event stream (for answers that skip routing)."""
+        return req.path == "/events" and req.method in ("GET", "HEAD")
+
+    def handle(self, req: Request, body: bytes) -> Reply | OpenStream:
+        """Route `req` and answer it; client mistakes become 4xx replies."""
+        origin = req.headers.get("origin")
+        cors = tuple(cors_headers(origin, self._config.cors_origins))
+        methods = self._routes.get(req.path)
+        if methods is None:
+            return _error(404, f"no such path: {req.path}", cors)
+        allow = self._allow(methods)
+        if req.method == "OPTIONS":
+            asked = req.headers.get("access-control-request-headers")
+            pre = preflight_headers(origin, self._config.cors_origins, allow, asked)
+            return Reply(204, headers=(*pre, ("allow", allow)))
+        # HEAD is GET without a body (RFC 9110 section 9.3.2); h11 drops the body.
+        handler = methods.get("GET" if req.method == "HEAD" else req.method)
+        if handler is None:
+            return _error(405, f"{req.method} is not allowed here", (*cors, ("allow", allow)))
+        try:
+            result = handler(req, body)
+        except ClientError as exc:
+            return _error(exc.status, exc.message, cors)
+        if isinstance(result, OpenStream):
+            return OpenStream(result.topic, result.last_event_id, result.announce, cors)
+        return Reply(result.status, result.body, result.content_type, (*cors, *result.headers))
+
+    @staticmethod
+    def _allow(methods: Mapping[str, Handler]) -> str:
+        names = list(methods)
+        if "GET" in methods:
+            names.append("HEAD")
+        return ", ".join([*names, "OPTIONS"])
+
+    def _events(self, req: Request, body: bytes) -> OpenStream:
+        # The header wins: EventSource sends it on every reconnect, while the query
+        # parameter is only for a first connection (which cannot send the header).
+        last_id = req.headers.get("last-event-id", req.query.get("last_event_id"))
+        announce = JOIN_ANNOUNCEMENT if self._config.join_announcement else None
+        return OpenStream(ROOM, last_id or None, announce)
+
+    def _send_message(self, req: Request, body: bytes) -> Reply:
+        message = require_text(parse_json_object(req, body), "message")
+        try:
+            self._hub.publish(ROOM, message)
+        except EncodeError as exc:  # require_text should make this unreachable
+            raise ClientError(400, f'"message" cannot be sent: {exc}') from None
+        return Reply(200, SENT_REPLY, _TEXT)
+
+    def _healthz(self, req: Request, body: bytes) -> Reply:
+        return json_reply(200, dict(self._health()), (("cache-control", "no-store"),))
+
+    def _static_file(self, req: Request, body: bytes) -> Reply:
+        file = self._static[req.path]
+        return Reply(200, file.body, file.content_type, (("cache-control", "no-cache"),))
+
+
+def status_phrase(status: int) -> bytes:
+    """The standard reason phrase for `status`, for the status line."""
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b""

@@ -1,0 +1,67 @@
+"""Every setting and limit of the server, in one frozen value built by `server.py`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sse.errors import ConfigError
+
+__all__ = ["CLIENT_DIR", "Config"]
+
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Settings of one server; defaults are the embedded ones `make run` uses."""
+
+    host: str = "127.0.0.1"
+    port: int = 3000
+    cors_origins: tuple[str, ...] = ("*",)
+    history_size: int = 1000
+    ping_interval_s: float = 15.0
+    retry_ms: int = 3000
+    retry_jitter_ms: int = 2000
+    overload_retry_ms: int = 10_000
+    backlog_limit_bytes: int = 256 * 1024
+    max_body_bytes: int = 64 * 1024
+    max_header_bytes: int = 16 * 1024
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 10_000
+    shutdown_timeout_s: float = 10.0
+    join_announcement: bool = True
+    client_dir: Path = field(default=CLIENT_DIR)
+
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot work.
+
+        Raises:
+            ConfigError: a limit is out of range.
+        """
+        positive = {
+            "history_size": self.history_size,
+            "ping_interval_s": self.ping_interval_s,
+            "backlog_limit_bytes": self.backlog_limit_bytes,
+            "max_body_bytes": self.max_body_bytes,
+            "max_header_bytes": self.max_header_bytes,
+            "header_timeout_s": self.header_timeout_s,
+            "body_timeout_s": self.body_timeout_s,
+            "max_connections": self.max_connections,
+            "shutdown_timeout_s": self.shutdown_timeout_s,
+        }
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        for name, value in {
+            "retry_ms": self.retry_ms,
+            "retry_jitter_ms": self.retry_jitter_ms,
+            "overload_retry_ms": self.overload_retry_ms,
+        }.items():
+            if value < 0:
+                raise ConfigError(f"{name} must not be negative, got {value}")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if not self.cors_origins:
+            raise ConfigError("cors_origins must name at least one origin, or '*'")

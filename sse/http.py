@@ -1,0 +1,678 @@
+"""The I/O edge: asyncio transports, one `h11.Connection` each, and open event streams.
+
+Everything that touches a socket lives here. Request meaning comes from
+`sse.app`, fan-out from `sse.hub`, bytes of the event-stream format from
+`sse.wire`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from enum import Enum, auto
+from urllib.parse import parse_qsl, urlsplit
+from uuid import UUID, uuid4
+
+import h11
+
+from sse.app import App, OpenStream, Reply, Request, json_reply, status_phrase
+from sse.config import Config
+from sse.hub import Frame, Hub
+from sse.static import load_static
+from sse.wire import encode_comment, encode_retry
+
+__all__ = ["HttpConnection", "Server", "Stream", "running"]
+
+log = logging.getLogger("ssechat")
+access_log = logging.getLogger("ssechat.access")
+
+_STREAM_HEADERS = (
+    ("content-type", "text/event-stream"),
+    # Proxies and browsers must not cache or buffer an event stream.
+    ("cache-control", "no-cache"),
+    ("x-accel-buffering", "no"),
+)
+# How long, and how much, we read and drop after an error reply before closing.
+_LINGER_S = 2.0
+_LINGER_MAX_BYTES = 1 << 20
+# Sent before h11 has parsed a request, so h11 cannot frame it for us.
+_RAW_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+class Phase(Enum):
+    """What a connection is doing; h11 tracks the HTTP states themselves."""
+
+    AWAIT_REQUEST = auto()
+    READ_BODY = auto()
+    STREAMING = auto()
+    CLOSING = auto()
+
+
+class Stream:
+    """One open event stream: a `Sink` writing frames straight to its transport.
+
+    While the transport is paused (its buffer is past the high-water mark), frames
+    wait in `_pending`; when what waits unsent passes the stream's limit, the
+    stream is aborted. Its browser reconnects with Last-Event-ID and the hub
+    replays from history, so nothing is lost and nobody else waits.
+    """
+
+    __slots__ = (
+        "_chunked",
+        "_conn",
+        "_limit_bytes",
+        "_paused",
+        "_pending",
+        "_pending_bytes",
+        "_sent",
+        "_transport",
+        "_write",
+        "events",
+        "key",
+        "opened_at",
+        "topic",
+    )
+
+    def __init__(
+        self,
+        conn: HttpConnection,
+        transport: asyncio.Transport,
+        key: UUID,
+        topic: str,
+        *,
+        chunked: bool,
+        limit_bytes: int,
+    ) -> None:
+        self._conn = conn
+        self._transport = transport
+        self._write = transport.write
+        self._chunked = chunked
+        self._limit_bytes = limit_bytes
+        self._paused = False
+        self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
+        self._sent = False
+        self.key = key
+        self.topic = topic
+        self.events = 0
+        self.opened_at = time.monotonic()
+
+    def start(self, first: bytes, replay: list[bytes]) -> None:
+        """Write the opening bytes, then the replay under flow control."""
+        self._write(first)
+        replay_bytes = sum(len(b) for b in replay)
+        # The replay is allowed on top of the live limit: the history bounds it.
+        self._limit_bytes += replay_bytes
+        self._pending.extend(replay)
+        self._pending_bytes = replay_bytes
+        self.events += len(replay)
+        self._drain()
+
+    def push(self, frame: Frame) -> None:
+        """Write one frame now, or queue it while the client is behind."""
+        data = frame.chunked if self._chunked else frame.raw
+        self.events += 1
+        self._sent = True
+        if not self._paused and not self._pending:
+            self._write(data)
+            return
+        self._pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes + self._transport.get_write_buffer_size() > self._limit_bytes:
+            self._conn.abort_stream("slow client: backlog over the limit")
+
+    def frame_bytes(self, raw: bytes) -> bytes:
+        """`raw` in this stream's body framing."""
+        return _chunk(raw) if self._chunked else raw
+
+    def heartbeat(self) -> None:
+        """Write a comment line if nothing else was written since the last call."""
+        if self._sent:
+            self._sent = False
+        elif not self._paused and not self._pending:
+            self._write(self.frame_bytes(encode_comment()))
+
+    def pause(self) -> None:
+        """The transport's buffer is full: queue from now on."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """The transport's buffer drained: write what waits."""
+        self._paused = False
+        self._drain()
+
+    def _drain(self) -> None:
+        pending = self._pending
+        while pending and not self._paused:
+            data = pending.popleft()
+            self._pending_bytes -= len(data)
+            self._write(data)  # may call pause() synchronously
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: bytes through h11, requests to the app, one reply at a time."""
+
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._config = server.config
+        self._h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=server.config.max_header_bytes
+        )
+        self._transport: asyncio.Transport | None = None
+        self._peer = "-"
+        self._phase = Phase.AWAIT_REQUEST
+        self._timer: asyncio.TimerHandle | None = None
+        self._request: Request | None = None
+        self._target = ""
+        self._version = ""
+        self._body = bytearray()
+        self._body_limit_hit = False
+        self._started = 0.0
+        self._got_bytes = False
+        self._write_paused = False
+        self._overloaded = False
+        self._stream: Stream | None = None
+        self._stream_close_reason = "client closed"
+        self._ignored_bytes = 0
+
+    # -- asyncio callbacks -------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Register the connection and start waiting for its first request."""
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        server = self._server
+        server.connections.add(self)
+        self._overloaded = len(server.connections) > self._config.max_connections
+        # Past this mark asyncio calls pause_writing; a quarter of the backlog
+        # limit keeps room for our own queue before a stream counts as too slow.
+        transport.set_write_buffer_limits(high=max(self._config.backlog_limit_bytes // 4, 1))
+        self._arm(self._config.header_timeout_s, self._on_header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed h11 and act on whatever complete events it yields."""
+        if self._phase is Phase.STREAMING:
+            # A stream's response never ends, so nothing after its request can be
+            # answered; tolerate a little, then drop a client that keeps talking.
+            self._ignored_bytes += len(data)
+            if self._ignored_bytes > self._config.max_header_bytes:
+                self.abort_stream("client sent data on an open stream")
+            return
+        if self._phase is Phase.CLOSING:
+            # Lingering after an error reply: read and drop what the client is still
+            # sending, so the kernel does not answer it with a reset that would
+            # destroy our reply before the client reads it (RFC 9112 section 9.6).
+            self._ignored_bytes += len(data)
+            if self._ignored_bytes > _LINGER_MAX_BYTES:
+                self._abort()
+            return
+        self._got_bytes = True
+        self._h11.receive_data(data)
+        self._process()
+
+    def eof_received(self) -> bool:
+        """A half-close ends a stream; otherwise answer what was asked, then close."""
+        if self._phase is Phase.STREAMING:
+            self._stream_close_reason = "client closed"
+            return False
+        if self._phase is Phase.CLOSING:
+            return False
+        self._h11.receive_data(b"")
+        self._process()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The one exit path: unsubscribe, cancel timers, forget the connection."""
+        self._cancel_timer()
+        self._phase = Phase.CLOSING
+        stream = self._stream
+        if stream is not None:
+            self._stream = None
+            self._server.drop_stream(stream, self._peer, self._stream_close_reason)
+        self._server.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        """The peer reads slower than we write: stop producing for it."""
+        if self._stream is not None:
+            self._stream.pause()
+            return
+        self._write_paused = True
+        if self._transport is not None:
+            self._transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """The peer caught up: continue where we stopped."""
+        if self._stream is not None:
+            self._stream.resume()
+            return
+        self._write_paused = False
+        if self._transport is not None and self._phase is not Phase.CLOSING:
+            self._transport.resume_reading()
+            self._process()
+
+    # -- request handling --------------------------------------------------
+
+    def _process(self) -> None:
+        conn = self._h11
+        while self._phase is Phase.AWAIT_REQUEST or self._phase is Phase.READ_BODY:
+            if self._write_paused:
+                return
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._protocol_error(exc)
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._on_request(event)
+            elif isinstance(event, h11.Data):
+                self._on_body(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                self._on_end_of_message()
+            elif isinstance(event, h11.ConnectionClosed):
+                self._close()
+                return
+
+    def _on_request(self, event: h11.Request) -> None:
+        self._cancel_timer()
+        self._started = time.monotonic()
+        target = event.target.decode("ascii", "replace")
+        self._target = target
+        self._version = event.http_version.decode("ascii", "replace")
+        parts = urlsplit(target)
+        headers: dict[str, str] = {}
+        for name, value in event.headers:
+            key = name.decode("ascii", "replace")  # h11 lower-cases names
+            text = value.decode("latin-1")
+            headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        self._request = Request(
+            event.method.decode("ascii", "replace"),
+            parts.path or "/",
+            dict(parse_qsl(parts.query, keep_blank_values=True)),
+            headers,
+        )
+        self._body.clear()
+        self._phase = Phase.READ_BODY
+        # h11 bounds only a head still arriving; one that came whole in a single
+        # read must meet the same limit. Count it as it stood on the wire.
+        head_size = len(event.method) + len(event.target) + 12
+        head_size += sum(len(name) + len(value) + 4 for name, value in event.headers)
+        if head_size > self._config.max_header_bytes:
+            limit = self._config.max_header_bytes
+            message = f"request head is larger than the limit of {limit} bytes"
+            self._send_reply(json_reply(431, {"error": message}), close=True)
+            return
+        declared = headers.get("content-length")
+        if (
+            declared is not None
+            and declared.isdigit()
+            and int(declared) > self._config.max_body_bytes
+        ):
+            self._reply_too_large()
+            return
+        self._arm(self._config.body_timeout_s, self._on_body_timeout)
+
+    def _on_body(self, data: bytes) -> None:
+        self._body += data
+        if len(self._body) > self._config.max_body_bytes:
+            self._reply_too_large()
+
+    def _reply_too_large(self) -> None:
+        limit = self._config.max_body_bytes
+        message = f"request body is larger than the limit of {limit} bytes"
+        self._send_reply(json_reply(413, {"error": message}), close=True)
+
+    def _on_end_of_message(self) -> None:
+        self._cancel_timer()
+        request = self._request
+        assert request is not None, "h11 yields EndOfMessage only after a Request"
+        if self._overloaded:
+            self._answer_overloaded(request)
+            return
+        try:
+            result = self._server.app.handle(request, bytes(self._body))
+        except Exception:
+            # Our bug, not the client's: log it once with its traceback, answer 500.
+            log.exception("error handling %s %s from %s", request.method, self._target, self._peer)
+            self._send_reply(json_reply(500, {"error": "internal server error"}), close=True)
+            return
+        if isinstance(result, OpenStream):
+            self._open_stream(request, result)
+        else:
+            self._send_reply(result)
+
+    def _answer_overloaded(self, request: Request) -> None:
+        # An EventSource gives up for good on anything but 200 text/event-stream
+        # (WHATWG HTML, "Server-sent events": "fail the connection"), so a stream
+        # refused for load gets 200, a long jittered retry, and an immediate end.
+        if self._server.app.is_stream(request):
+            retry = self._server.jittered(self._config.overload_retry_ms)
+            body = encode_retry(retry)
+            self._send_reply(Reply(200, body, "text/event-stream", _STREAM_HEADERS[1:]), close=True)
+        else:
+            retry_after = str(max(1, self._config.overload_retry_ms // 1000))
+            payload = {"error": "server is at its connection limit; try again later"}
+            self._send_reply(json_reply(503, payload, (("retry-after", retry_after),)), close=True)
+
+    def _send_reply(self, reply: Reply, *, close: bool = False) -> None:
+        transport = self._transport
+        request = self._request
+        if transport is None or self._phase is Phase.CLOSING:
+            return
+        close = close or self._server.draining
+        headers: list[tuple[str, str]] = []
+        if reply.content_type is not None:
+            headers.append(("content-type", reply.content_type))
+        if reply.status != 204 and reply.status != 304:
+            headers.append(("content-length", str(len(reply.body))))
+        headers.extend(reply.headers)
+        if close:
+            headers.append(("connection", "close"))
+        conn = self._h11
+        try:
+            out = conn.send(
+                h11.Response(
+                    status_code=reply.status, headers=headers, reason=status_phrase(reply.status)
+                )
+            )
+            if reply.body and (request is None or request.method != "HEAD") and reply.status != 204:
+                out += conn.send(h11.Data(data=reply.body))
+            out += conn.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            log.exception("could not frame a %d reply to %s", reply.status, self._peer)
+            self._abort()
+            return
+        transport.write(out)
+        self._access(reply.status, len(reply.body))
+        if close or conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            if conn.their_state is h11.DONE or conn.their_state is h11.MUST_CLOSE:
+                self._close()
+            else:
+                self._linger()
+            return
+        conn.start_next_cycle()
+        self._request = None
+        self._got_bytes = False
+        self._phase = Phase.AWAIT_REQUEST
+        self._arm(self._config.header_timeout_s, self._on_header_timeout)
+
+    def _open_stream(self, request: Request, opening: OpenStream) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        if request.method == "HEAD":
+            self._send_reply(Reply(200, b"", None, (*_STREAM_HEADERS, *opening.cors)))
+            return
+        server = self._server
+        head = self._h11.send(
+            h11.Response(status_code=200, headers=[*_STREAM_HEADERS, *opening.cors], reason=b"OK")
+        )
+        # h11 picks the framing: chunked for HTTP/1.1, close-delimited for 1.0.
+        # From here on we frame the body ourselves, so a broadcast is one write.
+        chunked = b"transfer-encoding: chunked" in head.lower()
+        stream = Stream(
+            self,
+            transport,
+            uuid4(),
+            opening.topic,
+            chunked=chunked,
+            limit_bytes=self._config.backlog_limit_bytes,
+        )
+        self._stream = stream
+        self._phase = Phase.STREAMING
+        replay: list[bytes] = []
+        resumed = ""
+        if opening.last_event_id is not None:
+            resume = server.hub.resume(opening.topic, opening.last_event_id)
+            frames = resume.frames if resume.gap is None else (resume.gap, *resume.frames)
+            replay = [f.chunked if chunked else f.raw for f in frames]
+            resumed = f" resume={opening.last_event_id} replay={len(resume.frames)}"
+            if resume.gap is not None:
+                resumed += " gap"
+        # Subscribe and read the history in one step of the loop: no publish can
+        # fall between them, so the replay and the live events neither overlap
+        # nor leave a hole.
+        server.add_stream(stream)
+        first = stream.frame_bytes(encode_retry(server.jittered(self._config.retry_ms)))
+        stream.start(head + first, replay)
+        self._access(200, -1)
+        log.info("stream %s open for %s topic=%s%s", stream.key, self._peer, opening.topic, resumed)
+        if opening.announce is not None:
+            server.hub.publish(opening.topic, opening.announce)
+
+    # -- ending --------------------------------------------------------------
+
+    def abort_stream(self, reason: str) -> None:
+        """Drop the stream at once, unsent bytes and all (its client resumes by id)."""
+        self._stream_close_reason = reason
+        self._abort()
+
+    def finish_stream(self, reason: str) -> None:
+        """End the stream cleanly: a jittered retry, the last chunk, then close."""
+        stream = self._stream
+        transport = self._transport
+        if stream is None or transport is None or self._phase is Phase.CLOSING:
+            return
+        self._stream_close_reason = reason
+        # Jitter spreads the reconnects of every browser after a restart.
+        retry = encode_retry(self._server.jittered(self._config.retry_ms))
+        transport.write(stream.frame_bytes(retry) + self._h11.send(h11.EndOfMessage()))
+        self._close()
+
+    def shutdown(self) -> None:
+        """Server is draining: end a stream, close an idle connection, let a request finish."""
+        if self._phase is Phase.STREAMING:
+            self.finish_stream("server shutting down")
+        elif self._phase is Phase.AWAIT_REQUEST and not self._got_bytes:
+            self._close()
+        # A request in flight closes after its reply: `_send_reply` sees `draining`.
+
+    def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
+        status = exc.error_status_hint
+        log.info("bad request from %s: %s (%d)", self._peer, exc, status)
+        if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self._send_reply(json_reply(status, {"error": f"bad request: {exc}"}), close=True)
+        else:
+            self._close()
+
+    def _on_header_timeout(self) -> None:
+        self._timer = None
+        if self._got_bytes and self._transport is not None:
+            log.info("header timeout from %s: closing", self._peer)
+            self._transport.write(_RAW_408)
+            self._linger()
+        else:
+            self._close()
+
+    def _on_body_timeout(self) -> None:
+        self._timer = None
+        log.info("body timeout from %s: closing", self._peer)
+        self._send_reply(
+            json_reply(408, {"error": "request body not received in time"}), close=True
+        )
+
+    def _close(self) -> None:
+        self._cancel_timer()
+        if self._phase is not Phase.STREAMING:
+            self._phase = Phase.CLOSING
+        if self._transport is not None:
+            self._transport.close()
+        self._phase = Phase.CLOSING
+
+    def _linger(self) -> None:
+        """Half-close after an error reply and drop input for a while, then close."""
+        transport = self._transport
+        self._cancel_timer()
+        self._phase = Phase.CLOSING
+        if transport is None:
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self._ignored_bytes = 0
+        transport.write_eof()
+        self._timer = asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
+
+    def _abort(self) -> None:
+        self._cancel_timer()
+        self._phase = Phase.CLOSING
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
+        self._cancel_timer()
+        self._timer = asyncio.get_running_loop().call_later(delay_s, callback)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _access(self, status: int, size: int) -> None:
+        request = self._request
+        method = request.method if request is not None else "-"
+        took_ms = (time.monotonic() - self._started) * 1000 if self._started else 0.0
+        access_log.info(
+            '%s "%s %s HTTP/%s" %d %s %.1fms',
+            self._peer,
+            method,
+            self._target or "-",
+            self._version or "-",
+            status,
+            "-" if size < 0 else size,
+            took_ms,
+        )
+
+
+class Server:
+    """The shared state of all connections: the hub, the app, the open streams."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started_at = time.monotonic()
+        # The epoch makes event ids from before a restart recognisably foreign.
+        self.hub = Hub(history_size=config.history_size, epoch=str(time.time_ns() // 1_000_000))
+        self.app = App(config, self.hub, load_static(config.client_dir), self.health)
+        self.connections: set[HttpConnection] = set()
+        self.streams: dict[UUID, Stream] = {}
+        self.draining = False
+        self._idle = asyncio.Event()
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._listener: asyncio.Server | None = None
+        self.address: tuple[str, int] = (config.host, config.port)
+        self._random = random.Random()
+
+    def health(self) -> Mapping[str, object]:
+        """The numbers `GET /healthz` reports."""
+        return {
+            "status": "draining" if self.draining else "ok",
+            "streams": len(self.streams),
+            "connections": len(self.connections),
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+        }
+
+    def jittered(self, base_ms: int) -> int:
+        """`base_ms` plus up to `retry_jitter_ms`, so reconnects spread out."""
+        return base_ms + self._random.randint(0, self.config.retry_jitter_ms)
+
+    def add_stream(self, stream: Stream) -> None:
+        """Register an open stream with the hub and in the dict of writers."""
+        self.streams[stream.key] = stream
+        self.hub.subscribe(stream.topic, stream.key, stream)
+
+    def drop_stream(self, stream: Stream, peer: str, reason: str) -> None:
+        """Forget a closed stream; it gets no further frames."""
+        self.hub.unsubscribe(stream.topic, stream.key)
+        self.streams.pop(stream.key, None)
+        took = time.monotonic() - stream.opened_at
+        log.info(
+            "stream %s closed for %s after %.1fs, %d events: %s",
+            stream.key,
+            peer,
+            took,
+            stream.events,
+            reason,
+        )
+
+    def connection_closed(self, conn: HttpConnection) -> None:
+        """Forget a connection; wake the shutdown when it was the last one."""
+        self.connections.discard(conn)
+        if self.draining and not self.connections:
+            self._idle.set()
+
+    async def start(self) -> tuple[str, int]:
+        """Listen on the configured address; returns the bound host and port."""
+        loop = asyncio.get_running_loop()
+        self._listener = await loop.create_server(
+            lambda: HttpConnection(self),
+            self.config.host,
+            self.config.port,
+            reuse_address=True,
+            backlog=1024,
+        )
+        self._heartbeat = loop.call_later(self.config.ping_interval_s, self._beat)
+        sock = self._listener.sockets[0]
+        host, port = sock.getsockname()[:2]
+        self.address = (host, port)
+        log.info("ssechat listening on http://%s:%d", _url_host(host), port)
+        return host, port
+
+    def _beat(self) -> None:
+        for stream in tuple(self.streams.values()):
+            stream.heartbeat()
+        self._heartbeat = asyncio.get_running_loop().call_later(
+            self.config.ping_interval_s, self._beat
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, end every stream, let requests in flight finish, then close."""
+        if self._listener is None:
+            return
+        log.info(
+            "shutting down: %d connections, %d streams", len(self.connections), len(self.streams)
+        )
+        self.draining = True
+        self._listener.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        for conn in tuple(self.connections):
+            conn.shutdown()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.config.shutdown_timeout_s)
+        for conn in tuple(self.connections):
+            log.warning(
+                "connection still open after %.1fs: aborting", self.config.shutdown_timeout_s
+            )
+            conn.abort_stream("shutdown timeout")
+        # connection_lost runs on the next loop iteration after an abort.
+        await asyncio.sleep(0)
+        self._listener = None
+        log.info("stopped")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Server]:
+    """A started server, stopped gracefully on exit; for tests and embedding."""
+    server = Server(config)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

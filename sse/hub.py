@@ -1,0 +1,152 @@
+"""Fan-out of events to subscribed sinks, with a bounded history for resuming.
+
+Pure: no sockets, no `await`, no clock. The transport layer owns the sinks and
+hands the hub an epoch (a token unique to this process's lifetime) so that ids
+from before a restart are recognised as foreign instead of being misread.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Protocol
+from uuid import UUID
+
+from sse.wire import Event, encode
+
+__all__ = ["Frame", "Hub", "Resume", "Sink"]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One encoded event, in both framings a stream may need, built once per publish."""
+
+    seq: int
+    id: str
+    raw: bytes
+    chunked: bytes
+
+    @classmethod
+    def of(cls, event: Event, seq: int) -> Frame:
+        """Encode `event` once, for every reader.
+
+        Raises:
+            EncodeError: the event cannot be carried by the event-stream format.
+        """
+        raw = encode(event)
+        # RFC 9112 section 7.1: chunk-size in hex, CRLF, data, CRLF. Precomputed
+        # here so each stream's write is a single call with no per-stream work.
+        return cls(seq, event.id or "", raw, b"%x\r\n%b\r\n" % (len(raw), raw))
+
+
+class Sink(Protocol):
+    """Where a topic's frames go; `push` must not block."""
+
+    def push(self, frame: Frame) -> None:
+        """Take one frame for delivery, or drop the subscriber if it cannot keep up."""
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """What a reconnecting subscriber must receive before live events."""
+
+    frames: tuple[Frame, ...]
+    gap: Frame | None = None
+
+
+@dataclass(slots=True)
+class _Topic:
+    history: deque[Frame]
+    next_seq: int = 1
+    sinks: dict[UUID, Sink] = field(default_factory=dict)
+
+
+class Hub:
+    """Topics of events: publish encodes once and pushes the same bytes to every sink."""
+
+    def __init__(self, *, history_size: int, epoch: str) -> None:
+        if history_size <= 0:
+            raise ValueError("history_size must be positive")
+        if "-" in epoch:
+            raise ValueError("epoch must not contain '-'; it separates epoch and sequence")
+        self._history_size = history_size
+        self._epoch = epoch
+        self._topics: dict[str, _Topic] = {}
+
+    def _topic(self, name: str) -> _Topic:
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = _Topic(deque(maxlen=self._history_size))
+        return topic
+
+    def publish(self, topic: str, data: str, *, event: str | None = None) -> Frame:
+        """Append an event to `topic`'s history and push it to every sink.
+
+        Raises:
+            EncodeError: `data` or `event` cannot be carried by the event-stream format.
+        """
+        t = self._topic(topic)
+        seq = t.next_seq
+        frame = Frame.of(Event(data, event=event, id=f"{self._epoch}-{seq}"), seq)
+        t.next_seq = seq + 1  # only after encoding succeeded: ids stay contiguous
+        t.history.append(frame)
+        # A copy: a push may drop a slow sink, which unsubscribes it.
+        for sink in tuple(t.sinks.values()):
+            sink.push(frame)
+        return frame
+
+    def subscribe(self, topic: str, key: UUID, sink: Sink) -> None:
+        """Start pushing `topic`'s future events to `sink`."""
+        self._topic(topic).sinks[key] = sink
+
+    def unsubscribe(self, topic: str, key: UUID) -> None:
+        """Stop pushing to the sink under `key`; unknown keys are ignored."""
+        t = self._topics.get(topic)
+        if t is not None:
+            t.sinks.pop(key, None)
+
+    def sink_count(self, topic: str) -> int:
+        """How many sinks `topic` has now."""
+        t = self._topics.get(topic)
+        return 0 if t is None else len(t.sinks)
+
+    def last_id(self, topic: str) -> str:
+        """The id of the newest event of `topic`, or the id before the first one."""
+        return f"{self._epoch}-{self._topic(topic).next_seq - 1}"
+
+    def resume(self, topic: str, last_event_id: str) -> Resume:
+        """The events after `last_event_id`, or a gap notice and all that is kept.
+
+        An id from another epoch (before a restart), a malformed one, or one whose
+        successors have left the history cannot be resumed exactly; WHATWG HTML
+        leaves that to the server, and we refuse to lose events silently.
+        """
+        t = self._topic(topic)
+        oldest = t.history[0].seq if t.history else t.next_seq
+        newest = t.next_seq - 1
+        seq = self._parse(last_event_id)
+        if seq is not None and oldest - 1 <= seq <= newest:
+            return Resume(tuple(islice(t.history, seq - oldest + 1, None)))
+        if seq is not None and seq < oldest - 1:
+            why = (
+                f"Events after {last_event_id} are no longer kept (the history holds "
+                f"{self._history_size}); {oldest - 1 - seq} were missed."
+            )
+        else:
+            why = (
+                f"Event id {last_event_id!r} is unknown here (the server may have "
+                "restarted); earlier events could not be replayed."
+            )
+        notice = json.dumps({"last_event_id": last_event_id, "message": why})
+        # The notice's id is the one just before the oldest kept event, so a client
+        # cut off right after it resumes exactly instead of seeing the gap again.
+        gap = Frame.of(Event(notice, event="gap", id=f"{self._epoch}-{oldest - 1}"), oldest - 1)
+        return Resume(tuple(t.history), gap)
+
+    def _parse(self, event_id: str) -> int | None:
+        epoch, sep, seq = event_id.rpartition("-")
+        if not sep or epoch != self._epoch or not seq.isdigit() or not seq.isascii():
+            return None
+        return int(seq)
