@@ -1,0 +1,230 @@
+"""A small HTTP/SSE client for the tests: asyncio streams, h11 as the client, our decoder."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import h11
+
+from sse.wire import Comment, DecodedEvent, Decoder
+
+Headers = Sequence[tuple[str, str]]
+
+
+@dataclass
+class Response:
+    """A whole response: status, lower-cased headers, body."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def _headers(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in raw:
+        key = name.decode().lower()
+        out[key] = f"{out[key]}, {value.decode()}" if key in out else value.decode()
+    return out
+
+
+class Connection:
+    """One keep-alive client connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.h11 = h11.Connection(h11.CLIENT)
+
+    @classmethod
+    async def open(cls, address: tuple[str, int]) -> Connection:
+        reader, writer = await asyncio.open_connection(*address)
+        return cls(reader, writer)
+
+    async def _next(self, timeout: float) -> h11.Event | type[h11.NEED_DATA]:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            data = await asyncio.wait_for(self.reader.read(65536), timeout)
+            self.h11.receive_data(data)
+
+    async def send_request(
+        self, method: str, target: str, headers: Headers = (), body: bytes = b""
+    ) -> None:
+        hdrs = [("host", "127.0.0.1"), *headers]
+        if body:
+            hdrs.append(("content-length", str(len(body))))
+        data = self.h11.send(h11.Request(method=method, target=target, headers=hdrs))
+        if body:
+            data += self.h11.send(h11.Data(data=body))
+        data += self.h11.send(h11.EndOfMessage())
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def read_head(self, timeout: float = 5.0) -> tuple[int, dict[str, str]]:
+        while True:
+            event = await self._next(timeout)
+            if isinstance(event, h11.InformationalResponse):
+                continue
+            assert isinstance(event, h11.Response), event
+            return event.status_code, _headers(event.headers)
+
+    async def read_response(self, timeout: float = 5.0) -> Response:
+        status, headers = await self.read_head(timeout)
+        body = bytearray()
+        while True:
+            event = await self._next(timeout)
+            if isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                break
+            else:
+                raise AssertionError(f"unexpected {event!r}")
+        if self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE:
+            self.h11.start_next_cycle()
+        return Response(status, headers, bytes(body))
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        headers: Headers = (),
+        body: bytes = b"",
+        timeout: float = 5.0,
+    ) -> Response:
+        await self.send_request(method, target, headers, body)
+        return await self.read_response(timeout)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+async def request(
+    address: tuple[str, int],
+    method: str,
+    target: str,
+    headers: Headers = (),
+    body: bytes = b"",
+) -> Response:
+    """One request on its own connection."""
+    conn = await Connection.open(address)
+    try:
+        return await conn.request(method, target, headers, body)
+    finally:
+        await conn.close()
+
+
+async def post_message(address: tuple[str, int], message: str) -> Response:
+    """`POST /send-message` the way the seed's browser client does it."""
+    body = json.dumps({"message": message}).encode()
+    return await request(
+        address, "POST", "/send-message", [("content-type", "application/json")], body
+    )
+
+
+class EventStream:
+    """An open event stream read through our own decoder."""
+
+    def __init__(self, conn: Connection, status: int, headers: dict[str, str]) -> None:
+        self.conn = conn
+        self.status = status
+        self.headers = headers
+        self.decoder = Decoder(keep_comments=True)
+        self.items: list[DecodedEvent | Comment] = []
+        self.raw = bytearray()
+        self.ended = False  # the response finished (EndOfMessage or EOF)
+        self._cursor = 0
+
+    @classmethod
+    async def open(
+        cls, address: tuple[str, int], target: str = "/events", headers: Headers = ()
+    ) -> EventStream:
+        conn = await Connection.open(address)
+        await conn.send_request("GET", target, [("accept", "text/event-stream"), *headers])
+        status, hdrs = await conn.read_head()
+        return cls(conn, status, hdrs)
+
+    async def _pump(self, timeout: float) -> None:
+        event = await self.conn._next(timeout)
+        if isinstance(event, h11.Data):
+            self.raw += event.data
+            self.items.extend(self.decoder.feed(bytes(event.data)))
+        elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
+            self.items.extend(self.decoder.close())
+            self.ended = True
+        else:
+            raise AssertionError(f"unexpected {event!r}")
+
+    async def next_item(self, timeout: float = 5.0) -> DecodedEvent | Comment:
+        deadline = time.monotonic() + timeout
+        while self._cursor >= len(self.items):
+            if self.ended:
+                raise EOFError("the stream ended")
+            await self._pump(max(deadline - time.monotonic(), 0.001))
+        item = self.items[self._cursor]
+        self._cursor += 1
+        return item
+
+    async def next_event(self, timeout: float = 5.0) -> DecodedEvent:
+        """The next event, skipping comments."""
+        deadline = time.monotonic() + timeout
+        while True:
+            item = await self.next_item(max(deadline - time.monotonic(), 0.001))
+            if isinstance(item, DecodedEvent):
+                return item
+
+    async def events(self, count: int, timeout: float = 5.0) -> list[DecodedEvent]:
+        deadline = time.monotonic() + timeout
+        return [
+            await self.next_event(max(deadline - time.monotonic(), 0.001)) for _ in range(count)
+        ]
+
+    async def wait_ended(self, timeout: float = 5.0) -> None:
+        """Read until the server ends the response."""
+        deadline = time.monotonic() + timeout
+        while not self.ended:
+            try:
+                await self._pump(max(deadline - time.monotonic(), 0.001))
+            except (ConnectionError, h11.RemoteProtocolError):
+                self.ended = True
+
+    async def close(self) -> None:
+        await self.conn.close()
+
+
+async def raw_exchange(address: tuple[str, int], data: bytes, timeout: float = 5.0) -> bytes:
+    """Send `data`, then read until the server closes; returns every byte it sent."""
+    reader, writer = await asyncio.open_connection(*address)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout)
+    finally:
+        writer.close()
+
+
+async def wait_until(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0, what: str = ""
+) -> None:
+    """Poll `predicate` until true; fail after `timeout` seconds, naming `what`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if not isinstance(value, bool):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,122 @@
+"""Fixtures: servers on 127.0.0.1:0, in this process or as `python server.py`."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sse.config import Config
+from sse.http import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+_LISTENING = re.compile(r"listening on http://([^\s:]+|\[[^\]]+\]):(\d+)")
+
+MakeServer = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[MakeServer]:
+    """Start in-process servers with `Config` overrides; all are stopped afterwards."""
+    servers: list[Server] = []
+
+    async def make(**overrides: Any) -> Server:
+        settings: dict[str, Any] = {"port": 0, "shutdown_timeout_s": 2.0}
+        settings.update(overrides)
+        server = Server(Config(**settings))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def server(make_server: MakeServer) -> Server:
+    """A server on the embedded defaults, on a free port."""
+    return await make_server()
+
+
+class ServerProcess:
+    """`python server.py` in a child process, its log collected from stderr."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.lines: list[str] = []
+        self._ready = threading.Event()
+        self.address: tuple[str, int] = ("", 0)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "server.py"), *args],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(15):
+            self.kill()
+            raise AssertionError("server did not start:\n" + self.log)
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line)
+            match = _LISTENING.search(line)
+            if match and not self._ready.is_set():
+                self.address = (match.group(1).strip("[]"), int(match.group(2)))
+                self._ready.set()
+        self._ready.set()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_log(self, text: str, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.log}")
+            time.sleep(0.01)
+
+    def terminate(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then the exit status (fails the test if it does not exit)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"server did not exit within {timeout}s:\n{self.log}") from None
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., ServerProcess]]:
+    """Start `python server.py` child processes on free ports; killed afterwards."""
+    procs: list[ServerProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        proc = ServerProcess("--port", "0", *args, env=env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
