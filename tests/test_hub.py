@@ -1,0 +1,145 @@
+"""The hub alone: publish, subscribe, history and resume, with no sockets."""
+
+from __future__ import annotations
+
+import json
+from uuid import uuid4
+
+import pytest
+
+from sse.hub import Frame, Hub
+from sse.wire import Decoder, EncodeError
+
+
+class Collect:
+    """A sink that keeps what it is given."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def push(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+
+def _data(frames: tuple[Frame, ...] | list[Frame]) -> list[str]:
+    decoder = Decoder()
+    out: list[str] = []
+    for frame in frames:
+        out += [e.data for e in decoder.feed(frame.raw) if hasattr(e, "data")]
+    return out
+
+
+def test_publish_pushes_the_same_frame_object_to_every_sink() -> None:
+    hub = Hub(history_size=10, epoch="7")
+    sinks = [Collect() for _ in range(3)]
+    for sink in sinks:
+        hub.subscribe("room", uuid4(), sink)
+    frame = hub.publish("room", "hi")
+    assert all(s.frames == [frame] for s in sinks)
+    assert all(s.frames[0] is frame for s in sinks)
+    assert frame.raw == b"id: 7-1\ndata: hi\n\n"
+    assert frame.chunked == b"12\r\nid: 7-1\ndata: hi\n\n\r\n"  # 18 bytes
+
+
+def test_topics_are_separate() -> None:
+    hub = Hub(history_size=10, epoch="1")
+    room, other = Collect(), Collect()
+    hub.subscribe("room", uuid4(), room)
+    hub.subscribe("other", uuid4(), other)
+    hub.publish("room", "a")
+    assert (len(room.frames), len(other.frames)) == (1, 0)
+    assert hub.last_id("other") == "1-0"
+
+
+def test_unsubscribed_sink_gets_nothing_more() -> None:
+    hub = Hub(history_size=10, epoch="1")
+    sink, key = Collect(), uuid4()
+    hub.subscribe("room", key, sink)
+    hub.publish("room", "a")
+    hub.unsubscribe("room", key)
+    hub.unsubscribe("room", key)  # twice is harmless
+    hub.publish("room", "b")
+    assert _data(sink.frames) == ["a"]
+    assert hub.sink_count("room") == 0
+
+
+def test_a_sink_may_unsubscribe_itself_during_a_publish() -> None:
+    hub = Hub(history_size=10, epoch="1")
+    key = uuid4()
+
+    class Quitter(Collect):
+        def push(self, frame: Frame) -> None:
+            super().push(frame)
+            hub.unsubscribe("room", key)
+
+    quitter, stayer = Quitter(), Collect()
+    hub.subscribe("room", key, quitter)
+    hub.subscribe("room", uuid4(), stayer)
+    hub.publish("room", "a")
+    hub.publish("room", "b")
+    assert (_data(quitter.frames), _data(stayer.frames)) == (["a"], ["a", "b"])
+
+
+def test_resume_returns_exactly_the_events_after_the_id() -> None:
+    hub = Hub(history_size=10, epoch="e")
+    ids = [hub.publish("room", f"m{i}").id for i in range(5)]
+    resume = hub.resume("room", ids[1])
+    assert resume.gap is None
+    assert _data(resume.frames) == ["m2", "m3", "m4"]
+    assert hub.resume("room", ids[-1]).frames == ()
+
+
+def test_resume_from_the_id_before_the_first_event_replays_everything() -> None:
+    hub = Hub(history_size=10, epoch="e")
+    before = hub.last_id("room")
+    hub.publish("room", "first")
+    resume = hub.resume("room", before)
+    assert resume.gap is None
+    assert _data(resume.frames) == ["first"]
+
+
+def test_id_past_the_history_gets_a_gap_naming_how_many_were_missed() -> None:
+    hub = Hub(history_size=3, epoch="e")
+    ids = [hub.publish("room", f"m{i}").id for i in range(8)]
+    resume = hub.resume("room", ids[0])
+    assert resume.gap is not None
+    assert _data(resume.frames) == ["m5", "m6", "m7"]
+    notice = json.loads(Decoder().feed(resume.gap.raw)[0].data)  # type: ignore[union-attr]
+    assert notice["last_event_id"] == ids[0]
+    assert "4 were missed" in notice["message"]
+    # The notice's id lets a client cut off right after it resume without a new gap.
+    assert resume.gap.id == "e-5"
+    assert hub.resume("room", resume.gap.id).gap is None
+
+
+@pytest.mark.parametrize("bad", ["", "garbage", "other-3", "e-", "e-x", "e-99", "e-٣", "e--1"])
+def test_foreign_malformed_or_future_ids_get_a_gap_and_all_that_is_kept(bad: str) -> None:
+    hub = Hub(history_size=10, epoch="e")
+    for i in range(3):
+        hub.publish("room", f"m{i}")
+    resume = hub.resume("room", bad)
+    assert resume.gap is not None
+    assert resume.gap.raw.startswith(b"id: e-0\nevent: gap\n")
+    assert _data(resume.frames) == ["m0", "m1", "m2"]
+
+
+def test_an_event_that_cannot_be_encoded_takes_no_id() -> None:
+    hub = Hub(history_size=10, epoch="e")
+    hub.publish("room", "ok")
+    with pytest.raises(EncodeError):
+        hub.publish("room", "\ud800")
+    with pytest.raises(EncodeError):
+        hub.publish("room", "x", event="bad\nname")
+    assert hub.publish("room", "next").id == "e-2"
+
+
+def test_history_is_bounded() -> None:
+    hub = Hub(history_size=4, epoch="e")
+    for i in range(100):
+        hub.publish("room", str(i))
+    assert len(hub.resume("room", "e-0").frames) == 4
+
+
+def test_epoch_must_not_contain_the_separator() -> None:
+    with pytest.raises(ValueError, match="epoch"):
+        Hub(history_size=1, epoch="a-b")
