@@ -7,7 +7,8 @@ what to do, and either writes the `Reply` or opens the `OpenStream`.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
@@ -26,7 +27,11 @@ __all__ = [
     "OpenStream",
     "Reply",
     "Request",
+    "Result",
+    "Route",
     "json_reply",
+    "parse_json_object",
+    "require_text",
 ]
 
 ROOM = "room"
@@ -114,7 +119,25 @@ def require_text(obj: Mapping[str, object], name: str) -> str:
     return value
 
 
-Handler = Callable[[Request, bytes], "Reply | OpenStream"]
+Result = Reply | OpenStream
+Handler = Callable[[Request, bytes, Mapping[str, str]], "Result | Awaitable[Result]"]
+_PARAM = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A path pattern such as `/conversations/{id}` and its handlers by method."""
+
+    pattern: str
+    methods: Mapping[str, Handler]
+
+    def compile(self) -> re.Pattern[str]:
+        """The pattern as a regex; each `{name}` matches one path segment."""
+        parts = _PARAM.split(self.pattern)
+        regex = "".join(
+            f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
+        )
+        return re.compile(regex + r"\Z")
 
 
 class App:
@@ -126,30 +149,49 @@ class App:
         hub: Hub,
         static: Mapping[str, StaticFile],
         health: Callable[[], Mapping[str, object]],
+        extra_routes: Sequence[Route] = (),
     ) -> None:
         self._config = config
         self._hub = hub
         self._static = static
         self._health = health
-        self._routes: dict[str, dict[str, Handler]] = {
+        # Fixed paths are looked up in a dict: the seed API's hot path pays no regex.
+        self._exact: dict[str, Mapping[str, Handler]] = {
             "/events": {"GET": self._events},
             "/send-message": {"POST": self._send_message},
             "/healthz": {"GET": self._healthz},
         }
         for path in static:
-            self._routes[path] = {"GET": self._static_file}
+            self._exact[path] = {"GET": self._static_file}
+        self._patterns: list[tuple[re.Pattern[str], Mapping[str, Handler]]] = []
+        for route in extra_routes:
+            if _PARAM.search(route.pattern):
+                self._patterns.append((route.compile(), route.methods))
+            else:
+                self._exact[route.pattern] = route.methods
 
     def is_stream(self, req: Request) -> bool:
         """Whether `req` asks for an event stream (for answers that skip routing)."""
-        return req.path == "/events" and req.method in ("GET", "HEAD")
+        return req.method in ("GET", "HEAD") and req.path.endswith("/events")
 
-    def handle(self, req: Request, body: bytes) -> Reply | OpenStream:
+    def _match(self, path: str) -> tuple[Mapping[str, Handler], Mapping[str, str]] | None:
+        methods = self._exact.get(path)
+        if methods is not None:
+            return methods, {}
+        for regex, methods in self._patterns:
+            found = regex.match(path)
+            if found is not None:
+                return methods, found.groupdict()
+        return None
+
+    def handle(self, req: Request, body: bytes) -> Result | Awaitable[Result]:
         """Route `req` and answer it; client mistakes become 4xx replies."""
         origin = req.headers.get("origin")
         cors = tuple(cors_headers(origin, self._config.cors_origins))
-        methods = self._routes.get(req.path)
-        if methods is None:
+        matched = self._match(req.path)
+        if matched is None:
             return _error(404, f"no such path: {req.path}", cors)
+        methods, params = matched
         allow = self._allow(methods)
         if req.method == "OPTIONS":
             asked = req.headers.get("access-control-request-headers")
@@ -160,12 +202,12 @@ class App:
         if handler is None:
             return _error(405, f"{req.method} is not allowed here", (*cors, ("allow", allow)))
         try:
-            result = handler(req, body)
+            result = handler(req, body, params)
         except ClientError as exc:
             return _error(exc.status, exc.message, cors)
-        if isinstance(result, OpenStream):
-            return OpenStream(result.topic, result.last_event_id, result.announce, cors)
-        return Reply(result.status, result.body, result.content_type, (*cors, *result.headers))
+        if isinstance(result, Reply | OpenStream):
+            return _with_cors(result, cors)
+        return _finish(result, cors)
 
     @staticmethod
     def _allow(methods: Mapping[str, Handler]) -> str:
@@ -174,14 +216,14 @@ class App:
             names.append("HEAD")
         return ", ".join([*names, "OPTIONS"])
 
-    def _events(self, req: Request, body: bytes) -> OpenStream:
+    def _events(self, req: Request, body: bytes, params: Mapping[str, str]) -> OpenStream:
         # The header wins: EventSource sends it on every reconnect, while the query
         # parameter is only for a first connection (which cannot send the header).
         last_id = req.headers.get("last-event-id", req.query.get("last_event_id"))
         announce = JOIN_ANNOUNCEMENT if self._config.join_announcement else None
         return OpenStream(ROOM, last_id or None, announce)
 
-    def _send_message(self, req: Request, body: bytes) -> Reply:
+    def _send_message(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         message = require_text(parse_json_object(req, body), "message")
         try:
             self._hub.publish(ROOM, message)
@@ -189,12 +231,26 @@ class App:
             raise ClientError(400, f'"message" cannot be sent: {exc}') from None
         return Reply(200, SENT_REPLY, _TEXT)
 
-    def _healthz(self, req: Request, body: bytes) -> Reply:
+    def _healthz(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         return json_reply(200, dict(self._health()), (("cache-control", "no-store"),))
 
-    def _static_file(self, req: Request, body: bytes) -> Reply:
+    def _static_file(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         file = self._static[req.path]
         return Reply(200, file.body, file.content_type, (("cache-control", "no-cache"),))
+
+
+def _with_cors(result: Result, cors: tuple[tuple[str, str], ...]) -> Result:
+    if isinstance(result, OpenStream):
+        return OpenStream(result.topic, result.last_event_id, result.announce, cors)
+    return Reply(result.status, result.body, result.content_type, (*cors, *result.headers))
+
+
+async def _finish(pending: Awaitable[Result], cors: tuple[tuple[str, str], ...]) -> Result:
+    try:
+        result = await pending
+    except ClientError as exc:
+        return _error(exc.status, exc.message, cors)
+    return _with_cors(result, cors)
 
 
 def status_phrase(status: int) -> bytes:

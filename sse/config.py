@@ -7,8 +7,9 @@ from pathlib import Path
 
 from sse.errors import ConfigError
 
-__all__ = ["CLIENT_DIR", "Config"]
+__all__ = ["CLIENT_DIR", "MODELS", "Config"]
 
+MODELS = ("echo", "openai")
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 
 
@@ -33,6 +34,17 @@ class Config:
     shutdown_timeout_s: float = 10.0
     join_announcement: bool = True
     client_dir: Path = field(default=CLIENT_DIR)
+    db_path: Path = Path("ssechat.sqlite3")
+    max_content_chars: int = 32_000
+    model: str = "echo"
+    model_url: str | None = None
+    model_name: str | None = None
+    model_api_key: str | None = field(default=None, repr=False)
+    model_connect_timeout_s: float = 10.0
+    model_read_timeout_s: float = 60.0
+    context_messages: int = 50
+    echo_delay_s: float = 0.05
+    echo_max_pieces: int = 1000
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot work.
@@ -50,6 +62,11 @@ class Config:
             "body_timeout_s": self.body_timeout_s,
             "max_connections": self.max_connections,
             "shutdown_timeout_s": self.shutdown_timeout_s,
+            "max_content_chars": self.max_content_chars,
+            "model_connect_timeout_s": self.model_connect_timeout_s,
+            "model_read_timeout_s": self.model_read_timeout_s,
+            "context_messages": self.context_messages,
+            "echo_max_pieces": self.echo_max_pieces,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -63,5 +80,11 @@ class Config:
                 raise ConfigError(f"{name} must not be negative, got {value}")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.echo_delay_s < 0:
+            raise ConfigError(f"echo_delay_s must not be negative, got {self.echo_delay_s}")
+        if self.model not in MODELS:
+            raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model == "openai" and not (self.model_url and self.model_name):
+            raise ConfigError("the openai model needs --model-url and --model-name")
         if not self.cors_origins:
             raise ConfigError("cors_origins must name at least one origin, or '*'")

@@ -1,0 +1,111 @@
+"""The conversation endpoints: JSON in, JSON or an event stream out."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+
+from sse.app import OpenStream, Reply, Request, Route, json_reply, parse_json_object, require_text
+from sse.chat import ChatService, topic_of
+from sse.config import Config
+from sse.errors import ClientError
+from sse.store import ConversationSummary, StoredMessage
+
+__all__ = ["chat_routes"]
+
+_LIST_LIMIT_MAX = 200
+_NO_STORE = (("cache-control", "no-store"),)
+
+
+def _summary(c: ConversationSummary) -> dict[str, object]:
+    return {"id": c.id, "title": c.title, "created_at": c.created_at, "updated_at": c.updated_at}
+
+
+def _message(m: StoredMessage) -> dict[str, object]:
+    return {
+        "id": m.id,
+        "role": m.role,
+        "content": m.content,
+        "status": m.status,
+        "finish_reason": m.finish_reason,
+        "model": m.model,
+        "created_at": m.created_at,
+    }
+
+
+def _conversation_id(params: Mapping[str, str]) -> str:
+    """The id from the path, in canonical form.
+
+    Raises:
+        ClientError: 404 when it is not a UUID (so it cannot name a conversation).
+    """
+    raw = params["id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ClientError(404, f"no conversation {raw}") from None
+
+
+class _ChatApi:
+    def __init__(self, service: ChatService, config: Config) -> None:
+        self._service = service
+        self._config = config
+
+    async def create(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        summary = await self._service.create()
+        location = f"/conversations/{summary.id}"
+        return json_reply(201, _summary(summary), (("location", location),))
+
+    async def list(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        raw = req.query.get("limit", "50")
+        if not raw.isdigit() or not 1 <= int(raw) <= _LIST_LIMIT_MAX:
+            raise ClientError(400, f"limit must be a whole number from 1 to {_LIST_LIMIT_MAX}")
+        items = await self._service.store.list_conversations(int(raw))
+        return json_reply(200, {"conversations": [_summary(c) for c in items]}, _NO_STORE)
+
+    async def transcript(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        conversation_id = _conversation_id(params)
+        found = await self._service.store.transcript(conversation_id)
+        if found is None:
+            raise ClientError(404, f"no conversation {conversation_id}")
+        payload = _summary(found.conversation)
+        payload["replying"] = self._service.replying(conversation_id)
+        payload["messages"] = [_message(m) for m in found.messages]
+        return json_reply(200, payload, _NO_STORE)
+
+    async def events(self, req: Request, body: bytes, params: Mapping[str, str]) -> OpenStream:
+        conversation_id = _conversation_id(params)
+        if not await self._service.store.exists(conversation_id):
+            raise ClientError(404, f"no conversation {conversation_id}")
+        last_id = req.headers.get("last-event-id", req.query.get("last_event_id"))
+        return OpenStream(topic_of(conversation_id), last_id or None)
+
+    async def post(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        conversation_id = _conversation_id(params)
+        content = require_text(parse_json_object(req, body), "content")
+        if not content.strip():
+            raise ClientError(400, '"content" must not be empty')
+        limit = self._config.max_content_chars
+        if len(content) > limit:
+            raise ClientError(413, f'"content" is longer than the limit of {limit} characters')
+        user, reply_id = await self._service.post(conversation_id, content)
+        return json_reply(202, {"message_id": user.id, "reply_id": reply_id})
+
+    async def stop(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        conversation_id = _conversation_id(params)
+        if not await self._service.store.exists(conversation_id):
+            raise ClientError(404, f"no conversation {conversation_id}")
+        stopped = await self._service.stop(conversation_id)
+        return json_reply(200, {"stopped": stopped is not None, "message_id": stopped})
+
+
+def chat_routes(service: ChatService, config: Config) -> list[Route]:
+    """The conversation routes, for `App(extra_routes=...)`."""
+    api = _ChatApi(service, config)
+    return [
+        Route("/conversations", {"GET": api.list, "POST": api.create}),
+        Route("/conversations/{id}", {"GET": api.transcript}),
+        Route("/conversations/{id}/events", {"GET": api.events}),
+        Route("/conversations/{id}/messages", {"POST": api.post}),
+        Route("/conversations/{id}/stop", {"POST": api.stop}),
+    ]

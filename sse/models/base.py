@@ -1,0 +1,60 @@
+"""The interface every model implements, and the error it raises."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from sse.errors import SSEChatError
+
+__all__ = ["ChatTurn", "Finish", "FinishReason", "Model", "ModelError", "Piece"]
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatTurn:
+    """One message of the conversation as the model sees it."""
+
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finish:
+    """Yielded last when the model says why it stopped; absent means "stop"."""
+
+    reason: FinishReason
+
+
+Piece = str | Finish
+
+
+class ModelError(SSEChatError):
+    """The model (or the service behind it) failed; the message is for a person to read."""
+
+
+class Model(Protocol):
+    """A source of replies; `reply` is cancellable at any `await`."""
+
+    @property
+    def name(self) -> str:
+        """The model's name as sent in the `start` event, e.g. "echo" or "gpt-4o-mini"."""
+
+    @property
+    def label(self) -> str:
+        """What the page shows, e.g. "built-in echo model"."""
+
+    def reply(self, history: Sequence[ChatTurn]) -> AsyncIterator[Piece]:
+        """Stream the reply to `history` (oldest first, ending with the user's turn).
+
+        Yields text pieces as they are produced, then optionally one `Finish`.
+        Cancelling the consuming task must stop the work, upstream requests included.
+
+        Raises:
+            ModelError: the reply could not be produced or was cut short.
+        """
+
+    async def aclose(self) -> None:
+        """Release what the model holds (HTTP connection pools)."""
