@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sse.config import CLIENT_DIR, Config
+from sse.config import CLIENT_DIR, MODELS, Config
 from sse.errors import ConfigError
 from sse.http import Server
 
@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "ssechat: a real-time chat server that pushes to browsers over Server-Sent "
             "Events. GET /events opens a stream; POST /send-message with "
-            '{"message": "..."} broadcasts to every stream; GET / serves the page.'
+            '{"message": "..."} broadcasts to every stream; /conversations/... holds '
+            "chats with an assistant whose replies stream token by token; GET / serves "
+            "the page."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -158,6 +160,66 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGINT/SIGTERM, how long requests in flight may take before connections are cut",
     )
 
+    chat = p.add_argument_group("conversations and models")
+    chat.add_argument(
+        "--db",
+        type=Path,
+        default=d.db_path,
+        help="SQLite file keeping conversations (created if missing)",
+    )
+    chat.add_argument(
+        "--model",
+        choices=MODELS,
+        default=d.model,
+        help="who writes the replies: 'echo' is built in and needs nothing; 'openai' "
+        "calls any OpenAI-compatible Chat Completions endpoint (key from OPENAI_API_KEY)",
+    )
+    chat.add_argument(
+        "--model-url",
+        help="base URL of the OpenAI-compatible API, e.g. https://api.openai.com/v1 or "
+        "http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama, LiteLLM)",
+    )
+    chat.add_argument("--model-name", help="model to ask for, e.g. gpt-4o-mini")
+    chat.add_argument(
+        "--model-connect-timeout",
+        type=float,
+        default=d.model_connect_timeout_s,
+        metavar="SECONDS",
+        help="give up connecting to the model's API after this long",
+    )
+    chat.add_argument(
+        "--model-read-timeout",
+        type=float,
+        default=d.model_read_timeout_s,
+        metavar="SECONDS",
+        help="give up on a reply when the model sends nothing for this long",
+    )
+    chat.add_argument(
+        "--context-messages",
+        type=int,
+        default=d.context_messages,
+        help="how many of the latest messages of a conversation the model is sent",
+    )
+    chat.add_argument(
+        "--max-content-chars",
+        type=int,
+        default=d.max_content_chars,
+        help="longest user message accepted in a conversation; longer ones get 413",
+    )
+    chat.add_argument(
+        "--echo-delay",
+        type=float,
+        default=d.echo_delay_s,
+        metavar="SECONDS",
+        help="pause of the echo model before each word, to look like a model typing",
+    )
+    chat.add_argument(
+        "--echo-max-pieces",
+        type=int,
+        default=d.echo_max_pieces,
+        help="the echo model stops with finish reason 'length' after this many words",
+    )
+
     p.add_argument(
         "--log-level",
         default="info",
@@ -192,6 +254,17 @@ def config_from_args(args: argparse.Namespace) -> Config:
         shutdown_timeout_s=args.shutdown_timeout,
         join_announcement=args.join_announcement,
         client_dir=args.client_dir,
+        db_path=args.db,
+        model=args.model,
+        model_url=args.model_url,
+        model_name=args.model_name,
+        model_api_key=os.environ.get("OPENAI_API_KEY") or None,
+        model_connect_timeout_s=args.model_connect_timeout,
+        model_read_timeout_s=args.model_read_timeout,
+        context_messages=args.context_messages,
+        max_content_chars=args.max_content_chars,
+        echo_delay_s=args.echo_delay,
+        echo_max_pieces=args.echo_max_pieces,
     )
 
 

@@ -13,17 +13,22 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from enum import Enum, auto
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from uuid import UUID, uuid4
 
 import h11
 
 from sse.app import App, OpenStream, Reply, Request, json_reply, status_phrase
+from sse.chat import ChatService
+from sse.chat_api import chat_routes
 from sse.config import Config
 from sse.hub import Frame, Hub
+from sse.models.factory import build_model
 from sse.static import load_static
+from sse.store import SqliteStore
 from sse.wire import encode_comment, encode_retry
 
 __all__ = ["HttpConnection", "Server", "Stream", "running"]
@@ -53,6 +58,7 @@ class Phase(Enum):
 
     AWAIT_REQUEST = auto()
     READ_BODY = auto()
+    WAIT_APP = auto()  # an async handler is working on the request
     STREAMING = auto()
     CLOSING = auto()
 
@@ -219,7 +225,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._got_bytes = True
         self._h11.receive_data(data)
-        self._process()
+        self._process()  # a no-op while an async handler works; it resumes after
 
     def eof_received(self) -> bool:
         """A half-close ends a stream; otherwise answer what was asked, then close."""
@@ -229,7 +235,7 @@ class HttpConnection(asyncio.Protocol):
         if self._phase is Phase.CLOSING:
             return False
         self._h11.receive_data(b"")
-        self._process()
+        self._process()  # a no-op while an async handler works; it resumes after
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -344,14 +350,45 @@ class HttpConnection(asyncio.Protocol):
         try:
             result = self._server.app.handle(request, bytes(self._body))
         except Exception:
-            # Our bug, not the client's: log it once with its traceback, answer 500.
-            log.exception("error handling %s %s from %s", request.method, self._target, self._peer)
-            self._send_reply(json_reply(500, {"error": "internal server error"}), close=True)
+            self._internal_error(request)
             return
+        if isinstance(result, Reply | OpenStream):
+            self._deliver(request, result)
+            return
+        # The handler waits on something (the database): stop reading, so that
+        # pipelined requests stay in the kernel until this one is answered.
+        self._phase = Phase.WAIT_APP
+        if self._transport is not None:
+            self._transport.pause_reading()
+        self._server.spawn(self._await_app(request, result))
+
+    async def _await_app(self, request: Request, pending: Awaitable[Reply | OpenStream]) -> None:
+        try:
+            result = await pending
+        except Exception:
+            if self._phase is Phase.WAIT_APP:
+                self._internal_error(request)
+            else:
+                log.exception("error handling %s %s", request.method, self._target)
+            return
+        if self._phase is not Phase.WAIT_APP:
+            return  # the client left while we worked
+        self._phase = Phase.READ_BODY
+        self._deliver(request, result)
+        if self._phase is Phase.AWAIT_REQUEST and self._transport is not None:
+            self._transport.resume_reading()
+            self._process()
+
+    def _deliver(self, request: Request, result: Reply | OpenStream) -> None:
         if isinstance(result, OpenStream):
             self._open_stream(request, result)
         else:
             self._send_reply(result)
+
+    def _internal_error(self, request: Request) -> None:
+        # Our bug, not the client's: log it once with its traceback, answer 500.
+        log.exception("error handling %s %s from %s", request.method, self._target, self._peer)
+        self._send_reply(json_reply(500, {"error": "internal server error"}), close=True)
 
     def _answer_overloaded(self, request: Request) -> None:
         # An EventSource gives up for good on anything but 200 text/event-stream
@@ -564,7 +601,22 @@ class Server:
         self.started_at = time.monotonic()
         # The epoch makes event ids from before a restart recognisably foreign.
         self.hub = Hub(history_size=config.history_size, epoch=str(time.time_ns() // 1_000_000))
-        self.app = App(config, self.hub, load_static(config.client_dir), self.health)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.store = SqliteStore(config.db_path)
+        self.chat = ChatService(
+            self.hub,
+            self.store,
+            build_model(config),
+            context_messages=config.context_messages,
+            spawn=self.spawn,
+        )
+        self.app = App(
+            config,
+            self.hub,
+            load_static(config.client_dir),
+            self.health,
+            chat_routes(self.chat, config),
+        )
         self.connections: set[HttpConnection] = set()
         self.streams: dict[UUID, Stream] = {}
         self.draining = False
@@ -582,6 +634,18 @@ class Server:
             "connections": len(self.connections),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `coro` as a task the server keeps, and waits for when it stops."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task failed", exc_info=task.exception())
 
     def jittered(self, base_ms: int) -> int:
         """`base_ms` plus up to `retry_jitter_ms`, so reconnects spread out."""
@@ -615,6 +679,15 @@ class Server:
     async def start(self) -> tuple[str, int]:
         """Listen on the configured address; returns the bound host and port."""
         loop = asyncio.get_running_loop()
+        recovered = await self.store.open()
+        if recovered:
+            log.warning("%d replies were cut short by a crash; marked interrupted", recovered)
+        log.info(
+            "conversations in %s; model %s (%s)",
+            self.config.db_path,
+            self.chat.model.name,
+            self.chat.model.label,
+        )
         self._listener = await loop.create_server(
             lambda: HttpConnection(self),
             self.config.host,
@@ -647,6 +720,9 @@ class Server:
         self._listener.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        # Replies first: each publishes its last event and is saved as far as it
+        # got, and only then do the streams that carry those events end.
+        await self.chat.shutdown()
         for conn in tuple(self.connections):
             conn.shutdown()
         if self.connections:
@@ -659,6 +735,12 @@ class Server:
             conn.abort_stream("shutdown timeout")
         # connection_lost runs on the next loop iteration after an abort.
         await asyncio.sleep(0)
+        for task in tuple(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.chat.model.aclose()
+        await self.store.close()
         self._listener = None
         log.info("stopped")
 

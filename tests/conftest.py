@@ -25,12 +25,17 @@ MakeServer = Callable[..., Awaitable[Server]]
 
 
 @pytest.fixture
-async def make_server() -> AsyncIterator[MakeServer]:
+async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
     """Start in-process servers with `Config` overrides; all are stopped afterwards."""
     servers: list[Server] = []
 
     async def make(**overrides: Any) -> Server:
-        settings: dict[str, Any] = {"port": 0, "shutdown_timeout_s": 2.0}
+        settings: dict[str, Any] = {
+            "port": 0,
+            "shutdown_timeout_s": 2.0,
+            "db_path": tmp_path / f"chat{len(servers)}.sqlite3",
+            "echo_delay_s": 0.005,
+        }
         settings.update(overrides)
         server = Server(Config(**settings))
         await server.start()
@@ -108,12 +113,16 @@ class ServerProcess:
 
 
 @pytest.fixture
-def spawn() -> Iterator[Callable[..., ServerProcess]]:
-    """Start `python server.py` child processes on free ports; killed afterwards."""
+def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Start `python server.py` child processes on free ports; killed afterwards.
+
+    Each gets its own database in the test's temporary folder unless `--db` is given.
+    """
     procs: list[ServerProcess] = []
 
     def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        proc = ServerProcess("--port", "0", *args, env=env)
+        db = [] if "--db" in args else ["--db", str(tmp_path / f"chat{len(procs)}.sqlite3")]
+        proc = ServerProcess("--port", "0", *db, *args, env=env)
         procs.append(proc)
         return proc
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -145,11 +146,11 @@ def test_help_explains_every_option() -> None:
     assert "Server-Sent Events" in " ".join(result.stdout.split())
 
 
-def test_port_comes_from_the_environment(spawn: Spawn) -> None:
+def test_port_comes_from_the_environment(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    proc = ServerProcess(env={"PORT": str(port)})
+    proc = ServerProcess("--db", str(tmp_path / "chat.sqlite3"), env={"PORT": str(port)})
     try:
         assert proc.address == ("127.0.0.1", port)
     finally:
@@ -178,7 +179,7 @@ def test_impossible_settings_are_refused_with_a_message(args: list[str], complai
 def test_busy_port_exits_one_naming_the_address(spawn: Spawn) -> None:
     first = spawn()
     result = subprocess.run(
-        [sys.executable, str(ROOT / "server.py"), "--port", str(first.address[1])],
+        [sys.executable, str(ROOT / "server.py"), "--port", str(first.address[1]), "--db", ":memory:"],
         capture_output=True,
         text=True,
         timeout=30,
