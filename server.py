@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="events kept per channel for clients that resume with Last-Event-ID",
     )
     streams.add_argument(
+        "--max-channels",
+        type=int,
+        default=d.max_channels,
+        help="channels (the room, each conversation) kept in memory with their history; "
+        "past it, the least recently used one without listeners is forgotten (its "
+        "clients then get a gap event and reload the transcript)",
+    )
+    streams.add_argument(
         "--ping-interval",
         type=float,
         default=d.ping_interval_s,
@@ -241,6 +249,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         port=args.port,
         cors_origins=origins,
         history_size=args.history_size,
+        max_channels=args.max_channels,
         ping_interval_s=args.ping_interval,
         retry_ms=args.retry_ms,
         retry_jitter_ms=args.retry_jitter_ms,

@@ -21,6 +21,7 @@ class Config:
     port: int = 3000
     cors_origins: tuple[str, ...] = ("*",)
     history_size: int = 1000
+    max_channels: int = 1000
     ping_interval_s: float = 15.0
     retry_ms: int = 3000
     retry_jitter_ms: int = 2000
@@ -54,6 +55,7 @@ class Config:
         """
         positive = {
             "history_size": self.history_size,
+            "max_channels": self.max_channels,
             "ping_interval_s": self.ping_interval_s,
             "backlog_limit_bytes": self.backlog_limit_bytes,
             "max_body_bytes": self.max_body_bytes,

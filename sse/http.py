@@ -600,7 +600,11 @@ class Server:
         self.config = config
         self.started_at = time.monotonic()
         # The epoch makes event ids from before a restart recognisably foreign.
-        self.hub = Hub(history_size=config.history_size, epoch=str(time.time_ns() // 1_000_000))
+        self.hub = Hub(
+            history_size=config.history_size,
+            epoch=str(time.time_ns() // 1_000_000),
+            max_topics=config.max_channels,
+        )
         self.tasks: set[asyncio.Task[None]] = set()
         self.store = SqliteStore(config.db_path)
         self.chat = ChatService(

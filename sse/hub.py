@@ -8,7 +8,7 @@ from before a restart are recognised as foreign instead of being misread.
 from __future__ import annotations
 
 import json
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
@@ -59,27 +59,45 @@ class Resume:
 @dataclass(slots=True)
 class _Topic:
     history: deque[Frame]
-    next_seq: int = 1
+    first_seq: int  # ids below it belong to an earlier, evicted life of this topic
+    next_seq: int
     sinks: dict[UUID, Sink] = field(default_factory=dict)
 
 
 class Hub:
     """Topics of events: publish encodes once and pushes the same bytes to every sink."""
 
-    def __init__(self, *, history_size: int, epoch: str) -> None:
-        if history_size <= 0:
-            raise ValueError("history_size must be positive")
+    def __init__(self, *, history_size: int, epoch: str, max_topics: int = 1000) -> None:
+        if history_size <= 0 or max_topics <= 0:
+            raise ValueError("history_size and max_topics must be positive")
         if "-" in epoch:
             raise ValueError("epoch must not contain '-'; it separates epoch and sequence")
         self._history_size = history_size
+        self._max_topics = max_topics
         self._epoch = epoch
-        self._topics: dict[str, _Topic] = {}
+        # Least recently used first; a topic without sinks may be evicted from there.
+        self._topics: OrderedDict[str, _Topic] = OrderedDict()
+        self._high_seq = 0  # the highest sequence number issued in any topic
 
     def _topic(self, name: str) -> _Topic:
         topic = self._topics.get(name)
-        if topic is None:
-            topic = self._topics[name] = _Topic(deque(maxlen=self._history_size))
+        if topic is not None:
+            self._topics.move_to_end(name)
+            return topic
+        if len(self._topics) >= self._max_topics:
+            self._evict_one()
+        # A topic starts above every id issued so far, so an id from an evicted
+        # earlier life of it can never be mistaken for one of the new life.
+        start = self._high_seq + 1
+        topic = self._topics[name] = _Topic(deque(maxlen=self._history_size), start, start)
         return topic
+
+    def _evict_one(self) -> None:
+        for name, topic in self._topics.items():
+            if not topic.sinks:
+                del self._topics[name]
+                return
+        # Every topic has a subscriber: keep them all rather than cut anyone off.
 
     def publish(self, topic: str, data: str, *, event: str | None = None) -> Frame:
         """Append an event to `topic`'s history and push it to every sink.
@@ -91,6 +109,7 @@ class Hub:
         seq = t.next_seq
         frame = Frame.of(Event(data, event=event, id=f"{self._epoch}-{seq}"), seq)
         t.next_seq = seq + 1  # only after encoding succeeded: ids stay contiguous
+        self._high_seq = max(self._high_seq, seq)
         t.history.append(frame)
         # A copy: a push may drop a slow sink, which unsubscribes it.
         for sink in tuple(t.sinks.values()):
@@ -127,9 +146,9 @@ class Hub:
         oldest = t.history[0].seq if t.history else t.next_seq
         newest = t.next_seq - 1
         seq = self._parse(last_event_id)
-        if seq is not None and oldest - 1 <= seq <= newest:
+        if seq is not None and oldest - 1 <= seq <= newest and seq >= t.first_seq - 1:
             return Resume(tuple(islice(t.history, seq - oldest + 1, None)))
-        if seq is not None and seq < oldest - 1:
+        if seq is not None and t.first_seq - 1 <= seq < oldest - 1:
             why = (
                 f"Events after {last_event_id} are no longer kept (the history holds "
                 f"{self._history_size}); {oldest - 1 - seq} were missed."

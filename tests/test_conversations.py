@@ -12,7 +12,7 @@ import pytest
 
 from sse.http import Server
 from sse.wire import DecodedEvent
-from tests.client import EventStream, Response, request, wait_until
+from tests.client import EventStream, Response, request
 from tests.conftest import MakeServer, ServerProcess
 
 JSON = [("content-type", "application/json")]
@@ -166,7 +166,11 @@ async def test_stop_cancels_the_reply_and_keeps_what_arrived(make_server: MakeSe
     stopped = _obj(stop)
     assert stopped["stopped"] is True
     rest = await _until(stream, "done")
-    streamed = "".join(_data(e)["text"] for e in [*sum(seen, []), *rest] if e.type == "delta")
+    streamed = "".join(
+        _data(e)["text"]
+        for e in [*(e for batch in seen for e in batch), *rest]
+        if e.type == "delta"
+    )
     done = _data(rest[-1])
     assert done["finish_reason"] == "cancelled"
     assert done["message_id"] == stopped["message_id"]
@@ -266,7 +270,10 @@ async def test_conversations_survive_a_restart(make_server: MakeServer, tmp_path
     listing = _obj(await request(second.address, "GET", "/conversations"))["conversations"]
     assert [c["id"] for c in listing] == [cid]
     transcript = _obj(await request(second.address, "GET", f"/conversations/{cid}"))
-    assert [m["content"] for m in transcript["messages"]] == ["remember me", "You said: remember me"]
+    assert [m["content"] for m in transcript["messages"]] == [
+        "remember me",
+        "You said: remember me",
+    ]
 
 
 async def test_shutdown_mid_reply_saves_it_as_interrupted(
@@ -280,7 +287,11 @@ async def test_shutdown_mid_reply_saves_it_as_interrupted(
     seen = [await _until(stream, "delta") for _ in range(4)]
     await first.stop()
     rest = await _until(stream, "error")
-    streamed = "".join(_data(e)["text"] for e in [*sum(seen, []), *rest] if e.type == "delta")
+    streamed = "".join(
+        _data(e)["text"]
+        for e in [*(e for batch in seen for e in batch), *rest]
+        if e.type == "delta"
+    )
     assert "shutting down" in _data(rest[-1])["message"]
     await stream.wait_ended()
     second = await make_server(db_path=db)

@@ -143,3 +143,35 @@ def test_history_is_bounded() -> None:
 def test_epoch_must_not_contain_the_separator() -> None:
     with pytest.raises(ValueError, match="epoch"):
         Hub(history_size=1, epoch="a-b")
+
+
+def test_idle_topics_past_the_cap_are_evicted_least_recently_used_first() -> None:
+    hub = Hub(history_size=10, epoch="e", max_topics=2)
+    busy = Collect()
+    hub.subscribe("a", uuid4(), busy)
+    hub.publish("b", "old b")
+    hub.publish("c", "c")  # evicts b: a has a subscriber
+    assert _data(hub.resume("a", hub.last_id("a")).frames) == []
+    assert hub.sink_count("a") == 1
+    resume = hub.resume("b", "e-0")  # b lives again, empty: its old events are gone
+    assert _data(resume.frames) == []
+    assert resume.gap is not None
+
+
+def test_ids_of_an_evicted_topic_never_resume_its_next_life() -> None:
+    hub = Hub(history_size=10, epoch="e", max_topics=1)
+    stale = hub.publish("b", "first life").id
+    hub.publish("other", "x")  # evicts b
+    for i in range(5):
+        hub.publish("b", f"second life {i}")  # evicts other
+    resume = hub.resume("b", stale)
+    assert resume.gap is not None
+    assert "unknown" in resume.gap.raw.decode()
+    assert _data(resume.frames) == [f"second life {i}" for i in range(5)]
+
+
+def test_when_every_topic_has_a_subscriber_none_is_evicted() -> None:
+    hub = Hub(history_size=10, epoch="e", max_topics=1)
+    hub.subscribe("a", uuid4(), Collect())
+    hub.subscribe("b", uuid4(), Collect())
+    assert (hub.sink_count("a"), hub.sink_count("b")) == (1, 1)

@@ -179,7 +179,14 @@ def test_impossible_settings_are_refused_with_a_message(args: list[str], complai
 def test_busy_port_exits_one_naming_the_address(spawn: Spawn) -> None:
     first = spawn()
     result = subprocess.run(
-        [sys.executable, str(ROOT / "server.py"), "--port", str(first.address[1]), "--db", ":memory:"],
+        [
+            sys.executable,
+            str(ROOT / "server.py"),
+            "--port",
+            str(first.address[1]),
+            "--db",
+            ":memory:",
+        ],
         capture_output=True,
         text=True,
         timeout=30,

@@ -14,7 +14,8 @@ def build_model(config: Config) -> Model:
     if config.model == "openai":
         from sse.models.openai import OpenAIModel
 
-        assert config.model_url is not None and config.model_name is not None
+        assert config.model_url is not None, "Config checks it"
+        assert config.model_name is not None, "Config checks it"
         return OpenAIModel(
             url=config.model_url,
             model_name=config.model_name,
