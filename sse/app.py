@@ -220,8 +220,10 @@ class App:
         # The header wins: EventSource sends it on every reconnect, while the query
         # parameter is only for a first connection (which cannot send the header).
         last_id = req.headers.get("last-event-id", req.query.get("last_event_id"))
-        announce = JOIN_ANNOUNCEMENT if self._config.join_announcement else None
-        return OpenStream(ROOM, last_id or None, announce)
+        # A stream that resumes is a returning user, not a new one: announcing it
+        # would fill the room with joins after every restart or dropped network.
+        new_user = self._config.join_announcement and not last_id
+        return OpenStream(ROOM, last_id or None, JOIN_ANNOUNCEMENT if new_user else None)
 
     def _send_message(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         message = require_text(parse_json_object(req, body), "message")

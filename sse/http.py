@@ -475,7 +475,9 @@ class HttpConnection(asyncio.Protocol):
             resume = server.hub.resume(opening.topic, opening.last_event_id)
             frames = resume.frames if resume.gap is None else (resume.gap, *resume.frames)
             replay = [f.chunked if chunked else f.raw for f in frames]
-            resumed = f" resume={opening.last_event_id} replay={len(resume.frames)}"
+            # repr: the id comes from the client (a query parameter may hold a
+            # newline), and must not be able to forge a log line.
+            resumed = f" resume={opening.last_event_id!r} replay={len(resume.frames)}"
             if resume.gap is not None:
                 resumed += " gap"
         # Subscribe and read the history in one step of the loop: no publish can

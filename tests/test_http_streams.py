@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+
+import pytest
 
 from sse.app import JOIN_ANNOUNCEMENT
 from sse.http import Server
@@ -270,3 +273,30 @@ async def test_raw_stream_response_is_chunked_http11(server: Server) -> None:
     )
     assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     assert data.endswith(b"\r\n\r\n")
+
+
+async def test_a_resuming_stream_is_not_announced_as_a_new_user(server: Server) -> None:
+    watcher = await EventStream.open(server.address)
+    assert (await watcher.next_event()).data == JOIN_ANNOUNCEMENT
+    last = server.hub.last_id("room")
+    returning = await EventStream.open(server.address, headers=[("last-event-id", last)])
+    await wait_until(lambda: len(server.streams) == 2)
+    await post_message(server.address, "after the return")
+    assert (await watcher.next_event()).data == "after the return"
+    assert (await returning.next_event()).data == "after the return"
+    await watcher.close()
+    await returning.close()
+
+
+async def test_client_ids_cannot_forge_log_lines(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="ssechat")
+    forged = "abc%0A2026-11-24%20WARNING%20ssechat:%20forged"
+    stream = await EventStream.open(server.address, f"/events?last_event_id={forged}")
+    await stream.next_event()
+    await stream.close()
+    opened = [r.getMessage() for r in caplog.records if " open for " in r.getMessage()]
+    assert opened
+    assert all("\n" not in line for line in opened)
+    assert "resume='abc\\n2026-11-24 WARNING ssechat: forged'" in opened[0]
