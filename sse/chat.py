@@ -169,22 +169,24 @@ class ChatService:
             {"message_id": reply.message_id, "model": model.name, "model_label": model.label},
         )
         try:
-            async for piece in model.reply(history):
-                if isinstance(piece, Finish):
-                    finish = piece.reason
-                    continue
-                if not piece:
-                    continue
-                now = time.monotonic()
-                if first_at is None:
-                    first_at = now
-                reply.parts.append(piece)
-                self._publish(topic, "delta", {"message_id": reply.message_id, "text": piece})
-                if now - saved_at >= _SAVE_EVERY_S:
-                    saved_at = now
-                    await self._store.save_reply(
-                        reply.message_id, "".join(reply.parts), "streaming", None
-                    )
+            # aclosing: whatever ends the loop, the model's upstream request is closed.
+            async with contextlib.aclosing(model.reply(history)) as pieces:
+                async for piece in pieces:
+                    if isinstance(piece, Finish):
+                        finish = piece.reason
+                        continue
+                    if not piece:
+                        continue
+                    now = time.monotonic()
+                    if first_at is None:
+                        first_at = now
+                    reply.parts.append(piece)
+                    self._publish(topic, "delta", {"message_id": reply.message_id, "text": piece})
+                    if now - saved_at >= _SAVE_EVERY_S:
+                        saved_at = now
+                        await self._store.save_reply(
+                            reply.message_id, "".join(reply.parts), "streaming", None
+                        )
         except asyncio.CancelledError:
             if self._shutting_down:
                 status, finish = "interrupted", "interrupted"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -46,7 +46,7 @@ class Model(Protocol):
     def label(self) -> str:
         """What the page shows, e.g. "built-in echo model"."""
 
-    def reply(self, history: Sequence[ChatTurn]) -> AsyncIterator[Piece]:
+    def reply(self, history: Sequence[ChatTurn]) -> AsyncGenerator[Piece, None]:
         """Stream the reply to `history` (oldest first, ending with the user's turn).
 
         Yields text pieces as they are produced, then optionally one `Finish`.

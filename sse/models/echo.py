@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 
 from sse.models.base import ChatTurn, Finish, Piece
 
@@ -26,7 +26,7 @@ class EchoModel:
         self._delay_s = delay_s
         self._max_pieces = max_pieces
 
-    async def reply(self, history: Sequence[ChatTurn]) -> AsyncIterator[Piece]:
+    async def reply(self, history: Sequence[ChatTurn]) -> AsyncGenerator[Piece, None]:
         """Yield "You said: <message>" a word at a time; `Finish("length")` past the cap."""
         last = next((t.content for t in reversed(history) if t.role == "user"), "")
         text = f"You said: {last}" if last.strip() else "You said nothing."
