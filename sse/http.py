@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from enum import Enum, auto
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, urlsplit
 from uuid import UUID, uuid4
 
@@ -79,12 +79,11 @@ class Stream:
         "_paused",
         "_pending",
         "_pending_bytes",
-        "_sent",
         "_transport",
         "_write",
-        "events",
         "key",
         "opened_at",
+        "replayed",
         "topic",
     )
 
@@ -106,10 +105,9 @@ class Stream:
         self._paused = False
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
-        self._sent = False
         self.key = key
         self.topic = topic
-        self.events = 0
+        self.replayed = 0
         self.opened_at = time.monotonic()
 
     def start(self, first: bytes, replay: list[bytes]) -> None:
@@ -120,14 +118,13 @@ class Stream:
         self._limit_bytes += replay_bytes
         self._pending.extend(replay)
         self._pending_bytes = replay_bytes
-        self.events += len(replay)
+        self.replayed = len(replay)
         self._drain()
 
     def push(self, frame: Frame) -> None:
         """Write one frame now, or queue it while the client is behind."""
+        # The hot path of a broadcast: keep it to one test and one write.
         data = frame.chunked if self._chunked else frame.raw
-        self.events += 1
-        self._sent = True
         if not self._paused and not self._pending:
             self._write(data)
             return
@@ -141,10 +138,8 @@ class Stream:
         return _chunk(raw) if self._chunked else raw
 
     def heartbeat(self) -> None:
-        """Write a comment line if nothing else was written since the last call."""
-        if self._sent:
-            self._sent = False
-        elif not self._paused and not self._pending:
+        """Write a comment line, unless the client is behind anyway."""
+        if not self._paused and not self._pending:
             self._write(self.frame_bytes(encode_comment()))
 
     def pause(self) -> None:
@@ -194,7 +189,8 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Register the connection and start waiting for its first request."""
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's transports implement the interface without subclassing it.
+        transport = cast(asyncio.Transport, transport)
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -606,6 +602,7 @@ class Server:
             history_size=config.history_size,
             epoch=str(time.time_ns() // 1_000_000),
             max_topics=config.max_channels,
+            schedule=self._call_soon,
         )
         self.tasks: set[asyncio.Task[None]] = set()
         self.store = SqliteStore(config.db_path)
@@ -641,6 +638,12 @@ class Server:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
 
+    @staticmethod
+    def _call_soon(callback: Callable[[], None]) -> None:
+        # Runs after the callbacks of this loop iteration: every event published
+        # by the requests read in one iteration goes out in one write per stream.
+        asyncio.get_running_loop().call_soon(callback)
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `coro` as a task the server keeps, and waits for when it stops."""
         task = asyncio.get_running_loop().create_task(coro)
@@ -668,11 +671,11 @@ class Server:
         self.streams.pop(stream.key, None)
         took = time.monotonic() - stream.opened_at
         log.info(
-            "stream %s closed for %s after %.1fs, %d events: %s",
+            "stream %s closed for %s after %.1fs (%d replayed): %s",
             stream.key,
             peer,
             took,
-            stream.events,
+            stream.replayed,
             reason,
         )
 
@@ -709,8 +712,11 @@ class Server:
         return host, port
 
     def _beat(self) -> None:
+        # A stream whose topic carried an event since the last beat is not idle.
+        active = self.hub.take_active()
         for stream in tuple(self.streams.values()):
-            stream.heartbeat()
+            if stream.topic not in active:
+                stream.heartbeat()
         self._heartbeat = asyncio.get_running_loop().call_later(
             self.config.ping_interval_s, self._beat
         )
