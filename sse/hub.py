@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
@@ -62,12 +63,36 @@ class _Topic:
     first_seq: int  # ids below it belong to an earlier, evicted life of this topic
     next_seq: int
     sinks: dict[UUID, Sink] = field(default_factory=dict)
+    pending: list[Frame] = field(default_factory=list)  # published, not yet pushed
+
+
+def _batch(frames: list[Frame]) -> Frame:
+    """Several frames as one: one chunk, so one write per stream for all of them."""
+    if len(frames) == 1:
+        return frames[0]
+    raw = b"".join(f.raw for f in frames)
+    last = frames[-1]
+    return Frame(last.seq, last.id, raw, b"%x\r\n%b\r\n" % (len(raw), raw))
 
 
 class Hub:
-    """Topics of events: publish encodes once and pushes the same bytes to every sink."""
+    """Topics of events: publish encodes once and pushes the same bytes to every sink.
 
-    def __init__(self, *, history_size: int, epoch: str, max_topics: int = 1000) -> None:
+    With a `schedule` function, events published in a row are coalesced: the
+    first one schedules `flush`, and the flush pushes every pending event of a
+    topic to each sink as one frame. A broadcast then costs one write per stream
+    per loop iteration, however many events it carries. Without `schedule`,
+    each publish pushes at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        history_size: int,
+        epoch: str,
+        max_topics: int = 1000,
+        schedule: Callable[[Callable[[], None]], object] | None = None,
+    ) -> None:
         if history_size <= 0 or max_topics <= 0:
             raise ValueError("history_size and max_topics must be positive")
         if "-" in epoch:
@@ -78,6 +103,9 @@ class Hub:
         # Least recently used first; a topic without sinks may be evicted from there.
         self._topics: OrderedDict[str, _Topic] = OrderedDict()
         self._high_seq = 0  # the highest sequence number issued in any topic
+        self._schedule = schedule
+        self._dirty: list[_Topic] = []  # topics with pending frames, in publish order
+        self._active: set[str] = set()  # topics published to since `take_active`
 
     def _topic(self, name: str) -> _Topic:
         topic = self._topics.get(name)
@@ -111,14 +139,46 @@ class Hub:
         t.next_seq = seq + 1  # only after encoding succeeded: ids stay contiguous
         self._high_seq = max(self._high_seq, seq)
         t.history.append(frame)
+        self._active.add(topic)
+        if self._schedule is None:
+            self._push(t, frame)
+            return frame
+        if not t.pending:
+            if not self._dirty:
+                self._schedule(self.flush)
+            self._dirty.append(t)
+        t.pending.append(frame)
+        return frame
+
+    def flush(self) -> None:
+        """Push every pending event to its topic's sinks (scheduled by `publish`)."""
+        dirty, self._dirty = self._dirty, []
+        for t in dirty:
+            self._deliver(t)
+
+    def _deliver(self, t: _Topic) -> None:
+        if t.pending:
+            frames, t.pending = t.pending, []
+            self._push(t, _batch(frames))
+
+    @staticmethod
+    def _push(t: _Topic, frame: Frame) -> None:
         # A copy: a push may drop a slow sink, which unsubscribes it.
         for sink in tuple(t.sinks.values()):
             sink.push(frame)
-        return frame
+
+    def take_active(self) -> set[str]:
+        """The topics published to since the last call (for heartbeats of quiet ones)."""
+        active, self._active = self._active, set()
+        return active
 
     def subscribe(self, topic: str, key: UUID, sink: Sink) -> None:
         """Start pushing `topic`'s future events to `sink`."""
-        self._topic(topic).sinks[key] = sink
+        t = self._topic(topic)
+        # Events published before this moment belong to the earlier sinks only:
+        # push them now, so the coalesced batch cannot reach the new one.
+        self._deliver(t)
+        t.sinks[key] = sink
 
     def unsubscribe(self, topic: str, key: UUID) -> None:
         """Stop pushing to the sink under `key`; unknown keys are ignored."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from uuid import uuid4
 
 import pytest
@@ -175,3 +176,75 @@ def test_when_every_topic_has_a_subscriber_none_is_evicted() -> None:
     hub.subscribe("a", uuid4(), Collect())
     hub.subscribe("b", uuid4(), Collect())
     assert (hub.sink_count("a"), hub.sink_count("b")) == (1, 1)
+
+
+class ManualLoop:
+    """Collects what the hub schedules; `run` plays it like the next loop iteration."""
+
+    def __init__(self) -> None:
+        self.ready: list[Callable[[], None]] = []
+
+    def schedule(self, callback: Callable[[], None]) -> None:
+        self.ready.append(callback)
+
+    def run(self) -> None:
+        ready, self.ready = self.ready, []
+        for callback in ready:
+            callback()
+
+
+def test_events_published_in_one_iteration_reach_each_sink_as_one_frame() -> None:
+    loop = ManualLoop()
+    hub = Hub(history_size=10, epoch="e", schedule=loop.schedule)
+    sink = Collect()
+    hub.subscribe("room", uuid4(), sink)
+    for i in range(3):
+        hub.publish("room", f"m{i}")
+    assert sink.frames == []
+    assert len(loop.ready) == 1  # one flush, however many events
+    loop.run()
+    (frame,) = sink.frames
+    assert frame.raw == b"id: e-1\ndata: m0\n\nid: e-2\ndata: m1\n\nid: e-3\ndata: m2\n\n"
+    assert frame.chunked == b"%x\r\n%b\r\n" % (len(frame.raw), frame.raw)
+    assert _data([frame]) == ["m0", "m1", "m2"]
+
+
+def test_a_sink_never_receives_events_published_before_it_subscribed() -> None:
+    loop = ManualLoop()
+    hub = Hub(history_size=10, epoch="e", schedule=loop.schedule)
+    early, late = Collect(), Collect()
+    hub.subscribe("room", uuid4(), early)
+    hub.publish("room", "before")
+    hub.subscribe("room", uuid4(), late)  # same iteration, before the flush
+    hub.publish("room", "after")
+    loop.run()
+    assert _data(early.frames) == ["before", "after"]
+    assert _data(late.frames) == ["after"]
+
+
+def test_resume_includes_events_not_yet_flushed_without_duplicating_them() -> None:
+    loop = ManualLoop()
+    hub = Hub(history_size=10, epoch="e", schedule=loop.schedule)
+    start = hub.last_id("room")
+    hub.publish("room", "pending")
+    resume = hub.resume("room", start)
+    sink = Collect()
+    hub.subscribe("room", uuid4(), sink)
+    loop.run()
+    assert _data(resume.frames) == ["pending"]
+    assert sink.frames == []
+
+
+def test_each_topic_flushes_its_own_batch() -> None:
+    loop = ManualLoop()
+    hub = Hub(history_size=10, epoch="e", schedule=loop.schedule)
+    a, b = Collect(), Collect()
+    hub.subscribe("a", uuid4(), a)
+    hub.subscribe("b", uuid4(), b)
+    hub.publish("a", "a1")
+    hub.publish("b", "b1")
+    hub.publish("a", "a2")
+    loop.run()
+    assert (_data(a.frames), _data(b.frames)) == (["a1", "a2"], ["b1"])
+    assert hub.take_active() == {"a", "b"}
+    assert hub.take_active() == set()
