@@ -49,6 +49,11 @@ _LINGER_MAX_BYTES = 1 << 20
 _RAW_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
+# Stand-ins held by open streams instead of their own parser state and buffers.
+_SPENT = h11.Connection(h11.SERVER)
+_NO_BODY = bytearray()
+
+
 def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
@@ -133,6 +138,10 @@ class Stream:
         if self._pending_bytes + self._transport.get_write_buffer_size() > self._limit_bytes:
             self._conn.abort_stream("slow client: backlog over the limit")
 
+    def last_bytes(self) -> bytes:
+        """What ends the body: the last chunk (RFC 9112 section 7.1), or nothing for 1.0."""
+        return b"0\r\n\r\n" if self._chunked else b""
+
     def frame_bytes(self, raw: bytes) -> bytes:
         """`raw` in this stream's body framing."""
         return _chunk(raw) if self._chunked else raw
@@ -162,6 +171,28 @@ class Stream:
 class HttpConnection(asyncio.Protocol):
     """One client connection: bytes through h11, requests to the app, one reply at a time."""
 
+    # Thousands of these sit idle holding streams: slots keep each one small.
+    __slots__ = (
+        "_body",
+        "_config",
+        "_got_bytes",
+        "_h11",
+        "_ignored_bytes",
+        "_overloaded",
+        "_peer",
+        "_phase",
+        "_request",
+        "_server",
+        "_started",
+        "_stream",
+        "_stream_close_reason",
+        "_target",
+        "_timer",
+        "_transport",
+        "_version",
+        "_write_paused",
+    )
+
     def __init__(self, server: Server) -> None:
         self._server = server
         self._config = server.config
@@ -176,7 +207,6 @@ class HttpConnection(asyncio.Protocol):
         self._target = ""
         self._version = ""
         self._body = bytearray()
-        self._body_limit_hit = False
         self._started = 0.0
         self._got_bytes = False
         self._write_paused = False
@@ -484,6 +514,11 @@ class HttpConnection(asyncio.Protocol):
         stream.start(head + first, replay)
         self._access(200, -1)
         log.info("stream %s open for %s topic=%s%s", stream.key, self._peer, opening.topic, resumed)
+        # The stream frames its own bytes from here on: what parsed the request
+        # would only cost memory for as long as the stream stays open.
+        self._h11 = _SPENT
+        self._request = None
+        self._body = _NO_BODY
         if opening.announce is not None:
             server.hub.publish(opening.topic, opening.announce)
 
@@ -503,7 +538,7 @@ class HttpConnection(asyncio.Protocol):
         self._stream_close_reason = reason
         # Jitter spreads the reconnects of every browser after a restart.
         retry = encode_retry(self._server.jittered(self._config.retry_ms))
-        transport.write(stream.frame_bytes(retry) + self._h11.send(h11.EndOfMessage()))
+        transport.write(stream.frame_bytes(retry) + stream.last_bytes())
         self._close()
 
     def shutdown(self) -> None:
