@@ -87,6 +87,15 @@ def build_parser() -> argparse.ArgumentParser:
         "clients then get a gap event and reload the transcript)",
     )
     streams.add_argument(
+        "--flush-interval",
+        type=float,
+        default=d.flush_interval_s,
+        metavar="SECONDS",
+        help="broadcasts go out at most this often; events published in between "
+        "are sent together, one write per stream (0: after every loop iteration). "
+        "An event after a quiet spell is never delayed",
+    )
+    streams.add_argument(
         "--ping-interval",
         type=float,
         default=d.ping_interval_s,
@@ -259,6 +268,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         history_size=args.history_size,
         max_channels=args.max_channels,
         ping_interval_s=args.ping_interval,
+        flush_interval_s=args.flush_interval,
         retry_ms=args.retry_ms,
         retry_jitter_ms=args.retry_jitter_ms,
         overload_retry_ms=args.overload_retry_ms,

@@ -23,6 +23,7 @@ class Config:
     history_size: int = 1000
     max_channels: int = 1000
     ping_interval_s: float = 15.0
+    flush_interval_s: float = 0.0
     retry_ms: int = 3000
     retry_jitter_ms: int = 2000
     overload_retry_ms: int = 10_000
@@ -74,6 +75,7 @@ class Config:
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
         for name, value in {
+            "flush_interval_s": self.flush_interval_s,
             "retry_ms": self.retry_ms,
             "retry_jitter_ms": self.retry_jitter_ms,
             "overload_retry_ms": self.overload_retry_ms,

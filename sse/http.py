@@ -637,7 +637,7 @@ class Server:
             history_size=config.history_size,
             epoch=str(time.time_ns() // 1_000_000),
             max_topics=config.max_channels,
-            schedule=self._call_soon,
+            schedule=self._schedule_flush,
         )
         self.tasks: set[asyncio.Task[None]] = set()
         self.store = SqliteStore(config.db_path)
@@ -658,6 +658,7 @@ class Server:
         self.connections: set[HttpConnection] = set()
         self.streams: dict[UUID, Stream] = {}
         self.draining = False
+        self._last_flush = 0.0
         self._idle = asyncio.Event()
         self._heartbeat: asyncio.TimerHandle | None = None
         self._listener: asyncio.Server | None = None
@@ -673,11 +674,22 @@ class Server:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
 
-    @staticmethod
-    def _call_soon(callback: Callable[[], None]) -> None:
-        # Runs after the callbacks of this loop iteration: every event published
-        # by the requests read in one iteration goes out in one write per stream.
-        asyncio.get_running_loop().call_soon(callback)
+    def _schedule_flush(self, flush: Callable[[], None]) -> None:
+        # At the earliest after the callbacks of this loop iteration, so every
+        # event published by the requests read in one iteration goes out in one
+        # write per stream; and at most once per `flush_interval_s`, so that a
+        # burst (a crowd connecting and announcing itself) batches further.
+        # A quiet topic's event still goes out on the next iteration.
+        loop = asyncio.get_running_loop()
+        wait = self._last_flush + self.config.flush_interval_s - loop.time()
+        if wait <= 0:
+            loop.call_soon(self._flush, flush)
+        else:
+            loop.call_later(wait, self._flush, flush)
+
+    def _flush(self, flush: Callable[[], None]) -> None:
+        self._last_flush = asyncio.get_running_loop().time()
+        flush()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `coro` as a task the server keeps, and waits for when it stops."""
