@@ -78,6 +78,21 @@ class ChatService:
         """Whether a reply is streaming in this conversation now."""
         return conversation_id in self._replies
 
+    def live(self, conversation_id: str) -> tuple[str, str] | None:
+        """The streaming reply's id and its text so far, if one streams now.
+
+        Read together with the topic's last event id in the same step of the
+        loop, this is exact: the text holds every delta up to that id.
+        """
+        reply = self._replies.get(conversation_id)
+        if reply is None or not reply.message_id:
+            return None
+        return reply.message_id, "".join(reply.parts)
+
+    def last_event_id(self, conversation_id: str) -> str:
+        """The id of the conversation's newest event, for a client to resume after."""
+        return self._hub.last_id(topic_of(conversation_id))
+
     async def create(self) -> ConversationSummary:
         """A new conversation."""
         return await self._store.create_conversation()
@@ -205,7 +220,7 @@ class ChatService:
         try:
             await asyncio.shield(
                 self._store.save_reply(
-                    reply.message_id, text, status, finish if status != "error" else None
+                    reply.message_id, text, status, finish if status != "error" else None, error
                 )
             )
         finally:

@@ -21,7 +21,7 @@ def _summary(c: ConversationSummary) -> dict[str, object]:
     return {"id": c.id, "title": c.title, "created_at": c.created_at, "updated_at": c.updated_at}
 
 
-def _message(m: StoredMessage) -> dict[str, object]:
+def _message(m: StoredMessage, labels: Mapping[str, str]) -> dict[str, object]:
     return {
         "id": m.id,
         "role": m.role,
@@ -29,6 +29,8 @@ def _message(m: StoredMessage) -> dict[str, object]:
         "status": m.status,
         "finish_reason": m.finish_reason,
         "model": m.model,
+        "model_label": labels.get(m.model or ""),
+        "error": m.error,
         "created_at": m.created_at,
     }
 
@@ -68,9 +70,20 @@ class _ChatApi:
         found = await self._service.store.transcript(conversation_id)
         if found is None:
             raise ClientError(404, f"no conversation {conversation_id}")
+        model = self._service.model
+        messages = [_message(m, {model.name: model.label}) for m in found.messages]
+        # From here to the reply no await: the live text and the event id below
+        # belong to the same instant, so a client that opens the stream with
+        # ?last_event_id=<that id> continues the text exactly, with no hole.
+        live = self._service.live(conversation_id)
+        if live is not None:
+            for message in messages:
+                if message["id"] == live[0]:
+                    message["content"] = live[1]
         payload = _summary(found.conversation)
-        payload["replying"] = self._service.replying(conversation_id)
-        payload["messages"] = [_message(m) for m in found.messages]
+        payload["replying"] = live is not None
+        payload["last_event_id"] = self._service.last_event_id(conversation_id)
+        payload["messages"] = messages
         return json_reply(200, payload, _NO_STORE)
 
     async def events(self, req: Request, body: bytes, params: Mapping[str, str]) -> OpenStream:

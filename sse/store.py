@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS messages (
     model           TEXT,
     created_at      REAL NOT NULL,
     updated_at      REAL NOT NULL,
+    error           TEXT,
     UNIQUE (conversation_id, seq)
 );
 CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (updated_at DESC);
@@ -74,6 +75,7 @@ class StoredMessage:
     finish_reason: str | None
     model: str | None
     created_at: float
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,9 @@ class SqliteStore:
             db.execute("PRAGMA foreign_keys=ON")
             db.execute("PRAGMA busy_timeout=5000")
             db.executescript(_SCHEMA)
+            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+            if "error" not in columns:  # a database made before replies kept their error
+                db.execute("ALTER TABLE messages ADD COLUMN error TEXT")
             # A reply still "streaming" at start-up was cut short by a crash.
             cur = db.execute(
                 "UPDATE messages SET status = 'interrupted' WHERE status = 'streaming'"
@@ -180,7 +185,7 @@ class SqliteStore:
             if row is None:
                 return None
             rows = db.execute(
-                "SELECT id, role, content, status, finish_reason, model, created_at "
+                "SELECT id, role, content, status, finish_reason, model, created_at, error "
                 "FROM messages WHERE conversation_id = ? ORDER BY seq",
                 (conversation_id,),
             ).fetchall()
@@ -232,16 +237,21 @@ class SqliteStore:
         return await self._run(insert)
 
     async def save_reply(
-        self, message_id: str, content: str, status: str, finish_reason: str | None
+        self,
+        message_id: str,
+        content: str,
+        status: str,
+        finish_reason: str | None,
+        error: str | None = None,
     ) -> None:
         """Store a reply's text so far and its status (called while and after it streams)."""
         now = time.time()
 
         def update(db: sqlite3.Connection) -> None:
             db.execute(
-                "UPDATE messages SET content = ?, status = ?, finish_reason = ?, updated_at = ? "
-                "WHERE id = ?",
-                (content, status, finish_reason, now, message_id),
+                "UPDATE messages SET content = ?, status = ?, finish_reason = ?, error = ?, "
+                "updated_at = ? WHERE id = ?",
+                (content, status, finish_reason, error, now, message_id),
             )
 
         await self._run(update)

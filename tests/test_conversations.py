@@ -328,3 +328,28 @@ async def test_reply_cut_by_a_crash_is_marked_interrupted_with_what_was_saved(
     assert reply["status"] == "interrupted"
     assert reply["content"].startswith("You said: word")
     assert streamed.startswith(reply["content"])
+
+
+async def test_transcript_mid_reply_joins_the_stream_exactly(make_server: MakeServer) -> None:
+    server = await make_server(echo_delay_s=0.01)
+    cid = await _create(server)
+    watcher = await EventStream.open(server.address, f"/conversations/{cid}/events")
+    await _post(server, cid, "word " * 300)
+    for _ in range(5):
+        await _until(watcher, "delta")
+    transcript = _obj(await request(server.address, "GET", f"/conversations/{cid}"))
+    assert transcript["replying"] is True
+    so_far = transcript["messages"][-1]["content"]
+    # Continue from the transcript's id: the text plus what follows is the whole reply.
+    late = await EventStream.open(
+        server.address,
+        f"/conversations/{cid}/events?last_event_id={transcript['last_event_id']}",
+    )
+    rest = await _until(late, "done")
+    whole = so_far + "".join(_data(e)["text"] for e in rest if e.type == "delta")
+    assert whole == "You said: " + "word " * 300
+    final = _obj(await request(server.address, "GET", f"/conversations/{cid}"))
+    assert final["messages"][-1]["content"] == whole
+    assert final["messages"][-1]["model_label"] == "built-in echo model"
+    await watcher.close()
+    await late.close()

@@ -147,3 +147,19 @@ async def test_stop_mid_stream_cancels_the_upstream_request(
     assert _data(events[-1])["finish_reason"] == "cancelled"
     await fake.wait_for_disconnect()
     await stream.close()
+
+
+async def test_a_failed_reply_keeps_its_error_in_the_transcript(
+    make_server: MakeServer, fake: FakeOpenAI
+) -> None:
+    server = await _relay(make_server, fake)
+    cid, stream = await _conversation(server)
+    fake.script = Script(status=401)
+    await _say(server, cid, "fail")
+    await _until(stream, "error")
+    transcript = (await request(server.address, "GET", f"/conversations/{cid}")).json()
+    assert isinstance(transcript, dict)
+    reply = transcript["messages"][-1]
+    assert reply["status"] == "error"
+    assert "Incorrect API key provided" in reply["error"]
+    await stream.close()
