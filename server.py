@@ -87,13 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
         "clients then get a gap event and reload the transcript)",
     )
     streams.add_argument(
-        "--flush-interval",
+        "--max-flush-delay",
         type=float,
-        default=d.flush_interval_s,
+        default=d.max_flush_delay_s,
         metavar="SECONDS",
-        help="broadcasts go out at most this often; events published in between "
-        "are sent together, one write per stream (0: after every loop iteration). "
-        "An event after a quiet spell is never delayed",
+        help="events published together go to each stream in one write; while "
+        "broadcasts are costly (many streams), the next one waits up to 4x as long as "
+        "the last took, at most this long, so bursts batch (0: never wait). An event "
+        "after a quiet spell goes out at once",
     )
     streams.add_argument(
         "--ping-interval",
@@ -268,7 +269,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         history_size=args.history_size,
         max_channels=args.max_channels,
         ping_interval_s=args.ping_interval,
-        flush_interval_s=args.flush_interval,
+        max_flush_delay_s=args.max_flush_delay,
         retry_ms=args.retry_ms,
         retry_jitter_ms=args.retry_jitter_ms,
         overload_retry_ms=args.overload_retry_ms,

@@ -23,7 +23,7 @@ class Config:
     history_size: int = 1000
     max_channels: int = 1000
     ping_interval_s: float = 15.0
-    flush_interval_s: float = 0.0
+    max_flush_delay_s: float = 0.05
     retry_ms: int = 3000
     retry_jitter_ms: int = 2000
     overload_retry_ms: int = 10_000
@@ -75,7 +75,7 @@ class Config:
             if value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
         for name, value in {
-            "flush_interval_s": self.flush_interval_s,
+            "max_flush_delay_s": self.max_flush_delay_s,
             "retry_ms": self.retry_ms,
             "retry_jitter_ms": self.retry_jitter_ms,
             "overload_retry_ms": self.overload_retry_ms,

@@ -64,6 +64,9 @@ class _Topic:
     next_seq: int
     sinks: dict[UUID, Sink] = field(default_factory=dict)
     pending: list[Frame] = field(default_factory=list)  # published, not yet pushed
+    # Sinks that subscribed while `pending` was not empty, with the last sequence
+    # number they must not receive: they get only the tail of the pending batch.
+    late: dict[UUID, int] = field(default_factory=dict)
 
 
 def _batch(frames: list[Frame]) -> Frame:
@@ -91,7 +94,7 @@ class Hub:
         history_size: int,
         epoch: str,
         max_topics: int = 1000,
-        schedule: Callable[[Callable[[], None]], object] | None = None,
+        schedule: Callable[[Callable[[], int]], object] | None = None,
     ) -> None:
         if history_size <= 0 or max_topics <= 0:
             raise ValueError("history_size and max_topics must be positive")
@@ -106,6 +109,7 @@ class Hub:
         self._schedule = schedule
         self._dirty: list[_Topic] = []  # topics with pending frames, in publish order
         self._active: set[str] = set()  # topics published to since `take_active`
+        self._joined = 0  # subscriptions since `take_joined`
 
     def _topic(self, name: str) -> _Topic:
         topic = self._topics.get(name)
@@ -150,22 +154,44 @@ class Hub:
         t.pending.append(frame)
         return frame
 
-    def flush(self) -> None:
-        """Push every pending event to its topic's sinks (scheduled by `publish`)."""
+    def flush(self) -> int:
+        """Push every pending event to its topic's sinks; returns how many there were."""
         dirty, self._dirty = self._dirty, []
-        for t in dirty:
-            self._deliver(t)
+        return sum(self._deliver(t) for t in dirty)
 
-    def _deliver(self, t: _Topic) -> None:
-        if t.pending:
-            frames, t.pending = t.pending, []
-            self._push(t, _batch(frames))
+    def _deliver(self, t: _Topic) -> int:
+        if not t.pending:
+            return 0
+        frames, t.pending = t.pending, []
+        batch = _batch(frames)
+        if not t.late:
+            self._push(t, batch)
+            return len(frames)
+        late, t.late = t.late, {}
+        tails: dict[int, Frame | None] = {}  # one tail per subscription point
+        for key, sink in tuple(t.sinks.items()):
+            after = late.get(key)
+            if after is None:
+                sink.push(batch)
+                continue
+            if after not in tails:
+                rest = [f for f in frames if f.seq > after]
+                tails[after] = _batch(rest) if rest else None
+            tail = tails[after]
+            if tail is not None:
+                sink.push(tail)
+        return len(frames)
 
     @staticmethod
     def _push(t: _Topic, frame: Frame) -> None:
         # A copy: a push may drop a slow sink, which unsubscribes it.
         for sink in tuple(t.sinks.values()):
             sink.push(frame)
+
+    def take_joined(self) -> int:
+        """How many sinks subscribed since the last call (a crowd arriving)."""
+        joined, self._joined = self._joined, 0
+        return joined
 
     def take_active(self) -> set[str]:
         """The topics published to since the last call (for heartbeats of quiet ones)."""
@@ -175,9 +201,13 @@ class Hub:
     def subscribe(self, topic: str, key: UUID, sink: Sink) -> None:
         """Start pushing `topic`'s future events to `sink`."""
         t = self._topic(topic)
-        # Events published before this moment belong to the earlier sinks only:
-        # push them now, so the coalesced batch cannot reach the new one.
-        self._deliver(t)
+        self._joined += 1
+        if t.pending:
+            # Events published before this moment belong to the earlier sinks
+            # only. Flushing them now would end the batch, so a crowd connecting
+            # together (each announcing itself) would cost one flush per stream;
+            # instead the new sink joins the batch and gets only its tail.
+            t.late[key] = t.next_seq - 1
         t.sinks[key] = sink
 
     def unsubscribe(self, topic: str, key: UUID) -> None:
@@ -185,6 +215,7 @@ class Hub:
         t = self._topics.get(topic)
         if t is not None:
             t.sinks.pop(key, None)
+            t.late.pop(key, None)
 
     def sink_count(self, topic: str) -> int:
         """How many sinks `topic` has now."""

@@ -182,9 +182,9 @@ class ManualLoop:
     """Collects what the hub schedules; `run` plays it like the next loop iteration."""
 
     def __init__(self) -> None:
-        self.ready: list[Callable[[], None]] = []
+        self.ready: list[Callable[[], object]] = []
 
-    def schedule(self, callback: Callable[[], None]) -> None:
+    def schedule(self, callback: Callable[[], object]) -> None:
         self.ready.append(callback)
 
     def run(self) -> None:
@@ -207,6 +207,44 @@ def test_events_published_in_one_iteration_reach_each_sink_as_one_frame() -> Non
     assert frame.raw == b"id: e-1\ndata: m0\n\nid: e-2\ndata: m1\n\nid: e-3\ndata: m2\n\n"
     assert frame.chunked == b"%x\r\n%b\r\n" % (len(frame.raw), frame.raw)
     assert _data([frame]) == ["m0", "m1", "m2"]
+
+
+def test_late_subscribers_share_the_batch_but_get_only_its_tail() -> None:
+    loop = ManualLoop()
+    hub = Hub(history_size=10, epoch="e", schedule=loop.schedule)
+    first, second, third = Collect(), Collect(), Collect()
+    hub.subscribe("room", uuid4(), first)
+    hub.publish("room", "j1")
+    hub.subscribe("room", uuid4(), second)
+    hub.publish("room", "j2")
+    hub.subscribe("room", uuid4(), third)
+    hub.publish("room", "j3")
+    assert len(loop.ready) == 1  # one flush for the whole crowd
+    loop.run()
+    assert _data(first.frames) == ["j1", "j2", "j3"]
+    assert _data(second.frames) == ["j2", "j3"]
+    assert _data(third.frames) == ["j3"]
+    assert all(len(s.frames) == 1 for s in (first, second, third))  # one write each
+    hub.publish("room", "next")
+    loop.run()
+    assert _data(third.frames) == ["j3", "next"]
+
+
+def test_a_late_subscriber_with_nothing_after_it_gets_nothing() -> None:
+    loop = ManualLoop()
+    hub = Hub(history_size=10, epoch="e", schedule=loop.schedule)
+    early, late = Collect(), Collect()
+    hub.subscribe("room", uuid4(), early)
+    hub.publish("room", "only")
+    key = uuid4()
+    hub.subscribe("room", key, late)
+    loop.run()
+    assert late.frames == []
+    hub.unsubscribe("room", key)
+    hub.publish("room", "after")
+    loop.run()
+    assert late.frames == []
+    assert _data(early.frames) == ["only", "after"]
 
 
 def test_a_sink_never_receives_events_published_before_it_subscribed() -> None:

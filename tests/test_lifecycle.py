@@ -55,7 +55,10 @@ async def test_client_that_never_reads_is_dropped_while_others_keep_receiving(
 
 
 async def test_backlog_of_a_stopped_reader_stays_bounded(make_server: MakeServer) -> None:
-    server = await make_server(join_announcement=False, backlog_limit_bytes=64 * 1024)
+    # No flush pacing: each publish below is flushed on the next loop iteration.
+    server = await make_server(
+        join_announcement=False, backlog_limit_bytes=64 * 1024, max_flush_delay_s=0
+    )
     slow = await _never_reading_stream(server.address)
     await wait_until(lambda: len(server.streams) == 1)
     (stream,) = server.streams.values()
