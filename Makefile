@@ -44,3 +44,21 @@ format: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Benchmark (issue 4): bench/README.md explains the scenarios and the table.
+BENCH_ARGS ?=
+BENCH_CC   ?= gcc
+LOADGEN    := bench/build/loadgen
+NODE_PEER  := bench/peers/node-express
+
+$(LOADGEN): bench/loadgen.c
+	@mkdir -p $(@D)
+	$(BENCH_CC) -O2 -Wall -Wextra -std=gnu11 -o $@ $< -lm
+
+.PHONY: bench
+bench: $(STAMP) $(LOADGEN)  ## fan-out benchmark, ours vs the seed's Node/Express server (BENCH_ARGS="--runs 1 --quick")
+	@if [ ! -d $(NODE_PEER)/node_modules ]; then \
+	  if command -v npm >/dev/null 2>&1; then cd $(NODE_PEER) && npm ci --no-audit --no-fund; \
+	  else echo "npm is missing: the node peer needs Node.js 18+ (or pass BENCH_ARGS=\"--servers ours\")"; fi; \
+	fi
+	$(PY) bench/run.py $(BENCH_ARGS)

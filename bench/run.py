@@ -1,0 +1,898 @@
+"""Run the fan-out benchmark scenarios against ssechat and peer servers, side by side.
+
+For every server, scenario and run: start the server on a free loopback port,
+wait until it listens, measure its memory and CPU, drive it with the C load
+generator (`bench/build/loadgen`, built by `make bench`), measure again, stop
+it. Prints a markdown table of medians and writes the raw results to
+`bench/out/<time>/`.
+
+    make bench                                   # every scenario, ours vs node, 3 runs
+    make bench BENCH_ARGS="--runs 1 --quick"     # sanity check in under a minute
+    .venv/bin/python bench/run.py --scenarios S2,S4 --servers ours
+    .venv/bin/python bench/run.py --peer other='/path/to/server --port {port}'
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import selectors
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import IO
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LOADGEN = HERE / "build" / "loadgen"
+OUT = HERE / "out"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# Join announcements cost N(N+1)/2 deliveries. A server that cannot turn them off
+# runs a scenario that wants them off only if that many fit in this budget, and
+# then every join is delivered before publishing starts, so joins and messages
+# are not measured together; above it the cell says N/A.
+DEFAULT_JOIN_BUDGET = 3_000_000
+
+
+# ----------------------------------------------------------------- servers
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server: a command with `{port}` (PORT is also set in its env).
+
+    `{workdir}` in the command is an empty folder of its own for each run.
+    """
+
+    name: str
+    command: str
+    no_join_args: str | None = None  # appended when announcements must be off
+    cwd: Path = REPO
+
+    def argv(self, port: int, joins: bool, workdir: Path) -> list[str]:
+        """The command line for `port`, with announcements on or off."""
+        text = self.command.replace("{port}", str(port)).replace("{workdir}", str(workdir))
+        if not joins and self.no_join_args:
+            text += " " + self.no_join_args
+        return shlex.split(text)
+
+
+def _our_python() -> str:
+    venv = REPO / ".venv" / "bin" / "python"
+    return str(venv) if venv.exists() else sys.executable
+
+
+BUILTIN_SERVERS = {
+    "ours": ServerSpec(
+        "ours",
+        # Its own SQLite file per run, so that runs share no state on disk.
+        f"{shlex.quote(_our_python())} server.py --port {{port}} --log-level warning "
+        "--db {workdir}/ssechat.sqlite3",
+        "--no-join-announcement",
+    ),
+    "node": ServerSpec("node", "node bench/peers/node-express/server.js"),
+}
+
+
+# ----------------------------------------------------------------- scenarios
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One load shape; `joins` says whether it wants join announcements on."""
+
+    key: str
+    streams: int
+    joins: bool
+    messages: int = 0
+    rate: float = 0.0
+    duration_s: float = 0.0
+    publishers: int = 4
+    connect_timeout_s: float = 60.0
+    drain_timeout_s: float = 10.0
+    settle_s: float = 0.0  # idle time before measuring memory with the streams open
+    budget_s: float = 110.0  # the loadgen's hard cap for the whole scenario
+
+    @property
+    def title(self) -> str:
+        """What the scenario does, with its actual sizes."""
+        n = f"{self.streams:,} streams"
+        if self.key == "S1a":
+            return f"S1a: {n}, join announcements on"
+        if self.key == "S1b":
+            return f"S1b: {self.streams:,} idle streams, announcements off"
+        if self.rate:
+            wanted = self.streams * self.rate
+            return (
+                f"{self.key}: {n}, {self.rate:g} messages/s for {self.duration_s:g} s "
+                f"({wanted:,.0f} events/s wanted)"
+            )
+        if self.key == "S4":
+            return (
+                f"S4: {n}, {self.messages:,} POSTs (at most {self.duration_s:g} s) as fast as "
+                f"possible over {self.publishers} keep-alive connections"
+            )
+        return f"{self.key}: {n}, {self.messages:,} messages as fast as possible"
+
+    def quick(self) -> Scenario:
+        """Ten times smaller, for a sanity run."""
+        duration_s = self.duration_s / 5
+        return replace(
+            self,
+            streams=max(self.streams // 10, 2),
+            # A fixed rate keeps its rate and runs shorter; the rest send 10x fewer.
+            messages=round(self.rate * duration_s) if self.rate else self.messages // 10,
+            duration_s=duration_s,
+            connect_timeout_s=30.0,
+            drain_timeout_s=5.0,
+            budget_s=45.0,
+        )
+
+
+SCENARIOS = [
+    Scenario(
+        "S1a",
+        streams=2000,
+        joins=True,
+        connect_timeout_s=100.0,
+        settle_s=0.5,
+    ),
+    Scenario(
+        "S1b",
+        streams=10_000,
+        joins=False,
+        settle_s=1.0,
+    ),
+    Scenario(
+        "S2",
+        streams=1000,
+        joins=False,
+        messages=2000,
+        publishers=4,
+        drain_timeout_s=15.0,
+    ),
+    Scenario(
+        "S3",
+        streams=5000,
+        joins=False,
+        rate=20.0,
+        duration_s=15.0,
+        messages=300,
+        publishers=4,
+    ),
+    Scenario(
+        "S4",
+        streams=10,
+        joins=False,
+        messages=20_000,
+        duration_s=10.0,
+        publishers=8,
+    ),
+]
+
+
+# ----------------------------------------------------------------- /proc
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [pid], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def rss_kb(pid: int) -> int:
+    """Resident memory (VmRSS) of `pid` and its descendants, in KiB."""
+    return sum(_status_kb(p, "VmRSS:") for p in _descendants(pid))
+
+
+def peak_rss_kb(pid: int) -> int:
+    """VmHWM of `pid` (its own high-water mark), in KiB."""
+    return _status_kb(pid, "VmHWM:")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of `pid`, its reaped children and live descendants."""
+    total = 0.0
+    for i, p in enumerate(_descendants(pid)):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # proc(5) fields 14-17: utime, stime, cutime, cstime; after the ')' the
+        # first item is field 3, so field n is at index n - 3.
+        ticks = int(fields[11]) + int(fields[12])
+        if i == 0:
+            ticks += int(fields[13]) + int(fields[14])
+        total += ticks / CLK_TCK
+    return total
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs together, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already inside user
+    return total - idle, total
+
+
+QUIET_CORES = 0.3
+
+
+def wait_for_quiet(max_wait_s: float, log: Callable[[str], None]) -> float:
+    """Wait (bounded) until the machine is nearly idle; returns the last busy cores seen.
+
+    Other programs sharing the machine skew every figure, so a run starts in a
+    quiet second when there is one within `max_wait_s`.
+    """
+    deadline = time.monotonic() + max_wait_s
+    said = False
+    while True:
+        busy0, total0 = machine_jiffies()
+        time.sleep(1.0)
+        busy1, total1 = machine_jiffies()
+        cores = (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+        if cores < QUIET_CORES or time.monotonic() >= deadline:
+            if said:
+                log(f"  machine at {cores:.2f} busy cores; starting")
+            return cores
+        if not said:
+            log(f"  machine busy ({cores:.2f} cores in use by others): waiting for quiet")
+            said = True
+
+
+# ----------------------------------------------------------------- running
+
+
+class BenchError(Exception):
+    """A run could not be carried out (server would not start, loadgen broke)."""
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def raise_open_files() -> int:
+    """Raise RLIMIT_NOFILE to its hard limit (children inherit it); returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
+    """Poll until something accepts on `port`.
+
+    Raises:
+        BenchError: the server exited or did not listen in time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"the server exited with status {proc.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"the server did not listen on port {port} within {timeout_s:.0f} s")
+
+
+def stop(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
+    """SIGTERM the process we started, then SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+class LineReader:
+    """Lines of a child's stdout with a deadline, without threads."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._fd = stream.fileno()
+        self._buf = b""
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(self._fd, selectors.EVENT_READ)
+        self.eof = False
+
+    def readline(self, deadline: float) -> str | None:
+        """The next line, or None at EOF or when the deadline passes."""
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if self.eof or left <= 0 or not self._sel.select(left):
+                return None
+            chunk = os.read(self._fd, 65536)
+            if not chunk:
+                self.eof = True
+                if not self._buf:
+                    return None
+                chunk = b"\n"
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode(errors="replace")
+
+    def close(self) -> None:
+        """Forget the selector."""
+        self._sel.close()
+
+
+@dataclass
+class RunResult:
+    """One server x scenario x run: the loadgen's JSON and the server's own figures."""
+
+    server: str
+    scenario: str
+    run: int
+    status: str  # ok, failed, n/a
+    note: str = ""
+    joins_on: bool = False
+    loadgen: dict[str, object] = field(default_factory=dict)
+    server_metrics: dict[str, float] = field(default_factory=dict)
+    server_log_problems: list[str] = field(default_factory=list)
+
+
+def loadgen_argv(sc: Scenario, port: int, wait_joins: bool, label: str) -> list[str]:
+    """The loadgen command line for one scenario."""
+    argv = [
+        str(LOADGEN),
+        "--port",
+        str(port),
+        "--streams",
+        str(sc.streams),
+        "--connect-timeout",
+        str(sc.connect_timeout_s),
+        "--drain-timeout",
+        str(sc.drain_timeout_s),
+        "--max-seconds",
+        str(sc.budget_s),
+        "--sync",
+        "--label",
+        label,
+    ]
+    if wait_joins:
+        argv.append("--expect-joins")
+    if sc.messages:
+        argv += ["--messages", str(sc.messages), "--publishers", str(sc.publishers)]
+    if sc.rate:
+        argv += ["--rate", str(sc.rate)]
+    if sc.duration_s:
+        argv += ["--duration", str(sc.duration_s)]
+    return argv
+
+
+def _join(*parts: str) -> str:
+    return "; ".join(p for p in parts if p)
+
+
+def _log_problems(path: Path) -> list[str]:
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    marks = ("Traceback", "ERROR", "Error:", "WARNING", "warning:")
+    bad = [line for line in lines if any(m in line for m in marks)]
+    return bad[:5] + ([f"... {len(bad) - 5} more"] if len(bad) > 5 else [])
+
+
+def run_one(
+    spec: ServerSpec,
+    sc: Scenario,
+    run: int,
+    logs: Path,
+    join_budget: int,
+    log: Callable[[str], None],
+    quiet_wait_s: float = 0.0,
+    attempt: int = 0,
+) -> RunResult:
+    """Start `spec`, run `sc` against it once, stop it."""
+    joins_on = sc.joins or not spec.no_join_args
+    result = RunResult(spec.name, sc.key, run, "ok", joins_on=joins_on)
+    wait_joins = joins_on
+    if joins_on and not sc.joins:
+        deliveries = sc.streams * (sc.streams + 1) // 2
+        if deliveries > join_budget:
+            result.status = "n/a"
+            result.note = (
+                f"cannot turn join announcements off: {sc.streams:,} streams would cost "
+                f"{deliveries:,} join deliveries (budget --join-budget {join_budget:,})"
+            )
+            return result
+        result.note = f"announcements on: all {deliveries:,} joins delivered before measuring"
+    if quiet_wait_s:
+        result.server_metrics["machine_busy_at_start_cores"] = wait_for_quiet(quiet_wait_s, log)
+    port = free_port()
+    tag = f"{spec.name}-{sc.key}-run{run}" + (f"-retry{attempt}" if attempt else "")
+    log_path = logs / f"{tag}.log"
+    env = dict(os.environ, PORT=str(port))
+    workdir = logs.parent / "work" / tag
+    workdir.mkdir(parents=True, exist_ok=True)
+    with log_path.open("wb") as log_file:
+        server = subprocess.Popen(
+            spec.argv(port, sc.joins, workdir),
+            cwd=spec.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _drive(server, spec, sc, port, wait_joins, result, log)
+        except BenchError as exc:
+            result.status = "failed"
+            result.note = _join(result.note, f"{exc} (server log: {log_path})")
+        finally:
+            stop(server)
+    result.server_log_problems = _log_problems(log_path)
+    return result
+
+
+def _drive(
+    server: subprocess.Popen[bytes],
+    spec: ServerSpec,
+    sc: Scenario,
+    port: int,
+    wait_joins: bool,
+    result: RunResult,
+    log: Callable[[str], None],
+) -> None:
+    wait_listening(server, port, 30.0)
+    time.sleep(0.3)  # let start-up allocations settle before the baseline
+    pid = server.pid
+    m = result.server_metrics
+    m["rss_before_kb"] = rss_kb(pid)
+    busy0, total0 = machine_jiffies()
+    cpu0, t0 = cpu_s(pid), time.monotonic()
+    argv = loadgen_argv(sc, port, wait_joins, f"{spec.name}/{sc.key}/{result.run}")
+    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert gen.stdin is not None
+    assert gen.stdout is not None
+    reader = LineReader(gen.stdout)
+    deadline = time.monotonic() + sc.budget_s + 30
+    final: dict[str, object] | None = None
+    cpu1, t1 = cpu0, t0
+    try:
+        while final is None:
+            line = reader.readline(deadline)
+            if line is None:
+                break
+            if line.startswith("CONNECTED "):
+                if sc.settle_s:
+                    time.sleep(sc.settle_s)
+                m["rss_connected_kb"] = rss_kb(pid)
+                m["cpu_connect_s"] = cpu_s(pid) - cpu0
+                m["connect_wall_s"] = time.monotonic() - t0
+                cpu1, t1 = cpu_s(pid), time.monotonic()
+                gen.stdin.write(b"go\n")
+                gen.stdin.flush()
+            elif line.startswith("{"):
+                final = json.loads(line)
+                if "cpu_connect_s" in m:
+                    m["cpu_run_s"] = cpu_s(pid) - cpu1
+                    m["run_wall_s"] = time.monotonic() - t1
+    finally:
+        reader.close()
+        if gen.poll() is None:
+            try:
+                gen.wait(max(deadline - time.monotonic(), 1))
+            except subprocess.TimeoutExpired:
+                gen.kill()
+                gen.wait(5)
+    m["rss_after_kb"] = rss_kb(pid)
+    m["rss_peak_kb"] = peak_rss_kb(pid)
+    m["cpu_total_s"] = cpu_s(pid) - cpu0
+    busy1, total1 = machine_jiffies()
+    m["wall_s"] = time.monotonic() - t0
+    # What else kept the machine busy (other programs, and softirq time the kernel
+    # charges to no process): a noise gauge for this run's numbers.
+    machine_cpu_s = (busy1 - busy0) / CLK_TCK
+    gen_cpu = final.get("gen_cpu") if final else None
+    gen_s = _num(gen_cpu.get("cpu_s")) if isinstance(gen_cpu, dict) else 0.0
+    m["other_cpu_cores"] = max(machine_cpu_s - m["cpu_total_s"] - gen_s, 0.0) / m["wall_s"]
+    m["machine_busy_cores"] = (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+    if server.poll() is not None:
+        raise BenchError(f"the server died during the scenario (status {server.returncode})")
+    if final is None:
+        raise BenchError(f"the loadgen gave no result (exit status {gen.returncode})")
+    result.loadgen = final
+    if not final.get("ok"):
+        result.status = "failed"
+        result.note = _join(result.note, str(final.get("error")))
+    closed = _num(final.get("streams_closed"))
+    if closed:
+        result.note = _join(
+            result.note, f"the server closed {closed:,.0f} stream(s) during the run"
+        )
+    publish = final.get("publish")
+    if isinstance(publish, dict) and (publish.get("post_errors") or publish.get("post_bad_status")):
+        result.note = _join(
+            result.note,
+            f"{_num(publish.get('post_errors')):,.0f} POSTs cut off, "
+            f"{_num(publish.get('post_bad_status')):,.0f} answered "
+            f"{publish.get('first_bad_status')} ({publish.get('first_bad_body')})",
+        )
+    acked = _num(publish.get("acked")) if isinstance(publish, dict) else 0.0
+    if sc.messages and not acked:
+        result.status = "failed"
+    # S4 stops at its duration by design; elsewhere every message should go out.
+    if sc.messages and acked < sc.messages and (sc.rate or not sc.duration_s):
+        stopped = publish.get("stopped_by") if isinstance(publish, dict) else "?"
+        result.note = _join(
+            result.note,
+            f"only {acked:,.0f} of {sc.messages:,} messages published (stopped by {stopped}); "
+            "delivered events/s and loss cover those",
+        )
+    if final.get("saturated"):
+        log(f"  SATURATED: the generator was the bottleneck in {spec.name} {sc.key}")
+
+
+def _run_least_noisy(
+    spec: ServerSpec,
+    sc: Scenario,
+    run: int,
+    logs: Path,
+    join_budget: int,
+    log: Callable[[str], None],
+    quiet_wait_s: float,
+    retries: int,
+) -> RunResult:
+    """`run_one`, repeated (bounded) while other programs disturb it; the least noisy wins."""
+    best: RunResult | None = None
+    for attempt in range(retries + 1):
+        t = time.monotonic()
+        r = run_one(spec, sc, run, logs, join_budget, log, quiet_wait_s, attempt)
+        other = r.server_metrics.get("other_cpu_cores", 0.0)
+        log(
+            f"  {sc.key} {spec.name} run {run}: {r.status} in {time.monotonic() - t:.1f} s"
+            + (f", other programs used {other:.2f} cores" if other > QUIET_CORES else "")
+            + (f" ({r.note})" if r.note else "")
+        )
+        if best is None or (r.status == "ok" and _noise(r) < _noise(best)):
+            best = r
+        if r.status != "ok" or other <= QUIET_CORES:
+            break
+        if attempt < retries:
+            log(f"  noisy: running {sc.key} {spec.name} again ({attempt + 1} of {retries})")
+    assert best is not None
+    return best
+
+
+def _noise(r: RunResult) -> float:
+    return r.server_metrics.get("other_cpu_cores", 0.0) if r.status == "ok" else float("inf")
+
+
+# ----------------------------------------------------------------- table
+
+
+def _num(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
+
+
+def _get(r: RunResult, path: str) -> float:
+    node: object = r.loadgen
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return _num(node)
+
+
+def _kb_per_stream(r: RunResult) -> float:
+    m = r.server_metrics
+    streams = _get(r, "streams")
+    if "rss_connected_kb" not in m or not streams:
+        return float("nan")
+    return (m["rss_connected_kb"] - m["rss_before_kb"]) / streams
+
+
+def _rate_achieved(r: RunResult) -> float:
+    duration = _get(r, "publish.duration_s")
+    return _get(r, "publish.acked") / duration if duration else float("nan")
+
+
+def _server_pct(r: RunResult, phase: str) -> float:
+    m = r.server_metrics
+    wall = m.get(f"{phase}_wall_s", 0.0)
+    return 100.0 * m.get(f"cpu_{phase}_s", 0.0) / wall if wall else float("nan")
+
+
+Metric = tuple[str, Callable[[RunResult], float], str]
+
+METRICS: dict[str, list[Metric]] = {
+    "S1a": [
+        ("all up and every join delivered (s)", lambda r: _get(r, "connect.joins_done_s"), ".1f"),
+        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".1f"),
+        ("joins delivered", lambda r: _get(r, "connect.joins_received"), ",.0f"),
+        ("server memory per stream (KB)", _kb_per_stream, ".1f"),
+        ("server CPU while connecting (% of a core)", lambda r: _server_pct(r, "connect"), ".0f"),
+    ],
+    "S1b": [
+        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
+        ("server memory per idle stream (KB)", _kb_per_stream, ".1f"),
+    ],
+    "S2": [
+        ("delivered events/s", lambda r: _get(r, "delivery.events_per_s"), ",.0f"),
+        ("latency p50 (ms)", lambda r: _get(r, "latency_ms.p50"), ".1f"),
+        ("latency p99 (ms)", lambda r: _get(r, "latency_ms.p99"), ".1f"),
+        ("latency max (ms)", lambda r: _get(r, "latency_ms.max"), ".1f"),
+        ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
+        ("POSTs/s answered", lambda r: _get(r, "publish.posts_per_s"), ",.0f"),
+        ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
+    ],
+    "S3": [
+        # Answered messages over the scheduled window: below 20, the rate was not kept.
+        ("messages/s achieved (20 wanted)", _rate_achieved, ".1f"),
+        ("delivered events/s", lambda r: _get(r, "delivery.events_per_s"), ",.0f"),
+        ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
+        ("latency p50 (ms)", lambda r: _get(r, "latency_ms.p50"), ".1f"),
+        ("latency p99 (ms)", lambda r: _get(r, "latency_ms.p99"), ".1f"),
+        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
+        ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
+    ],
+    "S4": [
+        ("POSTs/s answered", lambda r: _get(r, "publish.posts_per_s"), ",.0f"),
+        ("POST round trip mean (ms)", lambda r: _get(r, "publish.post_rtt_mean_ms"), ".2f"),
+        ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
+        ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
+    ],
+}
+
+
+def _other_cores(r: RunResult) -> float:
+    return r.server_metrics.get("other_cpu_cores", float("nan"))
+
+
+def _gen_cpu(r: RunResult) -> str:
+    cpu = r.loadgen.get("gen_cpu")
+    if not isinstance(cpu, dict):
+        return "?"
+    text = f"{_num(cpu.get('connect_pct')):.0f} / {_num(cpu.get('run_pct')):.0f}"
+    return text + (" SATURATED" if r.loadgen.get("saturated") else "")
+
+
+def _cell(runs: list[RunResult], fn: Callable[[RunResult], float], fmt: str) -> str:
+    ok = [r for r in runs if r.status == "ok"]
+    if not ok:
+        if runs and all(r.status == "n/a" for r in runs):
+            return "N/A"
+        return "failed"
+    values = [v for v in (fn(r) for r in ok) if v == v]  # drop NaN
+    if not values:
+        return "?"
+    text = format(statistics.median(values), fmt)
+    return text + (f" ({len(ok)}/{len(runs)} runs)" if len(ok) < len(runs) else "")
+
+
+def render_table(
+    results: list[RunResult], servers: Sequence[str], scenarios: Sequence[Scenario], runs: int
+) -> str:
+    """Markdown: one row per metric, one column per server, medians over the runs."""
+    head = "| scenario | metric | " + " | ".join(servers) + " |"
+    rule = "|---|---|" + "---|" * len(servers)
+    lines = [f"Medians of {runs} run(s).", "", head, rule]
+    notes: list[str] = []
+    for sc in scenarios:
+        by_server = {
+            s: [r for r in results if r.server == s and r.scenario == sc.key] for s in servers
+        }
+        first = True
+        for label, fn, fmt in METRICS[sc.key]:
+            cells = [_cell(by_server[s], fn, fmt) for s in servers]
+            lines.append(f"| {sc.title if first else ''} | {label} | " + " | ".join(cells) + " |")
+            first = False
+        gens = [
+            "; ".join(_gen_cpu(r) for r in by_server[s] if r.status == "ok") or "-" for s in servers
+        ]
+        lines.append("| | generator CPU, connect / run (% of a core) | " + " | ".join(gens) + " |")
+        others = [_cell(by_server[s], _other_cores, ".2f") for s in servers]
+        lines.append(
+            "| | CPU used outside server and generator (cores) | " + " | ".join(others) + " |"
+        )
+        for s in servers:
+            for r in by_server[s]:
+                other = r.server_metrics.get("other_cpu_cores", 0.0)
+                if other > QUIET_CORES:
+                    notes.append(
+                        f"- {sc.key} {s} run {r.run}: noisy: other programs used {other:.2f} "
+                        "cores meanwhile"
+                    )
+                if r.note:
+                    notes.append(f"- {sc.key} {s} run {r.run}: {r.status}: {r.note}")
+                for problem in r.server_log_problems:
+                    notes.append(f"- {sc.key} {s} run {r.run}: server log: {problem}")
+    if notes:
+        lines += ["", "Notes:", *dict.fromkeys(notes)]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------- main
+
+
+def _parse_named(values: list[str], what: str) -> dict[str, str]:
+    named: dict[str, str] = {}
+    for value in values:
+        name, sep, text = value.partition("=")
+        if not sep or not name or not text:
+            raise SystemExit(f"{what} wants NAME=TEXT, got {value!r}")
+        named[name] = text
+    return named
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = argparse.ArgumentParser(
+        prog="bench/run.py",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--servers",
+        default=None,
+        help="comma-separated servers to compare (default: ours,node and every --peer)",
+    )
+    p.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="NAME=CMD",
+        help="another server: a command with {port} (PORT is also set in its environment)",
+    )
+    p.add_argument(
+        "--peer-no-join",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="arguments that turn a peer's join announcement off, appended when a scenario "
+        "wants them off",
+    )
+    p.add_argument(
+        "--scenarios",
+        default=",".join(s.key for s in SCENARIOS),
+        help="comma-separated scenarios: S1a, S1b (or S1 for both), S2, S3, S4 (default: all)",
+    )
+    p.add_argument("--runs", type=int, default=3, help="runs per server and scenario (default 3)")
+    p.add_argument("--quick", action="store_true", help="every scenario 10x smaller: a sanity run")
+    p.add_argument(
+        "--join-budget",
+        type=int,
+        default=DEFAULT_JOIN_BUDGET,
+        help="most join deliveries a server without a no-join option may cost in a scenario "
+        "that wants announcements off (default %(default)s)",
+    )
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for the machine to be nearly idle "
+        "(0: do not wait) (default 30, or 3 with --quick)",
+    )
+    p.add_argument(
+        "--noisy-retries",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run again, up to N times, a run during which other programs used more than "
+        f"{QUIET_CORES} cores; the least noisy one counts (default 1, or 0 with --quick)",
+    )
+    p.add_argument("--out", type=Path, default=OUT, help="where raw results go (default bench/out)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run every selected server x scenario x run; print the table; 0 if all ran."""
+    args = build_parser().parse_args(argv)
+    if not LOADGEN.exists():
+        raise SystemExit(f"{LOADGEN} is missing: run `make bench` (it builds it with gcc)")
+    servers = dict(BUILTIN_SERVERS)
+    no_join = _parse_named(args.peer_no_join, "--peer-no-join")
+    for name, cmd in _parse_named(args.peer, "--peer").items():
+        servers[name] = ServerSpec(name, cmd, no_join.get(name))
+    for name, flag in no_join.items():
+        if name in servers:
+            servers[name] = replace(servers[name], no_join_args=flag)
+    names = (
+        args.servers.split(",")
+        if args.servers
+        else ["ours", "node", *(n for n in servers if n not in ("ours", "node"))]
+    )
+    unknown = [n for n in names if n not in servers]
+    if unknown:
+        raise SystemExit(f"unknown server(s) {unknown}; known: {sorted(servers)} (add with --peer)")
+    by_key = {s.key: s for s in SCENARIOS}
+    keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
+    keys = [part for k in keys for part in (["S1a", "S1b"] if k == "S1" else [k])]
+    if bad := [k for k in keys if k not in by_key]:
+        raise SystemExit(f"unknown scenario(s) {bad}; known: {list(by_key)}")
+    scenarios = [by_key[k].quick() if args.quick else by_key[k] for k in keys]
+    if args.runs < 1:
+        raise SystemExit("--runs must be at least 1")
+    if "node" in names and not (REPO / "bench/peers/node-express/node_modules").exists():
+        raise SystemExit("bench/peers/node-express/node_modules is missing: run `make bench`")
+
+    quiet_wait = args.quiet_wait if args.quiet_wait is not None else (3.0 if args.quick else 30.0)
+    retries = args.noisy_retries if args.noisy_retries is not None else (0 if args.quick else 1)
+    limit = raise_open_files()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out / stamp
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    machine = f"{platform.node()}: {os.cpu_count()} cores, {platform.platform()}"
+    log(f"bench: {', '.join(names)} x {', '.join(keys)} x {args.runs} run(s); open files {limit}")
+    results: list[RunResult] = []
+    started = time.monotonic()
+    for sc in scenarios:
+        for run in range(1, args.runs + 1):
+            for name in names:
+                results.append(
+                    _run_least_noisy(
+                        servers[name], sc, run, logs, args.join_budget, log, quiet_wait, retries
+                    )
+                )
+    table = render_table(results, names, scenarios, args.runs)
+    command = "bench/run.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    header = f"`{command}` on {machine}, {time.monotonic() - started:.0f} s"
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "command": command,
+                "machine": machine,
+                "servers": {n: asdict(servers[n]) for n in names},
+                "scenarios": [{**asdict(s), "title": s.title} for s in scenarios],
+                "results": [asdict(r) for r in results],
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    (out / "table.md").write_text(header + "\n\n" + table + "\n")
+    print(header + "\n\n" + table)
+    log(f"raw results: {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    return 0 if all(r.status != "failed" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
