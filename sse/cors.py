@@ -13,9 +13,13 @@ def cors_headers(origin: str | None, allowed: tuple[str, ...]) -> list[tuple[str
     Our endpoints carry no credentials, so `*` is a safe answer when the
     allow-list says so; a named list echoes the origin and varies on it.
     """
+    if origin is None:
+        # Not a CORS request (same origin, curl): nothing to allow. A named list
+        # still varies on Origin, so a cache never serves this to a CORS request.
+        return [] if "*" in allowed else [("vary", "Origin")]
     if "*" in allowed:
         return [("access-control-allow-origin", "*")]
-    if origin is not None and origin in allowed:
+    if origin in allowed:
         return [("access-control-allow-origin", origin), ("vary", "Origin")]
     return [("vary", "Origin")]
 

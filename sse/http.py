@@ -177,9 +177,11 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = (
         "_body",
         "_config",
+        "_deadline",
         "_got_bytes",
         "_h11",
         "_ignored_bytes",
+        "_on_deadline",
         "_overloaded",
         "_peer",
         "_phase",
@@ -205,6 +207,8 @@ class HttpConnection(asyncio.Protocol):
         self._peer = "-"
         self._phase = Phase.AWAIT_REQUEST
         self._timer: asyncio.TimerHandle | None = None
+        self._deadline = 0.0
+        self._on_deadline: Callable[[], None] | None = None
         self._request: Request | None = None
         self._target = ""
         self._version = ""
@@ -268,7 +272,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         """The one exit path: unsubscribe, cancel timers, forget the connection."""
-        self._cancel_timer()
+        self._drop_timer()
         self._phase = Phase.CLOSING
         stream = self._stream
         if stream is not None:
@@ -325,7 +329,8 @@ class HttpConnection(asyncio.Protocol):
         target = event.target.decode("ascii", "replace")
         self._target = target
         self._version = event.http_version.decode("ascii", "replace")
-        parts = urlsplit(target)
+        # Most targets are a bare path: skip the URL parser for them.
+        parts = urlsplit(target) if "?" in target or "#" in target or "//" in target else None
         headers: dict[str, str] = {}
         for name, value in event.headers:
             key = name.decode("ascii", "replace")  # h11 lower-cases names
@@ -333,8 +338,8 @@ class HttpConnection(asyncio.Protocol):
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         self._request = Request(
             event.method.decode("ascii", "replace"),
-            parts.path or "/",
-            dict(parse_qsl(parts.query, keep_blank_values=True)),
+            (parts.path if parts is not None else target) or "/",
+            dict(parse_qsl(parts.query, keep_blank_values=True)) if parts is not None else {},
             headers,
         )
         self._body.clear()
@@ -560,7 +565,6 @@ class HttpConnection(asyncio.Protocol):
             self._close()
 
     def _on_header_timeout(self) -> None:
-        self._timer = None
         if self._got_bytes and self._transport is not None:
             log.info("header timeout from %s: closing", self._peer)
             self._transport.write(_RAW_408)
@@ -569,7 +573,6 @@ class HttpConnection(asyncio.Protocol):
             self._close()
 
     def _on_body_timeout(self) -> None:
-        self._timer = None
         log.info("body timeout from %s: closing", self._peer)
         self._send_reply(
             json_reply(408, {"error": "request body not received in time"}), close=True
@@ -595,7 +598,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self._ignored_bytes = 0
         transport.write_eof()
-        self._timer = asyncio.get_running_loop().call_later(_LINGER_S, transport.close)
+        self._arm(_LINGER_S, transport.close)
 
     def _abort(self) -> None:
         self._cancel_timer()
@@ -604,10 +607,37 @@ class HttpConnection(asyncio.Protocol):
             self._transport.abort()
 
     def _arm(self, delay_s: float, callback: Callable[[], None]) -> None:
-        self._cancel_timer()
-        self._timer = asyncio.get_running_loop().call_later(delay_s, callback)
+        # Re-armed for every request, so moving the deadline is an assignment:
+        # the one timer handle is replaced only when the new deadline comes
+        # first, and a timer that fires early just sleeps again until it.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay_s
+        self._deadline = deadline
+        self._on_deadline = callback
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(deadline, self._check_deadline)
+
+    def _check_deadline(self) -> None:
+        self._timer = None
+        callback = self._on_deadline
+        if callback is None:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._check_deadline)
+            return
+        self._on_deadline = None
+        callback()
 
     def _cancel_timer(self) -> None:
+        # A pending handle stays and, when it fires, finds nothing to do.
+        self._on_deadline = None
+
+    def _drop_timer(self) -> None:
+        self._on_deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

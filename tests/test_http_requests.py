@@ -265,6 +265,11 @@ async def test_allow_list_echoes_a_listed_origin_and_refuses_others(
     await stream.close()
 
 
+async def test_requests_without_origin_get_no_cors_headers(server: Server) -> None:
+    response = await post_message(server.address, "same origin")
+    assert not any(name.startswith("access-control-") for name in response.headers)
+
+
 async def post_message_from(server: Server, origin: str) -> object:
     return await request(
         server.address, "POST", "/send-message", [*JSON, ("origin", origin)], b'{"message": "o"}'

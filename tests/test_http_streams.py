@@ -18,7 +18,9 @@ from tests.conftest import MakeServer
 async def test_stream_headers_say_event_stream_no_cache_and_no_proxy_buffering(
     server: Server,
 ) -> None:
-    stream = await EventStream.open(server.address)
+    stream = await EventStream.open(
+        server.address, headers=[("origin", "http://elsewhere.example")]
+    )
     assert stream.status == 200
     assert stream.headers["content-type"] == "text/event-stream"
     assert stream.headers["cache-control"] == "no-cache"
