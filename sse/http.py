@@ -181,6 +181,7 @@ class HttpConnection(asyncio.Protocol):
         "_got_bytes",
         "_h11",
         "_ignored_bytes",
+        "_loop",
         "_on_deadline",
         "_overloaded",
         "_peer",
@@ -209,6 +210,7 @@ class HttpConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
         self._on_deadline: Callable[[], None] | None = None
+        self._loop = asyncio.get_running_loop()
         self._request: Request | None = None
         self._target = ""
         self._version = ""
@@ -610,7 +612,7 @@ class HttpConnection(asyncio.Protocol):
         # Re-armed for every request, so moving the deadline is an assignment:
         # the one timer handle is replaced only when the new deadline comes
         # first, and a timer that fires early just sleeps again until it.
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         deadline = loop.time() + delay_s
         self._deadline = deadline
         self._on_deadline = callback
@@ -625,7 +627,7 @@ class HttpConnection(asyncio.Protocol):
         callback = self._on_deadline
         if callback is None:
             return
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         if loop.time() < self._deadline:
             self._timer = loop.call_at(self._deadline, self._check_deadline)
             return
