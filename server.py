@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from sse.config import CLIENT_DIR, MODELS, Config
+from sse.config import CLIENT_DIR, MODELS, WS_COMPRESSION, Config
 from sse.errors import ConfigError
 from sse.http import Server
 
@@ -134,6 +134,38 @@ def build_parser() -> argparse.ArgumentParser:
         dest="join_announcement",
         action="store_false",
         help="do not broadcast 'A new user joined!' when a stream opens",
+    )
+
+    ws = p.add_argument_group("WebSockets (GET /ws, /conversations/{id}/ws)")
+    ws.add_argument(
+        "--ws-max-message-bytes",
+        type=int,
+        default=d.ws_max_message_bytes,
+        help="largest message a WebSocket client may send (after decompression); a "
+        "larger one closes the connection with code 1009",
+    )
+    ws.add_argument(
+        "--ws-ping-interval",
+        type=float,
+        default=d.ws_ping_interval_s,
+        metavar="SECONDS",
+        help="a WebSocket gets a ping this often, so proxies keep it open and dead peers are found",
+    )
+    ws.add_argument(
+        "--ws-ping-timeout",
+        type=float,
+        default=d.ws_ping_timeout_s,
+        metavar="SECONDS",
+        help="a WebSocket whose pong (or, when closing, whose Close) does not come "
+        "within this long is cut",
+    )
+    ws.add_argument(
+        "--ws-compression",
+        choices=WS_COMPRESSION,
+        default=d.ws_compression,
+        help="offer permessage-deflate: 'shared' compresses each event once for every "
+        "client (no context takeover); 'per-connection' keeps a compressor per client "
+        "(smaller frames, more CPU and memory); see README 'SSE or WebSocket?'",
     )
 
     limits = p.add_argument_group("request limits")
@@ -293,6 +325,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_content_chars=args.max_content_chars,
         echo_delay_s=args.echo_delay,
         echo_max_pieces=args.echo_max_pieces,
+        ws_max_message_bytes=args.ws_max_message_bytes,
+        ws_ping_interval_s=args.ws_ping_interval,
+        ws_ping_timeout_s=args.ws_ping_timeout,
+        ws_compression=args.ws_compression,
     )
 
 

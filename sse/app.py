@@ -24,6 +24,7 @@ __all__ = [
     "ROOM",
     "SENT_REPLY",
     "App",
+    "OpenSocket",
     "OpenStream",
     "Reply",
     "Request",
@@ -70,6 +71,19 @@ class OpenStream:
     last_event_id: str | None
     announce: str | None = None
     cors: tuple[tuple[str, str], ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSocket:
+    """Upgrade to a WebSocket carrying `topic` (sse.ws), replaying after `last_event_id`.
+
+    `conversation_id` says what the client may send over it: None for the room.
+    """
+
+    topic: str
+    last_event_id: str | None
+    announce: str | None = None
+    conversation_id: str | None = None
 
 
 def json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
@@ -119,7 +133,7 @@ def require_text(obj: Mapping[str, object], name: str) -> str:
     return value
 
 
-Result = Reply | OpenStream
+Result = Reply | OpenStream | OpenSocket
 Handler = Callable[[Request, bytes, Mapping[str, str]], "Result | Awaitable[Result]"]
 _PARAM = re.compile(r"\{(\w+)\}")
 
@@ -205,7 +219,7 @@ class App:
             result = handler(req, body, params)
         except ClientError as exc:
             return _error(exc.status, exc.message, cors)
-        if isinstance(result, Reply | OpenStream):
+        if isinstance(result, Reply | OpenStream | OpenSocket):
             return _with_cors(result, cors)
         return _finish(result, cors)
 
@@ -242,6 +256,8 @@ class App:
 
 
 def _with_cors(result: Result, cors: tuple[tuple[str, str], ...]) -> Result:
+    if isinstance(result, OpenSocket):
+        return result  # a 101 has no body to share; sse.ws checks Origin instead
     if isinstance(result, OpenStream):
         return OpenStream(result.topic, result.last_event_id, result.announce, cors)
     return Reply(result.status, result.body, result.content_type, (*cors, *result.headers))

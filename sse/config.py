@@ -7,9 +7,13 @@ from pathlib import Path
 
 from sse.errors import ConfigError
 
-__all__ = ["CLIENT_DIR", "MODELS", "Config"]
+__all__ = ["CLIENT_DIR", "MODELS", "WS_COMPRESSION", "Config"]
 
 MODELS = ("echo", "openai")
+# permessage-deflate (RFC 7692) on WebSockets: not offered; offered without
+# server context takeover, so each event is compressed once for every client;
+# or with it, so each connection keeps its own compressor (see sse.ws).
+WS_COMPRESSION = ("off", "shared", "per-connection")
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 
 
@@ -47,6 +51,10 @@ class Config:
     context_messages: int = 50
     echo_delay_s: float = 0.05
     echo_max_pieces: int = 1000
+    ws_max_message_bytes: int = 64 * 1024
+    ws_ping_interval_s: float = 20.0
+    ws_ping_timeout_s: float = 20.0
+    ws_compression: str = "off"
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot work.
@@ -70,6 +78,9 @@ class Config:
             "model_read_timeout_s": self.model_read_timeout_s,
             "context_messages": self.context_messages,
             "echo_max_pieces": self.echo_max_pieces,
+            "ws_max_message_bytes": self.ws_max_message_bytes,
+            "ws_ping_interval_s": self.ws_ping_interval_s,
+            "ws_ping_timeout_s": self.ws_ping_timeout_s,
         }
         for name, value in positive.items():
             if value <= 0:
@@ -90,5 +101,10 @@ class Config:
             raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.model == "openai" and not (self.model_url and self.model_name):
             raise ConfigError("the openai model needs --model-url and --model-name")
+        if self.ws_compression not in WS_COMPRESSION:
+            choices = ", ".join(WS_COMPRESSION)
+            raise ConfigError(
+                f"ws_compression must be one of {choices}, got {self.ws_compression!r}"
+            )
         if not self.cors_origins:
             raise ConfigError("cors_origins must name at least one origin, or '*'")

@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 
 import h11
 
-from sse.app import App, OpenStream, Reply, Request, json_reply, status_phrase
+from sse.app import App, OpenSocket, OpenStream, Reply, Request, json_reply, status_phrase
 from sse.chat import ChatService
 from sse.chat_api import chat_routes
 from sse.config import Config
@@ -30,6 +30,7 @@ from sse.models.factory import build_model
 from sse.static import load_static
 from sse.store import SqliteStore
 from sse.wire import encode_comment, encode_retry
+from sse.ws import WebSocket, accept, ws_routes
 
 __all__ = ["HttpConnection", "Server", "Stream", "running"]
 
@@ -68,6 +69,7 @@ class Phase(Enum):
     WAIT_APP = auto()  # an async handler is working on the request
     STREAMING = auto()
     CLOSING = auto()
+    UPGRADED = auto()  # the transport now belongs to a `sse.ws.WebSocket`
 
 
 class Stream:
@@ -387,7 +389,7 @@ class HttpConnection(asyncio.Protocol):
         except Exception:
             self._internal_error(request)
             return
-        if isinstance(result, Reply | OpenStream):
+        if isinstance(result, Reply | OpenStream | OpenSocket):
             self._deliver(request, result)
             return
         # The handler waits on something (the database): stop reading, so that
@@ -397,7 +399,9 @@ class HttpConnection(asyncio.Protocol):
             self._transport.pause_reading()
         self._server.spawn(self._await_app(request, result))
 
-    async def _await_app(self, request: Request, pending: Awaitable[Reply | OpenStream]) -> None:
+    async def _await_app(
+        self, request: Request, pending: Awaitable[Reply | OpenStream | OpenSocket]
+    ) -> None:
         try:
             result = await pending
         except Exception:
@@ -414,9 +418,11 @@ class HttpConnection(asyncio.Protocol):
             self._transport.resume_reading()
             self._process()
 
-    def _deliver(self, request: Request, result: Reply | OpenStream) -> None:
+    def _deliver(self, request: Request, result: Reply | OpenStream | OpenSocket) -> None:
         if isinstance(result, OpenStream):
             self._open_stream(request, result)
+        elif isinstance(result, OpenSocket):
+            self._open_socket(request, result)
         else:
             self._send_reply(result)
 
@@ -530,6 +536,41 @@ class HttpConnection(asyncio.Protocol):
         self._body = _NO_BODY
         if opening.announce is not None:
             server.hub.publish(opening.topic, opening.announce)
+
+    # -- WebSocket hand-off (sse.ws) ----------------------------------------
+
+    def _open_socket(self, request: Request, opening: OpenSocket) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        # h11 paused after the upgrade request (h11 docs, "Switching protocols");
+        # the bytes it read past it are the client's first WebSocket frames.
+        trailing, closed = self._h11.trailing_data
+        if closed:
+            self._close()
+            return
+        result = accept(
+            self._server,
+            transport,
+            request,
+            opening,
+            version=self._version,
+            peer=self._peer,
+            trailing=trailing,
+            write_paused=self._write_paused,
+        )
+        if isinstance(result, Reply):
+            self._send_reply(result)
+            return
+        self._access(101, -1)
+        # The WebSocket has the transport, and takes this connection's place.
+        self._cancel_timer()
+        self._phase = Phase.UPGRADED
+        self._h11 = _SPENT
+        self._request = None
+        self._body = _NO_BODY
+        self._server.connections.discard(self)
+        self._server.connections.add(result)
 
     # -- ending --------------------------------------------------------------
 
@@ -687,10 +728,11 @@ class Server:
             self.hub,
             load_static(config.client_dir),
             self.health,
-            chat_routes(self.chat, config),
+            [*chat_routes(self.chat, config), *ws_routes(self.chat, config)],
         )
-        self.connections: set[HttpConnection] = set()
+        self.connections: set[HttpConnection | WebSocket] = set()
         self.streams: dict[UUID, Stream] = {}
+        self.sockets: dict[UUID, WebSocket] = {}
         self.draining = False
         self._last_flush = 0.0
         self._flush_gap = 0.0
@@ -705,6 +747,7 @@ class Server:
         return {
             "status": "draining" if self.draining else "ok",
             "streams": len(self.streams),
+            "websockets": len(self.sockets),
             "connections": len(self.connections),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
         }
@@ -776,7 +819,17 @@ class Server:
             reason,
         )
 
-    def connection_closed(self, conn: HttpConnection) -> None:
+    def add_socket(self, sock: WebSocket) -> None:
+        """Register an open WebSocket with the hub and in the dict of sockets."""
+        self.sockets[sock.key] = sock
+        self.hub.subscribe(sock.topic, sock.key, sock)
+
+    def drop_socket(self, sock: WebSocket) -> None:
+        """Forget a closed WebSocket; it gets no further frames."""
+        self.hub.unsubscribe(sock.topic, sock.key)
+        self.sockets.pop(sock.key, None)
+
+    def connection_closed(self, conn: HttpConnection | WebSocket) -> None:
         """Forget a connection; wake the shutdown when it was the last one."""
         self.connections.discard(conn)
         if self.draining and not self.connections:

@@ -28,6 +28,15 @@ class Frame:
     id: str
     raw: bytes
     chunked: bytes
+    # For transports that frame each event on its own (sse.ws sends one WebSocket
+    # message per event): the event of a one-event frame, or the one-event frames
+    # a batch carries, in order.
+    event: Event | None = None
+    parts: tuple[Frame, ...] = ()
+    # Those transports' encodings of the frame, built on first use and then shared
+    # by all their connections: a broadcast encodes once, not once per client, and
+    # a batch is the join of its parts' encodings.
+    encodings: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, event: Event, seq: int) -> Frame:
@@ -39,7 +48,11 @@ class Frame:
         raw = encode(event)
         # RFC 9112 section 7.1: chunk-size in hex, CRLF, data, CRLF. Precomputed
         # here so each stream's write is a single call with no per-stream work.
-        return cls(seq, event.id or "", raw, b"%x\r\n%b\r\n" % (len(raw), raw))
+        return cls(seq, event.id or "", raw, b"%x\r\n%b\r\n" % (len(raw), raw), event)
+
+    def singles(self) -> tuple[Frame, ...]:
+        """The one-event frames this frame carries, in order."""
+        return self.parts or (self,)
 
 
 class Sink(Protocol):
@@ -75,7 +88,8 @@ def _batch(frames: list[Frame]) -> Frame:
         return frames[0]
     raw = b"".join(f.raw for f in frames)
     last = frames[-1]
-    return Frame(last.seq, last.id, raw, b"%x\r\n%b\r\n" % (len(raw), raw))
+    parts = tuple(p for f in frames for p in f.singles())
+    return Frame(last.seq, last.id, raw, b"%x\r\n%b\r\n" % (len(raw), raw), parts=parts)
 
 
 class Hub:
