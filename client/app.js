@@ -2,7 +2,8 @@
  * ssechat browser page.
  *
  * Reads the room over Server-Sent Events (GET /events) and posts to it with
- * POST /send-message. The Chat view holds conversations with an assistant
+ * POST /send-message, or, when the settings say so, does both over one
+ * WebSocket (GET /ws, RFC 6455) with the same events as JSON frames. The Chat view holds conversations with an assistant
  * (/conversations/...), whose replies stream in over one EventSource per open
  * conversation. Everything lives in one IIFE so nothing leaks onto
  * `window`. A classic script, not type="module": Chromium refuses module
@@ -15,6 +16,14 @@
   const FILE_PAGE_SERVER_URL = "http://127.0.0.1:3000";
   /** localStorage key of the server URL the user applied. */
   const STORAGE_KEY = "ssechat.serverUrl";
+  /** localStorage key of the room's transport ("sse" or "ws"). */
+  const TRANSPORT_KEY = "ssechat.transport";
+  /** A WebSocket does not reconnect by itself: the first retry waits this long, then doubles. */
+  const SOCKET_RETRY_MS = 500;
+  /** ...up to this; a random part up to as much again spreads a crowd's reconnects. */
+  const SOCKET_RETRY_MAX_MS = 8000;
+  /** A socket that fails to open this many times in a row is given up (Reconnect remains). */
+  const SOCKET_GIVE_UP_AFTER = 6;
   /** Most <li> kept in #messages; older ones are dropped so the DOM stays small. */
   const MAX_MESSAGES = 500;
   /** Within this distance of the bottom the list follows new messages. */
@@ -36,6 +45,11 @@
   /** Named events of a conversation stream that carry chat data (all JSON). */
   const CHAT_EVENTS = Object.freeze(["user", "start", "delta", "done"]);
 
+  /** How the room reaches the page; the values are what localStorage and ?transport= hold. */
+  const Transport = Object.freeze({ SSE: "sse", WS: "ws" });
+  /** What #transport-label shows for each. */
+  const TRANSPORT_LABELS = Object.freeze({ sse: "SSE", ws: "WebSocket" });
+
   /** Connection states; the strings are what #status shows (part of the contract). */
   const State = Object.freeze({
     CONNECTING: "connecting",
@@ -53,6 +67,8 @@
 
   const ui = {
     status: byId("status"),
+    transportLabel: byId("transport-label"),
+    transportInputs: [byId("transport-sse"), byId("transport-ws")],
     reconnect: byId("reconnect"),
     settingsDetails: document.querySelector("details.settings"),
     settingsForm: byId("settings-form"),
@@ -81,8 +97,22 @@
 
   /** Base URL of the server, no trailing slash; endpoints are appended to it. */
   let serverUrl = "";
-  /** The one EventSource we listen to; events from older ones are ignored. */
+  /** The one EventSource or WebSocket we listen to; events from older ones are ignored. */
   let source = null;
+  /** The room's transport (one of Transport). */
+  let transport = Transport.SSE;
+  /** The pending automatic reconnect of a closed WebSocket, if any. */
+  let reconnectTimer = null;
+  /** Consecutive WebSocket attempts that closed without ever opening. */
+  let socketFailures = 0;
+  /** Retries since the socket was last open; sets the backoff. */
+  let socketRetries = 0;
+  /**
+   * Messages sent over the WebSocket that await their answer, oldest first: the
+   * server answers each with an ack or error frame, in order. An entry that timed
+   * out stays until its late answer arrives, so later answers still match.
+   */
+  const pendingSends = [];
   /** The badge's current state (one of State). */
   let connectionState = State.CONNECTING;
   /** True while a POST /send-message is in flight. */
@@ -203,8 +233,50 @@
       lastEventId = null;
     }
     serverUrl = next;
-    connect();
+    reconnectNow();
     onChatServerApplied(changed);
+  }
+
+  // ---------------------------------------------------------------- transport setting
+
+  /** Pick the starting transport: ?transport= beats the saved setting beats SSE. */
+  function initialTransport() {
+    const fromQuery = new URLSearchParams(location.search).get("transport");
+    if (fromQuery === Transport.SSE || fromQuery === Transport.WS) return fromQuery;
+    let saved = null;
+    try {
+      saved = localStorage.getItem(TRANSPORT_KEY);
+    } catch (err) {
+      // Storage unavailable (privacy modes, file://): the default it is.
+    }
+    return saved === Transport.WS ? Transport.WS : Transport.SSE;
+  }
+
+  /** Save the transport; best effort, like the server URL. */
+  function saveTransport(value) {
+    try {
+      localStorage.setItem(TRANSPORT_KEY, value);
+    } catch (err) {
+      // Not saved: the choice still applies until the page is reloaded.
+    }
+  }
+
+  /** Show the transport in the header and in the settings' radio buttons. */
+  function showTransport() {
+    ui.transportLabel.textContent = TRANSPORT_LABELS[transport];
+    ui.transportLabel.dataset.transport = transport;
+    for (const input of ui.transportInputs) input.checked = input.value === transport;
+  }
+
+  /** A radio button was chosen: switch at once, resuming after the last event seen. */
+  function onTransportChange(event) {
+    const next = event.target.value;
+    if (next !== Transport.SSE && next !== Transport.WS) return;
+    saveTransport(next);
+    if (next === transport) return;
+    transport = next;
+    showTransport();
+    reconnectNow();
   }
 
   // ---------------------------------------------------------------- stream
@@ -219,16 +291,34 @@
     ui.status.dataset.state = state;
   }
 
-  /** Stop listening to the current stream, if any. */
+  /** Stop listening to the current stream or socket, if any. */
   function disconnect() {
-    if (source !== null) source.close();
+    clearTimeout(reconnectTimer);
+    reconnectTimer = null;
+    // 1000: a normal closure (RFC 6455 section 7.4.1); an EventSource takes no code.
+    if (source instanceof WebSocket) source.close(1000);
+    else if (source !== null) source.close();
     source = null;
+    answerPendingSends("The connection was replaced before the server answered.");
   }
 
-  /** Open a new EventSource on `${serverUrl}/events`, replacing any previous one. */
+  /** Connect now, at the user's word: a socket's backoff and give-up count start over. */
+  function reconnectNow() {
+    socketFailures = 0;
+    socketRetries = 0;
+    connect();
+  }
+
+  /** Open the room on the chosen transport, replacing any previous stream or socket. */
   function connect() {
     disconnect();
     setConnectionState(State.CONNECTING);
+    if (transport === Transport.WS) connectSocket();
+    else connectStream();
+  }
+
+  /** Open a new EventSource on `${serverUrl}/events`. */
+  function connectStream() {
     // Resume after the last event seen (see `lastEventId`). The browser's own
     // reconnects of this EventSource send the Last-Event-ID header, which the
     // server prefers to the query, so the query never holds them back.
@@ -298,6 +388,127 @@
     }
     const item = appendItem(text, event.lastEventId, "notice");
     if (resumedFrom !== null) item.dataset.resumedFrom = resumedFrom;
+  }
+
+  // ---------------------------------------------------------------- socket
+
+  /** The room's WebSocket URL: ws(s):// for http(s)://, resuming after `lastEventId`. */
+  function socketUrl() {
+    const url = new URL(`${serverUrl}/ws`);
+    url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    // A WebSocket cannot send Last-Event-ID: the server reads the query instead.
+    if (lastEventId !== null) url.searchParams.set("last_event_id", lastEventId);
+    return url.href;
+  }
+
+  /** Open a new WebSocket on `${serverUrl}/ws`. */
+  function connectSocket() {
+    let socket;
+    try {
+      socket = new WebSocket(socketUrl());
+    } catch (err) {
+      // The constructor throws SyntaxError for a URL it cannot use.
+      if (!(err instanceof DOMException)) throw err;
+      setConnectionState(State.CLOSED);
+      showSettingsError(`Cannot open a WebSocket at ${serverUrl}/ws.`);
+      return;
+    }
+    source = socket;
+    let opened = false;
+    /** Wrap a handler so it only runs while `socket` is the current one. */
+    const whileCurrent = (handler) => (event) => {
+      if (socket === source) handler(event, socket);
+    };
+    socket.addEventListener(
+      "open",
+      whileCurrent(() => {
+        opened = true;
+        socketFailures = 0;
+        socketRetries = 0;
+        setConnectionState(State.LIVE);
+      }),
+    );
+    socket.addEventListener("message", whileCurrent(onSocketMessage));
+    socket.addEventListener(
+      "close",
+      whileCurrent(() => onSocketClose(opened)),
+    );
+  }
+
+  /** A frame: an answer to one of our sends, or an event as a stream would carry it. */
+  function onSocketMessage(event) {
+    let message;
+    try {
+      message = JSON.parse(event.data);
+    } catch (err) {
+      if (!(err instanceof SyntaxError)) throw err;
+      return; // not ours to show
+    }
+    if (message === null || typeof message !== "object") return;
+    if (message.type === "ack" || message.type === "error") {
+      const entry = pendingSends.shift();
+      if (entry !== undefined) {
+        entry.answer(message.type === "ack" ? null : errorText(message.error));
+      }
+      return;
+    }
+    // {"id", "event", "data"}: hand it on the way an EventSource dispatches it.
+    const like = { data: String(message.data ?? ""), lastEventId: String(message.id ?? "") };
+    if (message.event === "gap") onStreamGap(like);
+    else if (message.event === "message") onStreamMessage(like);
+  }
+
+  /** The server's explanation, or a generic one. */
+  function errorText(text) {
+    return typeof text === "string" && text !== "" ? text : "The server refused the message.";
+  }
+
+  /** The socket closed: retry after a growing, jittered delay, resuming by id. */
+  function onSocketClose(opened) {
+    source = null;
+    answerPendingSends("The connection closed before the server answered; it may not be sent.");
+    if (!opened) socketFailures += 1;
+    if (socketFailures >= SOCKET_GIVE_UP_AFTER) {
+      setConnectionState(State.CLOSED);
+      return;
+    }
+    setConnectionState(State.RECONNECTING);
+    const base = Math.min(SOCKET_RETRY_MS * 2 ** socketRetries, SOCKET_RETRY_MAX_MS);
+    socketRetries += 1;
+    reconnectTimer = setTimeout(connect, base + Math.random() * base);
+  }
+
+  /** Answer every send still waiting with `text` (the socket they went out on is gone). */
+  function answerPendingSends(text) {
+    for (const entry of pendingSends.splice(0)) entry.answer(text);
+  }
+
+  /**
+   * Send `text` to the room over the socket; resolves to null once the server
+   * acknowledged it, or to why it was not sent.
+   */
+  function sendOverSocket(text) {
+    return new Promise((resolve) => {
+      const socket = source;
+      if (!(socket instanceof WebSocket) || socket.readyState !== WebSocket.OPEN) {
+        resolve(`Not connected to ${serverUrl}. Not sent.`);
+        return;
+      }
+      let settled = false;
+      const answer = (result) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        resolve(result);
+      };
+      const timer = setTimeout(
+        () => answer(`No answer from ${serverUrl} after ${SEND_TIMEOUT_MS / 1000} s.`),
+        SEND_TIMEOUT_MS,
+      );
+      pendingSends.push({ answer });
+      // Sent as typed, like the POST body.
+      socket.send(JSON.stringify({ type: "send", message: text }));
+    });
   }
 
   // ---------------------------------------------------------------- message list
@@ -393,6 +604,12 @@
     clearSendError();
     setSending(true);
     try {
+      if (transport === Transport.WS) {
+        const problem = await sendOverSocket(text);
+        if (problem !== null) showSendError(problem);
+        else ui.input.value = "";
+        return;
+      }
       let response;
       try {
         response = await fetch(`${serverUrl}/send-message`, {
@@ -1574,8 +1791,11 @@
   function start() {
     serverUrl = initialServerUrl();
     ui.serverInput.value = serverUrl;
+    transport = initialTransport();
+    showTransport();
+    for (const input of ui.transportInputs) input.addEventListener("change", onTransportChange);
     ui.settingsForm.addEventListener("submit", onApplyServer);
-    ui.reconnect.addEventListener("click", connect);
+    ui.reconnect.addEventListener("click", reconnectNow);
     ui.composer.addEventListener("submit", (event) => {
       event.preventDefault();
       sendMessage();
