@@ -53,7 +53,7 @@ NODE_PEER  := bench/peers/node-express
 
 $(LOADGEN): bench/loadgen.c
 	@mkdir -p $(@D)
-	$(BENCH_CC) -O2 -Wall -Wextra -std=gnu11 -o $@ $< -lm
+	$(BENCH_CC) -O2 -Wall -Wextra -std=gnu11 -o $@ $< -lm -lz
 
 .PHONY: bench
 bench: $(STAMP) $(LOADGEN)  ## fan-out benchmark, ours vs the seed's Node/Express server (BENCH_ARGS="--runs 1 --quick")

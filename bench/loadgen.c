@@ -1,5 +1,6 @@
 /*
- * loadgen: a lean load generator for Server-Sent Events fan-out (ssechat issue 4).
+ * loadgen: a lean load generator for Server-Sent Events fan-out (ssechat issue 4),
+ * and for the same fan-out over WebSockets (issue 6, --transport ws).
  *
  * Opens N event streams (GET /events, HTTP/1.1 chunked) to HOST:PORT, publishes
  * messages with keep-alive POSTs (POST /send-message, {"message":"<seq> <send_ns>"}),
@@ -16,6 +17,13 @@
  * share of the streams; the parent publishes and coordinates them through a shared
  * memory page. Every phase has a deadline; on failure the last stdout line is still
  * one JSON object, with "ok": false and the reason.
+ *
+ * With --transport ws the streams are WebSockets (GET /ws, RFC 6455): the server's
+ * unmasked frames are parsed with a small header state machine, each text frame
+ * is one event as JSON {"id","event","data"} whose "data" is read like a data:
+ * line, pings are answered, and permessage-deflate (RFC 7692, --ws-deflate) is
+ * inflated with zlib. The publishers are WebSockets too: each sends a masked text
+ * frame {"type":"send","message":"<seq> <send_ns>"} and waits for its ack frame.
  *
  * Timestamps are CLOCK_MONOTONIC, which every process on the machine shares.
  * Latency is kept in a log-linear histogram of microseconds (0.1% resolution,
@@ -46,6 +54,7 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -82,6 +91,8 @@ static struct {
     double hold_s;
     double max_s;
     int sync;
+    int ws;                 /* WebSockets instead of event streams and POSTs */
+    int ws_deflate;         /* offer permessage-deflate on the streams */
     const char *label;
 } O = {
     .host = "127.0.0.1",
@@ -123,6 +134,9 @@ static void usage(FILE *f)
         "  --sync-timeout S     deadline for that line (default 120)\n"
         "  --hold S             keep the streams open S seconds after connecting\n"
         "  --max-seconds S      hard cap on the whole run (default 300)\n"
+        "  --transport T        sse (GET /events, POST /send-message; default) or ws\n"
+        "                       (GET /ws; messages sent as frames, answered by ack frames)\n"
+        "  --ws-deflate         with --transport ws: offer permessage-deflate on the streams\n"
         "  --label TEXT         copied into the JSON result\n"
         "Prints one JSON line of results on stdout; exit 0 ok, 1 a phase failed or timed\n"
         "out, 2 setup error (bad option, out of file descriptors or ports).\n");
@@ -179,7 +193,7 @@ enum { PH_CONNECT, PH_SYNC, PH_RUN, PH_FINAL, PH_ABORT };
 enum { MARK_START, MARK_CONNECTED, MARK_RUN, MARK_FINAL, MARKS };
 
 struct counters {
-    uint64_t opened, up, failed, retried, closed, joins, uniq, dups, other, ooo, heartbeats;
+    uint64_t opened, up, failed, retried, closed, joins, uniq, dups, other, ooo, heartbeats, deflated;
     uint64_t bytes, reads, first_msg_ns, last_msg_ns, last_join_ns, lat_max_us, lat_sum_us;
 };
 
@@ -191,6 +205,7 @@ struct slot {
     int done, exit_code, marked;
     char err[256];
     uint64_t hist[HIST_N];
+    uint64_t first_hist[HIST_N];   /* per stream: connect() to its first event */
 };
 
 struct shared {
@@ -288,16 +303,24 @@ enum { K_STREAM = 1, K_PUB = 2, K_STDIN = 3 };
 enum {
     ST_IDLE, ST_CONNECTING, ST_HEAD, ST_RAW, ST_SIZE, ST_EXT, ST_SIZE_LF, ST_DATA,
     ST_DATA_CR, ST_DATA_LF, ST_ENDED, ST_DEAD,
+    ST_WS_HDR, ST_WS_PAYLOAD,   /* --transport ws: a frame's header, its payload */
 };
 
 struct stream {
     int fd;
     uint8_t st, tries, got_digit, overlong;
     uint8_t carry_len;
-    uint32_t chunk_left;
+    uint8_t first_seen;     /* its first event has been timed */
+    uint8_t ws_hlen, ws_op, ws_rsv1;
+    uint8_t ws_hdr[10];     /* a frame header as it arrives (2 to 10 bytes) */
+    uint32_t chunk_left;    /* chunk or frame payload bytes still to come */
     uint32_t next_seq;      /* highest seq seen + 1, to count out-of-order */
     char *head;             /* only while the response head arrives */
     uint32_t head_len;
+    uint64_t opened_ns;     /* the first connect(), for the time to first event */
+    z_stream *z;            /* permessage-deflate inflater, when negotiated */
+    char *zbuf;             /* a compressed frame's payload as it arrives */
+    uint32_t zlen, zcap;
     char carry[CARRY_MAX];
 };
 
@@ -312,7 +335,7 @@ static size_t WPS;
 static uint64_t M;
 static int SRC_ADDRS, BIND_SRC;
 static char RBUF[READ_BUF];
-static char GET_REQ[512];
+static char GET_REQ[768];
 static int GET_LEN;
 
 static void ep_add(int fd, uint32_t events, uint64_t tag)
@@ -388,6 +411,8 @@ static void stream_open(long i)
         return;
     }
     C.opened++;
+    if (!c->opened_ns)
+        c->opened_ns = now_ns();
     c->fd = fd;
     c->st = ST_CONNECTING;
     ep_add(fd, EPOLLOUT, TAG(K_STREAM, i - S_LO));
@@ -409,6 +434,14 @@ static void stream_lost(struct stream *c, long local, int err, const char *why)
     free(c->head);
     c->head = NULL;
     c->head_len = 0;
+    if (c->z) {
+        inflateEnd(c->z);
+        free(c->z);
+        c->z = NULL;
+    }
+    free(c->zbuf);
+    c->zbuf = NULL;
+    c->zlen = c->zcap = 0;
     if (c->st == ST_CONNECTING || c->st == ST_HEAD) {
         if (++c->tries < CONNECT_TRIES) {
             C.retried++;
@@ -425,6 +458,15 @@ static void stream_lost(struct stream *c, long local, int err, const char *why)
         note_err("stream %ld closed by the server: %s", S_LO + local, err ? strerror(err) : why);
     }
     c->st = ST_DEAD;
+}
+
+/* The stream's first event of any kind: how long after its connect() it came. */
+static inline void first_event(struct stream *c, uint64_t t)
+{
+    if (c->first_seen)
+        return;
+    c->first_seen = 1;
+    ME->first_hist[hist_index(t > c->opened_ns ? (t - c->opened_ns) / 1000 : 0)]++;
 }
 
 static inline void on_message(struct stream *c, long local, uint64_t seq, uint64_t sent, uint64_t t)
@@ -460,6 +502,7 @@ static inline void on_line(struct stream *c, long local, const char *s, size_t n
     if (n && s[n - 1] == '\r')
         n--;
     if (n >= 5 && memcmp(s, "data:", 5) == 0) {
+        first_event(c, t);
         s += 5;
         n -= 5;
         if (n && *s == ' ')
@@ -624,6 +667,220 @@ static ssize_t dechunk(struct stream *c, char *p, size_t n)
     return w - p;
 }
 
+/* ---------------------------------------------------------------- WebSocket frames */
+
+/* What one compressed frame may inflate to; far above any message the bench sends. */
+#define WS_INFLATE_MAX (1 << 20)
+static unsigned char ZOUT[WS_INFLATE_MAX];
+/* RFC 6455 section 5.5.3: FIN + pong, masked (section 5.1) with a zero key, no
+   payload. A pong must echo the ping's payload; ssechat's pings carry none. */
+static const unsigned char WS_PONG[6] = {0x8a, 0x80, 0, 0, 0, 0};
+
+static void ws_pong(int fd)
+{
+    ssize_t w = write(fd, WS_PONG, sizeof WS_PONG);
+    (void)w; /* a full socket buffer here means a stuck stream, which the run reports */
+}
+
+/* Where the string value of member `name` starts (after its quote) in the JSON object
+   s[0..n), or NULL. Enough JSON for the frames the servers send: a member name is
+   found by its quoted text, then optional whitespace, a colon and a quote. */
+static const char *json_str(const char *s, size_t n, const char *name, size_t name_len)
+{
+    const char *end = s + n, *p = s;
+    while ((p = memmem(p, (size_t)(end - p), name, name_len))) {
+        const char *q = p + name_len;
+        while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'))
+            q++;
+        if (q < end && *q == ':') {
+            q++;
+            while (q < end && (*q == ' ' || *q == '\t' || *q == '\n' || *q == '\r'))
+                q++;
+            if (q < end && *q == '"')
+                return q + 1;
+        }
+        p += name_len;
+    }
+    return NULL;
+}
+
+#define JSON_STR(s, n, lit) json_str((s), (n), "\"" lit "\"", sizeof lit + 1)
+
+/* One text frame: JSON {"id","event","data"}; "data" is read like a data: line. */
+static void on_ws_text(struct stream *c, long local, const char *s, size_t n, uint64_t t)
+{
+    first_event(c, t);
+    const char *d = JSON_STR(s, n, "data");
+    if (!d) {
+        C.other++;
+        return;
+    }
+    size_t m = (size_t)(s + n - d);
+    if (m && (unsigned)(*d - '0') < 10) {
+        uint64_t seq = 0, sent = 0;
+        size_t i = 0;
+        while (i < m && (unsigned)(d[i] - '0') < 10)
+            seq = seq * 10 + (uint64_t)(d[i++] - '0');
+        if (i < m && d[i] == ' ') {
+            size_t j = ++i;
+            while (i < m && (unsigned)(d[i] - '0') < 10)
+                sent = sent * 10 + (uint64_t)(d[i++] - '0');
+            if (i < m && d[i] == '"' && i > j) {
+                on_message(c, local, seq, sent, t);
+                return;
+            }
+        }
+        C.other++;
+        return;
+    }
+    if (m >= sizeof JOIN_TEXT && memcmp(d, JOIN_TEXT "\"", sizeof JOIN_TEXT) == 0) {
+        C.joins++;
+        C.last_join_ns = t;
+        return;
+    }
+    C.other++;
+}
+
+/* RFC 7692 section 7.2.2: append 00 00 ff ff to the payload and inflate. */
+static ssize_t ws_inflate(struct stream *c)
+{
+    static unsigned char tail[4] = {0x00, 0x00, 0xff, 0xff};
+    z_stream *z = c->z;
+    z->next_out = ZOUT;
+    z->avail_out = sizeof ZOUT;
+    z->next_in = (unsigned char *)c->zbuf;
+    z->avail_in = c->zlen;
+    int r = inflate(z, Z_SYNC_FLUSH);
+    if (r != Z_OK && r != Z_BUF_ERROR)
+        return -1;
+    z->next_in = tail;
+    z->avail_in = sizeof tail;
+    r = inflate(z, Z_SYNC_FLUSH);
+    if ((r != Z_OK && r != Z_BUF_ERROR) || z->avail_in)
+        return -1;
+    return (ssize_t)(sizeof ZOUT - z->avail_out);
+}
+
+/* A whole frame arrived; returns -1 when the stream is gone. */
+static int ws_frame_done(struct stream *c, long local, uint64_t t)
+{
+    switch (c->ws_op) {
+    case 0x1:
+        if (!c->ws_rsv1) {
+            on_ws_text(c, local, c->carry, c->carry_len, t);
+            return 0;
+        }
+        if (!c->z) {
+            stream_lost(c, local, 0, "compressed frame without permessage-deflate");
+            return -1;
+        }
+        ssize_t n = ws_inflate(c);
+        if (n < 0) {
+            stream_lost(c, local, 0, "bad permessage-deflate data");
+            return -1;
+        }
+        on_ws_text(c, local, (const char *)ZOUT, (size_t)n, t);
+        return 0;
+    case 0x9:
+        ws_pong(c->fd);
+        return 0;
+    case 0xa:
+        return 0;
+    case 0x8:
+        stream_lost(c, local, 0, "the server sent a Close frame");
+        return -1;
+    default:
+        C.other++;
+        return 0;
+    }
+}
+
+static size_t ws_header_size(const uint8_t *hdr, size_t have)
+{
+    if (have < 2)
+        return 2;
+    uint8_t len7 = hdr[1] & 0x7f;
+    return len7 == 126 ? 4 : len7 == 127 ? 10 : 2;
+}
+
+/* Server frames (RFC 6455 section 5.2) as they come: header bytes one state, payload
+   in bulk. A text payload is kept only up to CARRY_MAX bytes (the JSON's id, event
+   and data all fit), unless compressed, then whole until it is inflated. */
+static int ws_feed(struct stream *c, long local, const char *p, size_t n, uint64_t t)
+{
+    const char *end = p + n;
+    while (p < end) {
+        if (c->st == ST_WS_HDR) {
+            size_t need;
+            while ((need = ws_header_size(c->ws_hdr, c->ws_hlen)) > c->ws_hlen && p < end)
+                c->ws_hdr[c->ws_hlen++] = (uint8_t)*p++;
+            if (c->ws_hlen < need)
+                return 0;
+            const uint8_t *h = c->ws_hdr;
+            uint64_t len = h[1] & 0x7f;
+            if (len == 126) {
+                len = (uint64_t)h[2] << 8 | h[3];
+            } else if (len == 127) {
+                len = 0;
+                for (int k = 0; k < 8; k++)
+                    len = len << 8 | h[2 + k];
+            }
+            if (h[1] & 0x80) {
+                stream_lost(c, local, 0, "a masked frame from the server");
+                return -1;
+            }
+            if (!(h[0] & 0x80)) {
+                stream_lost(c, local, 0, "a fragmented message (not expected from the server)");
+                return -1;
+            }
+            if (len > (1u << 26)) {
+                stream_lost(c, local, 0, "a frame over 64 MB");
+                return -1;
+            }
+            c->ws_op = h[0] & 0x0f;
+            c->ws_rsv1 = (h[0] & 0x40) != 0;
+            c->ws_hlen = 0;
+            c->chunk_left = (uint32_t)len;
+            c->carry_len = 0;
+            c->zlen = 0;
+            c->st = ST_WS_PAYLOAD;
+            if (!c->chunk_left) {
+                c->st = ST_WS_HDR;
+                if (ws_frame_done(c, local, t) < 0)
+                    return -1;
+                continue;
+            }
+        }
+        size_t k = (size_t)(end - p);
+        if (k > c->chunk_left)
+            k = c->chunk_left;
+        if (c->ws_rsv1) {
+            if (c->zlen + k > c->zcap) {
+                uint32_t cap = c->zcap ? c->zcap : 256;
+                while (cap < c->zlen + k)
+                    cap *= 2;
+                if (!(c->zbuf = realloc(c->zbuf, cap)))
+                    fatal("out of memory");
+                c->zcap = cap;
+            }
+            memcpy(c->zbuf + c->zlen, p, k);
+            c->zlen += (uint32_t)k;
+        } else if (c->carry_len < CARRY_MAX) {
+            size_t room = CARRY_MAX - c->carry_len, take = k < room ? k : room;
+            memcpy(c->carry + c->carry_len, p, take);
+            c->carry_len += (uint8_t)take;
+        }
+        p += k;
+        c->chunk_left -= (uint32_t)k;
+        if (!c->chunk_left) {
+            c->st = ST_WS_HDR;
+            if (ws_frame_done(c, local, t) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
 /* Accumulate the response head; returns bytes consumed from p, or -1 if the stream failed. */
 static ssize_t head_feed(struct stream *c, long local, const char *p, size_t n)
 {
@@ -645,19 +902,39 @@ static ssize_t head_feed(struct stream *c, long local, const char *p, size_t n)
     }
     size_t hlen = (size_t)(e - c->head) + 4;
     c->head[hlen - 2] = 0;
-    int ok = (strncmp(c->head, "HTTP/1.1 200", 12) == 0 || strncmp(c->head, "HTTP/1.0 200", 12) == 0);
+    int ok = O.ws ? strncmp(c->head, "HTTP/1.1 101", 12) == 0
+                  : (strncmp(c->head, "HTTP/1.1 200", 12) == 0 || strncmp(c->head, "HTTP/1.0 200", 12) == 0);
     if (!ok) {
         char *eol = strstr(c->head, "\r\n");
         if (eol)
             *eol = 0;
         C.failed++;
         INFLIGHT--;
-        note_err("GET /events answered \"%.80s\"", c->head);
+        note_err("GET %s answered \"%.80s\"", O.ws ? "/ws" : "/events", c->head);
         close(c->fd);
         free(c->head);
         c->head = NULL;
         c->st = ST_DEAD;
         return -1;
+    }
+    if (O.ws) {
+        /* RFC 7692 section 5: the server accepted permessage-deflate if it says so. */
+        for (char *h = strstr(c->head, "\r\n"); h && h[2]; h = strstr(h + 2, "\r\n")) {
+            if (strncasecmp(h + 2, "sec-websocket-extensions:", 25) != 0 || !strcasestr(h + 2, "permessage-deflate"))
+                continue;
+            if (!(c->z = calloc(1, sizeof *c->z)) || inflateInit2(c->z, -15) != Z_OK)
+                fatal("zlib: cannot make an inflater");
+            C.deflated++;
+            break;
+        }
+        free(c->head);
+        c->head = NULL;
+        c->head_len = 0;
+        c->st = ST_WS_HDR;
+        c->ws_hlen = 0;
+        C.up++;
+        INFLIGHT--;
+        return (ssize_t)(hlen - old);
     }
     /* Only the framing matters here: chunked or until close (RFC 9112 section 6.3). */
     int chunked = 0;
@@ -725,7 +1002,10 @@ static void stream_event(long local, uint32_t events)
             len -= (size_t)used;
         }
         if (len && c->st != ST_HEAD) {
-            if (c->st == ST_RAW) {
+            if (O.ws) {
+                if (ws_feed(c, local, p, len, t) < 0)
+                    return;
+            } else if (c->st == ST_RAW) {
                 feed_payload(c, local, p, len, t);
             } else {
                 ssize_t m = dechunk(c, p, len);
@@ -748,12 +1028,13 @@ static void stream_event(long local, uint32_t events)
 
 /* ---------------------------------------------------------------- publishers */
 
-enum { P_DOWN, P_CONNECTING, P_IDLE, P_WAIT };
+enum { P_DOWN, P_CONNECTING, P_HANDSHAKE, P_IDLE, P_WAIT };
 
 struct pub {
     int fd, st;
     uint64_t seq, sent_ns;
     size_t in_len, out_len, out_off, head_len, need;
+    uint64_t ws_skip;       /* bytes still to drop of a frame too big for `in` */
     int status, close_after;
     char in[4096];
     char out[512];
@@ -767,6 +1048,8 @@ static uint64_t RTT_SUM_NS, RTT_MAX_NS;
 static int STOP_SENDING, FIRST_BAD_STATUS;
 static const char *STOP_REASON = "";
 static char FIRST_BAD_BODY[96];
+static char PUB_WS_REQ[512];
+static int PUB_WS_LEN;
 
 static void pub_connect(int i)
 {
@@ -783,6 +1066,7 @@ static void pub_connect(int i)
     p->fd = fd;
     p->st = P_CONNECTING;
     p->in_len = 0;
+    p->ws_skip = 0;
     p->out_len = p->out_off = 0;
     ep_add(fd, EPOLLOUT, TAG(K_PUB, i));
 }
@@ -823,11 +1107,25 @@ static void pub_send(int i, uint64_t seq)
 {
     struct pub *p = &PUBS[i];
     uint64_t t = now_ns();
-    char body[64];
-    int blen = snprintf(body, sizeof body, "{\"message\":\"%" PRIu64 " %" PRIu64 "\"}", seq, t);
-    p->out_len = (size_t)snprintf(p->out, sizeof p->out,
-        "POST /send-message HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-        "Content-Length: %d\r\n\r\n%s", HOSTPORT, blen, body);
+    char body[96];
+    if (O.ws) {
+        /* One masked text frame (RFC 6455 sections 5.2, 5.3); under 126 bytes, so the
+           length fits the first byte. The key need not be secret to a load generator. */
+        static const unsigned char key[4] = {0x37, 0xfa, 0x21, 0x3d};
+        int blen = snprintf(body, sizeof body, "{\"type\":\"send\",\"message\":\"%" PRIu64 " %" PRIu64 "\"}", seq, t);
+        unsigned char *o = (unsigned char *)p->out;
+        o[0] = 0x81;
+        o[1] = 0x80 | (unsigned char)blen;
+        memcpy(o + 2, key, 4);
+        for (int k = 0; k < blen; k++)
+            o[6 + k] = (unsigned char)body[k] ^ key[k & 3];
+        p->out_len = (size_t)blen + 6;
+    } else {
+        int blen = snprintf(body, sizeof body, "{\"message\":\"%" PRIu64 " %" PRIu64 "\"}", seq, t);
+        p->out_len = (size_t)snprintf(p->out, sizeof p->out,
+            "POST /send-message HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+            "Content-Length: %d\r\n\r\n%s", HOSTPORT, blen, body);
+    }
     p->out_off = 0;
     p->seq = seq;
     p->sent_ns = t;
@@ -840,38 +1138,116 @@ static void pub_send(int i, uint64_t seq)
     pub_flush(i);
 }
 
-static void pub_response(int i)
+/* The answer to the message in flight (an HTTP status, or an ack or error frame). */
+static void pub_answered(int i, int status, const char *body, size_t body_len)
 {
     struct pub *p = &PUBS[i];
     uint64_t t = now_ns(), rtt = t - p->sent_ns;
     RTT_SUM_NS += rtt;
     if (rtt > RTT_MAX_NS)
         RTT_MAX_NS = rtt;
-    if (p->status == 200) {
+    if (status == 200) {
         ACKED++;
         ACK[p->seq >> 6] |= 1ull << (p->seq & 63);
         LAST_ACK_NS = t;
     } else {
         POST_BAD++;
         if (!FIRST_BAD_STATUS) {
-            FIRST_BAD_STATUS = p->status;
-            size_t bl = p->need < sizeof FIRST_BAD_BODY - 1 ? p->need : sizeof FIRST_BAD_BODY - 1;
-            memcpy(FIRST_BAD_BODY, p->in + p->head_len, bl);
+            FIRST_BAD_STATUS = status;
+            size_t bl = body_len < sizeof FIRST_BAD_BODY - 1 ? body_len : sizeof FIRST_BAD_BODY - 1;
+            memcpy(FIRST_BAD_BODY, body, bl);
             FIRST_BAD_BODY[bl] = 0;
             for (size_t k = 0; k < bl; k++)
                 if (FIRST_BAD_BODY[k] == '"' || FIRST_BAD_BODY[k] == '\\' || (unsigned char)FIRST_BAD_BODY[k] < 32)
                     FIRST_BAD_BODY[k] = ' ';
         }
     }
+    p->st = P_IDLE;
+}
+
+static void pub_response(int i)
+{
+    struct pub *p = &PUBS[i];
+    pub_answered(i, p->status, p->in + p->head_len, p->need);
     size_t used = p->head_len + p->need;
     memmove(p->in, p->in + used, p->in_len - used);
     p->in_len -= used;
     p->head_len = 0;
-    p->st = P_IDLE;
     if (p->close_after) {
         p->close_after = 0;
         pub_reconnect(i);
     }
+}
+
+/* A WebSocket publisher's input: the 101, then frames. It is a member of the room,
+   so besides the answers to its own messages it receives every event: skipped. */
+static void pub_ws_input(int i)
+{
+    struct pub *p = &PUBS[i];
+    size_t off = 0;
+    if (p->ws_skip) {
+        size_t k = p->in_len < p->ws_skip ? p->in_len : (size_t)p->ws_skip;
+        p->ws_skip -= k;
+        off = k;
+    }
+    if (p->st == P_HANDSHAKE) {
+        char *e = memmem(p->in, p->in_len, "\r\n\r\n", 4);
+        if (!e) {
+            if (p->in_len == sizeof p->in)
+                fatal("a publisher's 101 head is larger than %zu bytes", sizeof p->in);
+            return;
+        }
+        if (p->in_len < 12 || strncmp(p->in, "HTTP/1.1 101", 12) != 0)
+            fatal("GET /ws for a publisher answered \"%.*s\"",
+                  (int)(memchr(p->in, '\r', p->in_len) ? (char *)memchr(p->in, '\r', p->in_len) - p->in : 40), p->in);
+        off = (size_t)(e - p->in) + 4;
+        p->st = P_IDLE;
+        NPUBS_UP++;
+    }
+    while (p->in_len - off >= 2) {
+        const unsigned char *h = (const unsigned char *)p->in + off;
+        size_t avail = p->in_len - off, hl = ws_header_size(h, 2);
+        if (avail < hl)
+            break;
+        uint64_t len = h[1] & 0x7f;
+        if (len == 126) {
+            len = (uint64_t)h[2] << 8 | h[3];
+        } else if (len == 127) {
+            len = 0;
+            for (int k = 0; k < 8; k++)
+                len = len << 8 | h[2 + k];
+        }
+        if (hl + len > sizeof p->in) {
+            /* Only a room event is that big (answers are small): drop it unread. */
+            if ((h[0] & 0x0f) & 0x8)
+                fatal("a control frame of %" PRIu64 " bytes on a publisher connection", len);
+            p->ws_skip = hl + len - avail;
+            off = p->in_len;
+            break;
+        }
+        if (avail < hl + len)
+            break;
+        const char *pay = (const char *)h + hl;
+        int op = h[0] & 0x0f;
+        if (op == 0x1 && !(h[0] & 0x40) && p->st == P_WAIT) {
+            const char *type = JSON_STR(pay, len, "type");
+            size_t rest = type ? (size_t)(pay + len - type) : 0;
+            if (rest >= 4 && memcmp(type, "ack\"", 4) == 0) {
+                pub_answered(i, 200, NULL, 0);
+            } else if (rest >= 6 && memcmp(type, "error\"", 6) == 0) {
+                const char *st = memmem(pay, len, "\"status\":", 9);
+                pub_answered(i, st ? atoi(st + 9) : 0, pay, len);
+            }
+        } else if (op == 0x9) {
+            ws_pong(p->fd);
+        } else if (op == 0x8) {
+            pub_reconnect(i);
+            return;
+        }
+        off += hl + len;
+    }
+    memmove(p->in, p->in + off, p->in_len - off);
+    p->in_len -= off;
 }
 
 static void pub_event(int i, uint32_t events)
@@ -885,9 +1261,17 @@ static void pub_event(int i, uint32_t events)
             fatal("publisher connect to %s: %s", HOSTPORT, strerror(err));
         if (!(events & EPOLLOUT))
             return;
+        ep_mod(p->fd, EPOLLIN, TAG(K_PUB, i));
+        if (O.ws) {
+            memcpy(p->out, PUB_WS_REQ, (size_t)PUB_WS_LEN);
+            p->out_len = (size_t)PUB_WS_LEN;
+            p->out_off = 0;
+            p->st = P_HANDSHAKE;
+            pub_flush(i);
+            return;
+        }
         p->st = P_IDLE;
         NPUBS_UP++;
-        ep_mod(p->fd, EPOLLIN, TAG(K_PUB, i));
         return;
     }
     if ((events & EPOLLOUT) && p->out_off < p->out_len) {
@@ -907,6 +1291,10 @@ static void pub_event(int i, uint32_t events)
         return;
     }
     p->in_len += (size_t)n;
+    if (O.ws) {
+        pub_ws_input(i);
+        return;
+    }
     while (p->st == P_WAIT) {
         if (!p->head_len) {
             char *e = memmem(p->in, p->in_len, "\r\n\r\n", 4);
@@ -1000,9 +1388,10 @@ static void emit_result(int ok, const char *error)
 {
     int n = SH->nslots;
     /* Merge the histograms and counters of every process that finished its slot. */
-    static uint64_t h[HIST_N];
+    static uint64_t h[HIST_N], fh[HIST_N];
     memset(h, 0, sizeof h);
-    uint64_t samples = 0, missing = 0, gaps = 0, lat_sum = 0;
+    memset(fh, 0, sizeof fh);
+    uint64_t samples = 0, missing = 0, gaps = 0, lat_sum = 0, first_samples = 0;
     for (int s = 0; s < n; s++) {
         struct slot *sl = &SH->slot[s];
         if (!__atomic_load_n(&sl->done, __ATOMIC_ACQUIRE) && s != 0)
@@ -1010,6 +1399,8 @@ static void emit_result(int ok, const char *error)
         for (int i = 0; i < HIST_N; i++) {
             h[i] += sl->hist[i];
             samples += sl->hist[i];
+            fh[i] += sl->first_hist[i];
+            first_samples += sl->first_hist[i];
         }
         missing += sl->missing;
         gaps += sl->gap_streams;
@@ -1026,6 +1417,17 @@ static void emit_result(int ok, const char *error)
                 break;
         }
         qv[k] = hist_value(i) / 1000.0;
+    }
+    double fq[2] = {0.5, 0.99}, fqv[2] = {0};
+    for (int k = 0; k < 2 && first_samples; k++) {
+        uint64_t rank = (uint64_t)ceil(fq[k] * (double)first_samples), acc = 0;
+        int i;
+        for (i = 0; i < HIST_N; i++) {
+            acc += fh[i];
+            if (acc >= rank)
+                break;
+        }
+        fqv[k] = hist_value(i) / 1000.0;
     }
     uint64_t t_end = now_ns();
     uint64_t uniq = SUM(uniq), expected = ACKED * (uint64_t)O.streams;
@@ -1080,7 +1482,9 @@ static void emit_result(int ok, const char *error)
         errjson[k] = 0;
     }
 #define SEC(a, b) ((a) && (b) > 0 && (a) >= (b) ? (double)((a) - (b)) / 1e9 : -1.0)
-    printf("{\"ok\": %s, \"error\": %s, \"label\": \"%s\", \"streams\": %ld, \"procs\": %d, \"src_addrs\": %d, "
+    printf("{\"ok\": %s, \"error\": %s, \"label\": \"%s\", \"transport\": \"%s\", \"ws_deflated_streams\": %" PRIu64
+           ", \"first_event_ms\": {\"samples\": %" PRIu64 ", \"p50\": %.3f, \"p99\": %.3f}, "
+           "\"streams\": %ld, \"procs\": %d, \"src_addrs\": %d, "
            "\"connect\": {\"all_up_s\": %.3f, \"joins_done_s\": %.3f, \"connected_s\": %.3f, \"up\": %" PRIu64
            ", \"failed\": %" PRIu64 ", \"retried\": %" PRIu64 ", \"joins_expected\": %" PRIu64 ", \"joins_received\": %" PRIu64
            ", \"last_join_s\": %.3f}, "
@@ -1096,7 +1500,8 @@ static void emit_result(int ok, const char *error)
            ", \"reads\": %" PRIu64 ", "
            "\"gen_cpu\": {\"connect_pct\": %.1f, \"run_pct\": %.1f, \"cpu_s\": %.3f, \"per_proc\": [%s]}, "
            "\"saturated\": %s, \"wall_s\": %.3f}\n",
-           ok ? "true" : "false", errjson, O.label, O.streams, NWORKERS ? NWORKERS : 1, BIND_SRC ? SRC_ADDRS : 1,
+           ok ? "true" : "false", errjson, O.label, O.ws ? "ws" : "sse", SUM(deflated),
+           first_samples, fqv[0], fqv[1], O.streams, NWORKERS ? NWORKERS : 1, BIND_SRC ? SRC_ADDRS : 1,
            SEC(T_ALL_UP, T_START), SEC(T_JOINS_DONE, T_START), SEC(T_CONNECTED, T_START), SUM(up), SUM(failed), SUM(retried),
            JOINS_EXPECTED, SUM(joins), SEC(MAXOF(last_join_ns), T_START),
            M, O.rate, O.duration_s, O.publishers, SENT, ACKED, POST_ERRORS, POST_BAD, FIRST_BAD_STATUS, FIRST_BAD_BODY, RECONNECTS, STOP_REASON,
@@ -1400,6 +1805,7 @@ static void parse_args(int argc, char **argv)
         {"publishers", 1, 0, 'u'}, {"connect-timeout", 1, 0, 'c'}, {"publish-timeout", 1, 0, 'T'},
         {"drain-timeout", 1, 0, 'D'}, {"sync", 0, 0, 's'}, {"sync-timeout", 1, 0, 'S'},
         {"hold", 1, 0, 'o'}, {"max-seconds", 1, 0, 'X'}, {"label", 1, 0, 'L'}, {"help", 0, 0, 'h'},
+        {"transport", 1, 0, 't'}, {"ws-deflate", 0, 0, 'z'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1427,6 +1833,14 @@ static void parse_args(int argc, char **argv)
         case 'o': O.hold_s = num(optarg, name); break;
         case 'X': O.max_s = num(optarg, name); break;
         case 'L': O.label = optarg; break;
+        case 't':
+            if (strcmp(optarg, "ws") != 0 && strcmp(optarg, "sse") != 0) {
+                fprintf(stderr, "loadgen: --transport is sse or ws, got %s\n", optarg);
+                exit(2);
+            }
+            O.ws = strcmp(optarg, "ws") == 0;
+            break;
+        case 'z': O.ws_deflate = 1; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -1450,6 +1864,8 @@ static void parse_args(int argc, char **argv)
         fatal("--src-addrs is at most 254 (127.0.0.1..127.0.0.254)");
     if (O.procs > MAX_WORKERS)
         fatal("--procs is at most %d", MAX_WORKERS);
+    if (O.ws_deflate && !O.ws)
+        fatal("--ws-deflate needs --transport ws");
 }
 
 static long ports_per_address(void)
@@ -1504,9 +1920,20 @@ int main(int argc, char **argv)
     DST.sin_family = AF_INET;
     DST.sin_port = htons((uint16_t)O.port);
     snprintf(HOSTPORT, sizeof HOSTPORT, "%s:%d", O.host, O.port);
-    GET_LEN = snprintf(GET_REQ, sizeof GET_REQ,
-                       "GET /events HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n"
-                       "Cache-Control: no-cache\r\n\r\n", HOSTPORT);
+    /* The key is the RFC's own example (section 1.3): a load generator needs no nonce. */
+    static const char ws_head[] = "GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                                  "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                  "Sec-WebSocket-Version: 13\r\n%s\r\n";
+    if (O.ws) {
+        GET_LEN = snprintf(GET_REQ, sizeof GET_REQ, ws_head, HOSTPORT,
+                           O.ws_deflate ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "");
+        /* Publishers never offer compression: the events they also receive are skipped. */
+        PUB_WS_LEN = snprintf(PUB_WS_REQ, sizeof PUB_WS_REQ, ws_head, HOSTPORT, "");
+    } else {
+        GET_LEN = snprintf(GET_REQ, sizeof GET_REQ,
+                           "GET /events HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n"
+                           "Cache-Control: no-cache\r\n\r\n", HOSTPORT);
+    }
 
     M = (uint64_t)O.messages;
     WPS = (size_t)((M + 63) / 64);

@@ -62,6 +62,8 @@ class ServerSpec:
     command: str
     no_join_args: str | None = None  # appended when announcements must be off
     cwd: Path = REPO
+    transport: str = "sse"  # how the loadgen talks to it: sse (GET /events, POST) or ws
+    loadgen_args: tuple[str, ...] = ()  # more loadgen options, e.g. --ws-deflate
 
     def argv(self, port: int, joins: bool, workdir: Path) -> list[str]:
         """The command line for `port`, with announcements on or off."""
@@ -76,16 +78,36 @@ def _our_python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
+# Its own SQLite file per run, so that runs share no state on disk.
+_OURS = (
+    f"{shlex.quote(_our_python())} server.py --port {{port}} --log-level warning "
+    "--db {workdir}/ssechat.sqlite3"
+)
+
 BUILTIN_SERVERS = {
-    "ours": ServerSpec(
-        "ours",
-        # Its own SQLite file per run, so that runs share no state on disk.
-        f"{shlex.quote(_our_python())} server.py --port {{port}} --log-level warning "
-        "--db {workdir}/ssechat.sqlite3",
+    "ours": ServerSpec("ours", _OURS, "--no-join-announcement"),
+    # The same server and hub, spoken to over WebSockets (GET /ws, sends as frames).
+    "ours-ws": ServerSpec("ours-ws", _OURS, "--no-join-announcement", transport="ws"),
+    # permessage-deflate, offered by every stream: each event compressed once for all...
+    "ours-ws-deflate": ServerSpec(
+        "ours-ws-deflate",
+        _OURS + " --ws-compression shared",
         "--no-join-announcement",
+        transport="ws",
+        loadgen_args=("--ws-deflate",),
+    ),
+    # ...or by each connection's own compressor (context takeover).
+    "ours-ws-deflate-ctx": ServerSpec(
+        "ours-ws-deflate-ctx",
+        _OURS + " --ws-compression per-connection",
+        "--no-join-announcement",
+        transport="ws",
+        loadgen_args=("--ws-deflate",),
     ),
     "node": ServerSpec("node", "node bench/peers/node-express/server.js"),
 }
+# Run when --servers does not say: ours over both transports, and the seed's server.
+DEFAULT_SERVERS = ("ours", "ours-ws", "node")
 
 
 # ----------------------------------------------------------------- scenarios
@@ -106,11 +128,14 @@ class Scenario:
     drain_timeout_s: float = 10.0
     settle_s: float = 0.0  # idle time before measuring memory with the streams open
     budget_s: float = 110.0  # the loadgen's hard cap for the whole scenario
+    inflight: int = 256  # streams connecting at once
 
     @property
     def title(self) -> str:
         """What the scenario does, with its actual sizes."""
         n = f"{self.streams:,} streams"
+        if self.key == "S0":
+            return f"S0: {n} opened one at a time, join announcements on"
         if self.key == "S1a":
             return f"S1a: {n}, join announcements on"
         if self.key == "S1b":
@@ -123,8 +148,8 @@ class Scenario:
             )
         if self.key == "S4":
             return (
-                f"S4: {n}, {self.messages:,} POSTs (at most {self.duration_s:g} s) as fast as "
-                f"possible over {self.publishers} keep-alive connections"
+                f"S4: {n}, {self.messages:,} sends (POSTs, or frames on a WebSocket; at most "
+                f"{self.duration_s:g} s) as fast as possible over {self.publishers} connections"
             )
         return f"{self.key}: {n}, {self.messages:,} messages as fast as possible"
 
@@ -144,6 +169,14 @@ class Scenario:
 
 
 SCENARIOS = [
+    # Time to first event: each stream's first event is its own join announcement,
+    # and with one connecting at a time nothing else is measured with it.
+    Scenario(
+        "S0",
+        streams=500,
+        joins=True,
+        inflight=1,
+    ),
     Scenario(
         "S1a",
         streams=2000,
@@ -172,6 +205,17 @@ SCENARIOS = [
         rate=20.0,
         duration_s=15.0,
         messages=300,
+        publishers=4,
+    ),
+    # S3's 100,000 events/s over 1,000 streams: latency at a load both transports
+    # keep up with, where S2 measures each at its own (different) top speed.
+    Scenario(
+        "S5",
+        streams=1000,
+        joins=False,
+        rate=100.0,
+        duration_s=15.0,
+        messages=1500,
         publishers=4,
     ),
     Scenario(
@@ -376,14 +420,21 @@ class RunResult:
     server_log_problems: list[str] = field(default_factory=list)
 
 
-def loadgen_argv(sc: Scenario, port: int, wait_joins: bool, label: str) -> list[str]:
-    """The loadgen command line for one scenario."""
+def loadgen_argv(
+    sc: Scenario, port: int, wait_joins: bool, label: str, spec: ServerSpec | None = None
+) -> list[str]:
+    """The loadgen command line for one scenario (against `spec`'s transport)."""
     argv = [
         str(LOADGEN),
         "--port",
         str(port),
         "--streams",
         str(sc.streams),
+        "--inflight",
+        str(sc.inflight),
+        "--transport",
+        spec.transport if spec else "sse",
+        *(spec.loadgen_args if spec else ()),
         "--connect-timeout",
         str(sc.connect_timeout_s),
         "--drain-timeout",
@@ -484,7 +535,7 @@ def _drive(
     m["rss_before_kb"] = rss_kb(pid)
     busy0, total0 = machine_jiffies()
     cpu0, t0 = cpu_s(pid), time.monotonic()
-    argv = loadgen_argv(sc, port, wait_joins, f"{spec.name}/{sc.key}/{result.run}")
+    argv = loadgen_argv(sc, port, wait_joins, f"{spec.name}/{sc.key}/{result.run}", spec)
     gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert gen.stdin is not None
     assert gen.stdout is not None
@@ -638,6 +689,11 @@ def _server_pct(r: RunResult, phase: str) -> float:
 Metric = tuple[str, Callable[[RunResult], float], str]
 
 METRICS: dict[str, list[Metric]] = {
+    "S0": [
+        ("time to first event p50 (ms)", lambda r: _get(r, "first_event_ms.p50"), ".2f"),
+        ("time to first event p99 (ms)", lambda r: _get(r, "first_event_ms.p99"), ".2f"),
+        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
+    ],
     "S1a": [
         ("all up and every join delivered (s)", lambda r: _get(r, "connect.joins_done_s"), ".1f"),
         ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".1f"),
@@ -655,7 +711,7 @@ METRICS: dict[str, list[Metric]] = {
         ("latency p99 (ms)", lambda r: _get(r, "latency_ms.p99"), ".1f"),
         ("latency max (ms)", lambda r: _get(r, "latency_ms.max"), ".1f"),
         ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
-        ("POSTs/s answered", lambda r: _get(r, "publish.posts_per_s"), ",.0f"),
+        ("sends/s answered", lambda r: _get(r, "publish.posts_per_s"), ",.0f"),
         ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
     ],
     "S3": [
@@ -668,9 +724,17 @@ METRICS: dict[str, list[Metric]] = {
         ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
         ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
     ],
+    "S5": [
+        ("messages/s achieved (100 wanted)", _rate_achieved, ".1f"),
+        ("delivered events/s", lambda r: _get(r, "delivery.events_per_s"), ",.0f"),
+        ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
+        ("latency p50 (ms)", lambda r: _get(r, "latency_ms.p50"), ".1f"),
+        ("latency p99 (ms)", lambda r: _get(r, "latency_ms.p99"), ".1f"),
+        ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
+    ],
     "S4": [
-        ("POSTs/s answered", lambda r: _get(r, "publish.posts_per_s"), ",.0f"),
-        ("POST round trip mean (ms)", lambda r: _get(r, "publish.post_rtt_mean_ms"), ".2f"),
+        ("sends/s answered", lambda r: _get(r, "publish.posts_per_s"), ",.0f"),
+        ("send round trip mean (ms)", lambda r: _get(r, "publish.post_rtt_mean_ms"), ".2f"),
         ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
         ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
     ],
@@ -767,7 +831,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--servers",
         default=None,
-        help="comma-separated servers to compare (default: ours,node and every --peer)",
+        help="comma-separated servers to compare: ours (SSE), ours-ws (WebSocket), "
+        "ours-ws-deflate (permessage-deflate, shared), ours-ws-deflate-ctx (per-connection), "
+        "node, and every --peer (default: ours,ours-ws,node and every --peer)",
     )
     p.add_argument(
         "--peer",
@@ -787,7 +853,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scenarios",
         default=",".join(s.key for s in SCENARIOS),
-        help="comma-separated scenarios: S1a, S1b (or S1 for both), S2, S3, S4 (default: all)",
+        help="comma-separated scenarios: S0, S1a, S1b (or S1 for both), S2, S3, S5, S4 "
+        "(default: all)",
     )
     p.add_argument("--runs", type=int, default=3, help="runs per server and scenario (default 3)")
     p.add_argument("--quick", action="store_true", help="every scenario 10x smaller: a sanity run")
@@ -833,7 +900,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = (
         args.servers.split(",")
         if args.servers
-        else ["ours", "node", *(n for n in servers if n not in ("ours", "node"))]
+        else [
+            *DEFAULT_SERVERS,
+            *(n for n in servers if n not in DEFAULT_SERVERS and n not in BUILTIN_SERVERS),
+        ]
     )
     unknown = [n for n in names if n not in servers]
     if unknown:
