@@ -110,6 +110,9 @@ def parse_json_object(req: Request, body: bytes) -> dict[str, object]:
         raise ClientError(400, "body is not valid UTF-8") from None
     except json.JSONDecodeError as exc:
         raise ClientError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # Deep nesting ("[[[[...") within the size limit would otherwise be a 500.
+        raise ClientError(400, "body is nested too deeply") from None
     if not isinstance(value, dict):
         raise ClientError(400, "body must be a JSON object")
     return value

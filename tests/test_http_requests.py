@@ -117,6 +117,7 @@ async def test_wrong_method_is_405_with_allow(
         (b'{"message": 42}', '"message" must be a string'),
         (b'{"message": null}', '"message" must be a string'),
         (b'{"message": "\\ud800"}', "lone surrogate"),
+        (b"[" * 60_000, "nested too deeply"),
     ],
 )
 async def test_bad_json_body_is_400_naming_the_problem(
