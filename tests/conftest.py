@@ -14,11 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import Browser, sync_playwright
 
 from sse.config import Config
 from sse.http import Server
 
 ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 _LISTENING = re.compile(r"listening on http://([^\s:]+|\[[^\]]+\]):(\d+)")
 
 MakeServer = Callable[..., Awaitable[Server]]
@@ -129,3 +140,19 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for proc in procs:
         proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, headless, for every browser test module; never skipped."""
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} not found: the browser tests need Debian's `chromium` package "
+            "(`make system-deps`, or `apt-get install chromium`)"
+        )
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()

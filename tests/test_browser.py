@@ -17,20 +17,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.conftest import ROOT, ServerProcess
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Browsers reconnect after `retry:` ms; the defaults (3-5 s) would make the
 # reconnect tests slow.
 FAST_RETRY = ("--retry-ms", "200", "--retry-jitter-ms", "100")
@@ -79,22 +69,6 @@ def _post(page: Page, base_url: str, message: str) -> None:
     response = page.request.post(f"{base_url}/send-message", data={"message": message})
     assert response.status == 200
     assert response.text() == SENT
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless; never a downloaded browser, never skipped."""
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} not found: the browser tests need Debian's `chromium` package "
-            "(`make system-deps`, or `apt-get install chromium`)"
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

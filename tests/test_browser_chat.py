@@ -16,10 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
 
 from tests.conftest import ServerProcess
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, FAST_RETRY, RECONNECT_TIMEOUT_MS
+from tests.test_browser import (
+    FAST_RETRY,
+    RECONNECT_TIMEOUT_MS,
+)
 
 ECHO_LABEL = "built-in echo model"
 # Seconds per echoed word: slow enough to watch a reply grow, fast enough to finish.
@@ -106,22 +109,6 @@ def _wait_until_longer_than(item: Locator, length: int) -> None:
            })""",
         length,
     )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless; never a downloaded browser, never skipped."""
-    if not CHROMIUM.exists():
-        pytest.fail(
-            f"{CHROMIUM} not found: the browser tests need Debian's `chromium` package "
-            "(`make system-deps`, or `apt-get install chromium`)"
-        )
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")

@@ -17,10 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.conftest import ServerProcess
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, RECONNECT_TIMEOUT_MS
+from tests.test_browser import (
+    RECONNECT_TIMEOUT_MS,
+)
 
 # Small, so a test can go over it without sending much.
 MAX_MESSAGE_BYTES = 4096
@@ -41,19 +43,6 @@ _OPEN = """async ([name, url]) => {
   window.sockets[name] = state;
   return ws.extensions;
 }"""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium, headless; never a downloaded browser, never skipped."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} not found: the browser tests need Debian's `chromium` package")
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
