@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from sse.config import Config
 from sse.http import Server
@@ -156,3 +157,27 @@ def browser() -> Iterator[Browser]:
         )
         yield chromium
         chromium.close()
+
+
+OpenPage = Callable[..., Page]
+
+
+@contextlib.contextmanager
+def page_opener(browser: Browser, default_url: str) -> Iterator[OpenPage]:
+    """Open pages in fresh contexts (`default_url` unless told); fail on uncaught JS errors."""
+    contexts: list[BrowserContext] = []
+    errors: list[str] = []
+
+    def open_(url: str | None = None, **context_options: Any) -> Page:
+        context = browser.new_context(**context_options)
+        context.set_default_timeout(10_000)
+        contexts.append(context)
+        page = context.new_page()
+        page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}"))
+        page.goto(url or default_url)
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert errors == [], "uncaught errors in the page"

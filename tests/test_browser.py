@@ -17,9 +17,9 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
-from tests.conftest import ROOT, ServerProcess
+from tests.conftest import ROOT, ServerProcess, page_opener
 
 # Browsers reconnect after `retry:` ms; the defaults (3-5 s) would make the
 # reconnect tests slow.
@@ -83,22 +83,9 @@ def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture
 def open_page(browser: Browser, chat: ServerProcess) -> Iterator[OpenPage]:
     """Open a page in a fresh context (the chat page by default); fail on uncaught JS errors."""
-    contexts: list[BrowserContext] = []
-    errors: list[str] = []
-
-    def open_(url: str | None = None, **context_options: Any) -> Page:
-        context = browser.new_context(**context_options)
-        context.set_default_timeout(10_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}"))
-        page.goto(url or f"{_base_url(chat)}/")
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
-    assert errors == [], "uncaught errors in the page"
+    host, port = chat.address
+    with page_opener(browser, f"http://{host}:{port}/") as open_:
+        yield open_
 
 
 class _OtherOrigin:

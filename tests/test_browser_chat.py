@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
+from playwright.sync_api import Browser, Locator, Page, expect
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, page_opener
 from tests.test_browser import (
     FAST_RETRY,
     RECONNECT_TIMEOUT_MS,
@@ -123,22 +123,9 @@ def assistant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProces
 @pytest.fixture
 def open_page(browser: Browser, assistant: ServerProcess) -> Iterator[OpenPage]:
     """Open a page in a fresh context (the module server's by default); fail on JS errors."""
-    contexts: list[BrowserContext] = []
-    errors: list[str] = []
-
-    def open_(url: str | None = None, **context_options: Any) -> Page:
-        context = browser.new_context(**context_options)
-        context.set_default_timeout(10_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}"))
-        page.goto(url or f"{_base_url(assistant)}/")
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
-    assert errors == [], "uncaught errors in the page"
+    host, port = assistant.address
+    with page_opener(browser, f"http://{host}:{port}/") as open_:
+        yield open_
 
 
 def test_reply_grows_piece_by_piece_into_a_bubble_labelled_with_the_echo_model(

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, page_opener
 from tests.test_browser import (
     RECONNECT_TIMEOUT_MS,
 )
@@ -173,23 +173,9 @@ OpenApp = Callable[..., Page]
 @pytest.fixture
 def open_app(browser: Browser, chat: ServerProcess) -> Iterator[OpenApp]:
     """Open the app's page (`/` of `chat` by default) in a fresh context; fail on JS errors."""
-    contexts: list[BrowserContext] = []
-    errors: list[str] = []
-
-    def open_(url: str | None = None) -> Page:
-        context = browser.new_context()
-        context.set_default_timeout(10_000)
-        contexts.append(context)
-        page = context.new_page()
-        page.on("pageerror", lambda exc: errors.append(f"{page.url}: {exc}"))
-        host, port = chat.address
-        page.goto(url or f"http://{host}:{port}/")
-        return page
-
-    yield open_
-    for context in contexts:
-        context.close()
-    assert errors == [], "uncaught errors in the page"
+    host, port = chat.address
+    with page_opener(browser, f"http://{host}:{port}/") as open_:
+        yield open_
 
 
 def _wait_for_message(page: Page, text: str) -> None:
