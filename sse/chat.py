@@ -74,10 +74,6 @@ class ChatService:
         """Where conversations are kept."""
         return self._store
 
-    def replying(self, conversation_id: str) -> bool:
-        """Whether a reply is streaming in this conversation now."""
-        return conversation_id in self._replies
-
     def live(self, conversation_id: str) -> tuple[str, str] | None:
         """The streaming reply's id and its text so far, if one streams now.
 
