@@ -5,9 +5,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Root installs directly; anyone else through sudo.
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
-# Debian packages the tests drive for real: the browser.
-SYSTEM_COMMANDS := chromium
-SYSTEM_PACKAGES := chromium
+# Debian packages the tests drive for real: the browser, Redis and PostgreSQL
+# (whose programs live in /usr/lib/postgresql/<version>/bin, off the PATH).
+SYSTEM_COMMANDS := chromium redis-server
+SYSTEM_PACKAGES := chromium redis-server postgresql
 
 .PHONY: install system-deps run test lint format clean
 
@@ -21,6 +22,7 @@ install: $(STAMP)  ## create .venv/ and install the pinned Python requirements
 
 system-deps:  ## install the Debian packages the tests need, when missing
 	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing=1; done; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing=1; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages: $(SYSTEM_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && \

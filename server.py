@@ -33,6 +33,15 @@ def _port_default() -> int:
     return int(value) if value.isdigit() else _DEFAULTS.port
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None of flags whose help says what their absence means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line; every limit of `Config` has a flag."""
     d = _DEFAULTS
@@ -45,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
             "chats with an assistant whose replies stream token by token; GET / serves "
             "the page."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     net = p.add_argument_group("listening")
     net.add_argument("--host", default=d.host, help="address to listen on")
@@ -69,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=CLIENT_DIR,
         help="folder with the browser page served at /",
+    )
+
+    scale = p.add_argument_group("several processes and machines")
+    scale.add_argument(
+        "--redis-url",
+        help="fan events out through Redis Streams, e.g. redis://127.0.0.1:6379/0, so "
+        "that every process and machine pointed at the same Redis serves the same "
+        "rooms; history and resuming by Last-Event-ID then live in Redis "
+        "[default: in this process only]",
+    )
+    scale.add_argument(
+        "--workers",
+        type=int,
+        default=d.workers,
+        help="processes serving the port together (SO_REUSEPORT), each on its own "
+        "core, restarted when one dies; more than 1 needs --redis-url",
     )
 
     streams = p.add_argument_group("event streams")
@@ -214,9 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     chat = p.add_argument_group("conversations and models")
     chat.add_argument(
         "--db",
-        type=Path,
-        default=d.db_path,
-        help="SQLite file keeping conversations (created if missing)",
+        default=str(d.db_path),
+        help="where conversations are kept: a SQLite file (created if missing), or a "
+        "PostgreSQL URL, postgresql://user:password@host:5432/dbname, for several "
+        "nodes (tables are created on start)",
     )
     chat.add_argument(
         "--model",
@@ -314,7 +340,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         shutdown_timeout_s=args.shutdown_timeout,
         join_announcement=args.join_announcement,
         client_dir=args.client_dir,
-        db_path=args.db,
+        db_path=Path(args.db) if not _is_postgres(args.db) else _DEFAULTS.db_path,
+        db_url=args.db if _is_postgres(args.db) else None,
+        redis_url=args.redis_url,
+        workers=args.workers,
         model=args.model,
         model_url=args.model_url,
         model_name=args.model_name,
@@ -330,6 +359,10 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ws_ping_timeout_s=args.ws_ping_timeout,
         ws_compression=args.ws_compression,
     )
+
+
+def _is_postgres(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
 
 
 def _fit_open_files(config: Config) -> Config:

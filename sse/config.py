@@ -14,6 +14,8 @@ MODELS = ("echo", "openai")
 # server context takeover, so each event is compressed once for every client;
 # or with it, so each connection keeps its own compressor (see sse.ws).
 WS_COMPRESSION = ("off", "shared", "per-connection")
+_POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 
 
@@ -41,6 +43,13 @@ class Config:
     join_announcement: bool = True
     client_dir: Path = field(default=CLIENT_DIR)
     db_path: Path = Path("ssechat.sqlite3")
+    # postgresql://... : conversations in PostgreSQL instead of the SQLite file.
+    db_url: str | None = field(default=None, repr=False)
+    # redis://... : events fan out through Redis Streams, across processes and machines.
+    redis_url: str | None = field(default=None, repr=False)
+    # Processes serving the port together (SO_REUSEPORT); more than one needs Redis.
+    workers: int = 1
+    reuse_port: bool = False
     max_content_chars: int = 32_000
     model: str = "echo"
     model_url: str | None = None
@@ -105,6 +114,19 @@ class Config:
             choices = ", ".join(WS_COMPRESSION)
             raise ConfigError(
                 f"ws_compression must be one of {choices}, got {self.ws_compression!r}"
+            )
+        if self.workers < 1:
+            raise ConfigError(f"workers must be at least 1, got {self.workers}")
+        if self.workers > 1 and not self.redis_url:
+            raise ConfigError(
+                f"--workers {self.workers} needs --redis-url: each worker is a separate "
+                "process, and only Redis carries an event from one to the others"
+            )
+        if self.db_url is not None and not self.db_url.startswith(_POSTGRES_SCHEMES):
+            raise ConfigError(f"db_url must be a postgresql:// URL, got {self.db_url!r}")
+        if self.redis_url is not None and not self.redis_url.startswith(_REDIS_SCHEMES):
+            raise ConfigError(
+                f"redis_url must start with redis://, rediss:// or unix://, got {self.redis_url!r}"
             )
         if not self.cors_origins:
             raise ConfigError("cors_origins must name at least one origin, or '*'")

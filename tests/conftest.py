@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from sse.config import Config
 from sse.http import Server
+from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
@@ -181,3 +182,11 @@ def page_opener(browser: Browser, default_url: str) -> Iterator[OpenPage]:
     for context in contexts:
         context.close()
     assert errors == [], "uncaught errors in the page"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A fresh `redis-server` on a free port; fails (never skips) when it is not installed."""
+    redis = RedisServer(tmp_path / "redis")
+    yield redis
+    redis.kill()
