@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 
+from sse.broker import Broker, BrokerUnavailable
 from sse.config import Config
 from sse.cors import cors_headers, preflight_headers
 from sse.errors import ClientError
-from sse.hub import Hub
 from sse.static import StaticFile
 from sse.wire import EncodeError
 
@@ -163,13 +163,13 @@ class App:
     def __init__(
         self,
         config: Config,
-        hub: Hub,
+        broker: Broker,
         static: Mapping[str, StaticFile],
         health: Callable[[], Mapping[str, object]],
         extra_routes: Sequence[Route] = (),
     ) -> None:
         self._config = config
-        self._hub = hub
+        self._broker = broker
         self._static = static
         self._health = health
         # Fixed paths are looked up in a dict: the seed API's hot path pays no regex.
@@ -242,13 +242,17 @@ class App:
         new_user = self._config.join_announcement and not last_id
         return OpenStream(ROOM, last_id or None, JOIN_ANNOUNCEMENT if new_user else None)
 
-    def _send_message(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+    def _send_message(
+        self, req: Request, body: bytes, params: Mapping[str, str]
+    ) -> Reply | Awaitable[Reply]:
         message = require_text(parse_json_object(req, body), "message")
         try:
-            self._hub.publish(ROOM, message)
+            published = self._broker.publish(ROOM, message)
         except EncodeError as exc:  # require_text should make this unreachable
             raise ClientError(400, f'"message" cannot be sent: {exc}') from None
-        return Reply(200, SENT_REPLY, _TEXT)
+        if isinstance(published, str):
+            return Reply(200, SENT_REPLY, _TEXT)
+        return _sent(published)
 
     def _healthz(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         return json_reply(200, dict(self._health()), (("cache-control", "no-store"),))
@@ -256,6 +260,17 @@ class App:
     def _static_file(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         file = self._static[req.path]
         return Reply(200, file.body, file.content_type, (("cache-control", "no-cache"),))
+
+
+async def _sent(published: Awaitable[str]) -> Reply:
+    # 200 only once the broker has the event: what we acknowledge is never lost.
+    try:
+        await published
+    except EncodeError as exc:
+        raise ClientError(400, f'"message" cannot be sent: {exc}') from None
+    except BrokerUnavailable as exc:
+        raise ClientError(503, f"the message was not sent: {exc}; try again") from None
+    return Reply(200, SENT_REPLY, _TEXT)
 
 
 def _with_cors(result: Result, cors: tuple[tuple[str, str], ...]) -> Result:

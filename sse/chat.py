@@ -13,21 +13,25 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
+from uuid import uuid4
 
+from sse.broker import Broker, BrokerUnavailable, settle
 from sse.errors import ClientError
-from sse.hub import Hub
 from sse.models import ChatTurn, Finish, Model, ModelError
-from sse.store import ConversationSummary, SqliteStore, StoredMessage
+from sse.store import ConversationSummary, StoredMessage, Transcript
+from sse.stores import Store
 
-__all__ = ["ChatService", "topic_of"]
+__all__ = ["ChatService", "Snapshot", "topic_of"]
 
 log = logging.getLogger("ssechat.chat")
 
 # How often a growing reply is written to the store while it streams.
 _SAVE_EVERY_S = 1.0
+# How long a stop waits for the node that generates the reply to confirm.
+_REMOTE_STOP_TIMEOUT_S = 5.0
 # Statuses of replies whose text the model should see again as context.
 _CONTEXT_STATUSES = frozenset({"complete", "cancelled", "interrupted"})
 
@@ -42,6 +46,16 @@ class _Reply:
     message_id: str
     task: asyncio.Task[None] | None = None
     parts: list[str] = field(default_factory=list)
+    last_event_id: str = ""  # of the newest event this reply published
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A transcript, and the event id after which a stream continues it exactly."""
+
+    transcript: Transcript
+    replying: bool
+    last_event_id: str
 
 
 class ChatService:
@@ -49,20 +63,23 @@ class ChatService:
 
     def __init__(
         self,
-        hub: Hub,
-        store: SqliteStore,
+        broker: Broker,
+        store: Store,
         model: Model,
         *,
         context_messages: int,
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
     ) -> None:
-        self._hub = hub
+        self._broker = broker
         self._store = store
         self._model = model
         self._context_messages = context_messages
         self._spawn = spawn
         self._replies: dict[str, _Reply] = {}
         self._shutting_down = False
+        # Stops asked of other nodes, by request id, waiting for their answer.
+        self._remote_stops: dict[str, asyncio.Future[str | None]] = {}
+        broker.on_control(self._control)
 
     @property
     def model(self) -> Model:
@@ -70,24 +87,46 @@ class ChatService:
         return self._model
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> Store:
         """Where conversations are kept."""
         return self._store
 
-    def live(self, conversation_id: str) -> tuple[str, str] | None:
-        """The streaming reply's id and its text so far, if one streams now.
+    async def snapshot(self, conversation_id: str) -> Snapshot | None:
+        """The transcript, with a reply that streams here shown as far as it got.
 
-        Read together with the topic's last event id in the same step of the
-        loop, this is exact: the text holds every delta up to that id.
+        `last_event_id` is exact: a stream opened after it continues the
+        transcript with no hole. Without a reply streaming here, the id is read
+        before the store, so what happens meanwhile is in the stream (perhaps
+        also in the transcript; the page removes such doubles by message id).
+        A reply streaming on another node is shown as last saved, with the id
+        of the last event that saved text holds.
+
+        Raises:
+            BrokerUnavailable: the broker cannot say where the stream is.
         """
-        reply = self._replies.get(conversation_id)
-        if reply is None or not reply.message_id:
+        topic = topic_of(conversation_id)
+        broker = self._broker
+        local = not broker.shared
+        before = "" if local else await settle(broker.last_id(topic))
+        found = await self._store.transcript(conversation_id)
+        if found is None:
             return None
-        return reply.message_id, "".join(reply.parts)
-
-    def last_event_id(self, conversation_id: str) -> str:
-        """The id of the conversation's newest event, for a client to resume after."""
-        return self._hub.last_id(topic_of(conversation_id))
+        # From here to the return no await: the live text and the id below
+        # belong to the same instant.
+        reply = self._replies.get(conversation_id)
+        if reply is not None and reply.message_id and (local or reply.last_event_id):
+            text = "".join(reply.parts)
+            messages = tuple(
+                replace(m, content=text) if m.id == reply.message_id else m for m in found.messages
+            )
+            last = broker.last_id(topic) if local else reply.last_event_id
+            return Snapshot(replace(found, messages=messages), True, str(last))
+        if local:
+            return Snapshot(found, False, str(broker.last_id(topic)))
+        streaming = [m for m in found.messages if m.status == "streaming" and m.event_id]
+        if streaming:
+            return Snapshot(found, True, str(streaming[-1].event_id))
+        return Snapshot(found, False, before)
 
     async def create(self) -> ConversationSummary:
         """A new conversation."""
@@ -129,24 +168,35 @@ class ChatService:
             if m.role == "user" or (m.status in _CONTEXT_STATUSES and m.content)
         ][-self._context_messages :]
         topic = topic_of(conversation_id)
-        self._publish(
-            topic,
-            "user",
-            {
-                "message_id": user.id,
-                "role": "user",
-                "content": content,
-                "created_at": user.created_at,
-            },
-        )
+        try:
+            await self._publish(
+                reply,
+                topic,
+                "user",
+                {
+                    "message_id": user.id,
+                    "role": "user",
+                    "content": content,
+                    "created_at": user.created_at,
+                },
+            )
+        except BrokerUnavailable as exc:
+            # Kept, but nobody was told and no reply starts: say so, and don't pretend.
+            self._replies.pop(conversation_id, None)
+            why = f"No reply was started: {exc}."
+            await self._store.save_reply(answer.id, "", "error", None, why)
+            raise ClientError(503, f"the message was saved but not announced: {exc}") from None
         reply.task = self._spawn(self._run(conversation_id, reply, history))
         return user, answer.id
 
     async def stop(self, conversation_id: str) -> str | None:
-        """Cancel the reply in progress and wait until it is saved; its id, or None."""
+        """Cancel the reply in progress and wait until it is saved; its id, or None.
+
+        A reply generated by another node is stopped there, through the broker.
+        """
         reply = self._replies.get(conversation_id)
         if reply is None or reply.task is None:
-            return None
+            return await self._stop_elsewhere(conversation_id) if self._broker.shared else None
         reply.task.cancel()
         # Shielded: a client that hangs up must not leave the reply half-stopped.
         with contextlib.suppress(asyncio.CancelledError):
@@ -162,8 +212,90 @@ class ChatService:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    def _publish(self, topic: str, event: str, payload: dict[str, object]) -> None:
-        self._hub.publish(topic, json.dumps(payload, ensure_ascii=False), event=event)
+    async def _stop_elsewhere(self, conversation_id: str) -> str | None:
+        found = await self._store.transcript(conversation_id)
+        if found is None or not any(m.status == "streaming" for m in found.messages):
+            return None
+        request = uuid4().hex
+        answer: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._remote_stops[request] = answer
+        try:
+            await settle(
+                self._broker.send_control(
+                    {"op": "stop", "conversation": conversation_id, "request": request}
+                )
+            )
+            return await asyncio.wait_for(answer, _REMOTE_STOP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning(
+                "no node stopped the reply of %s within %.0fs",
+                conversation_id,
+                _REMOTE_STOP_TIMEOUT_S,
+            )
+            return None
+        finally:
+            self._remote_stops.pop(request, None)
+
+    def _control(self, fields: Mapping[str, str]) -> None:
+        # Every node sees every control message: the one running the reply
+        # stops it and answers; the one that asked wakes on the answer.
+        op = fields.get("op")
+        if op == "stop":
+            reply = self._replies.get(fields.get("conversation", ""))
+            if reply is not None and reply.task is not None:
+                self._spawn(self._stop_for(fields.get("request", ""), fields["conversation"]))
+        elif op == "stopped":
+            answer = self._remote_stops.get(fields.get("request", ""))
+            if answer is not None and not answer.done():
+                answer.set_result(fields.get("message_id") or None)
+
+    async def _stop_for(self, request: str, conversation_id: str) -> None:
+        message_id = await self.stop(conversation_id)
+        log.info("reply of %s stopped at another node's request", conversation_id)
+        try:
+            await settle(
+                self._broker.send_control(
+                    {"op": "stopped", "request": request, "message_id": message_id or ""}
+                )
+            )
+        except BrokerUnavailable as exc:
+            log.warning("could not confirm the stop of %s: %s", conversation_id, exc)
+
+    async def _publish(
+        self,
+        reply: _Reply,
+        topic: str,
+        event: str,
+        payload: dict[str, object],
+        piece: str | None = None,
+    ) -> None:
+        """Publish; then, in one step, note its id and the `piece` of text it carried.
+
+        Text and id move together, so a snapshot taken between them never holds
+        a piece whose event a client resuming after the id would get again.
+        """
+        published = self._broker.publish(
+            topic, json.dumps(payload, ensure_ascii=False), event=event
+        )
+        if isinstance(published, str):
+            event_id = published
+        else:
+            sending = asyncio.ensure_future(published)
+            try:
+                event_id = await asyncio.shield(sending)
+            except asyncio.CancelledError:
+                # Stopped while the broker took the event: it may be out, so the
+                # saved text must hold its piece too.
+                with contextlib.suppress(Exception):
+                    self._record(reply, await sending, piece)
+                raise
+        self._record(reply, event_id, piece)
+
+    @staticmethod
+    def _record(reply: _Reply, event_id: str, piece: str | None) -> None:
+        reply.last_event_id = event_id
+        if piece is not None:
+            reply.parts.append(piece)
 
     async def _run(self, conversation_id: str, reply: _Reply, history: list[ChatTurn]) -> None:
         topic = topic_of(conversation_id)
@@ -174,12 +306,18 @@ class ChatService:
         finish = "stop"
         status = "complete"
         error: str | None = None
-        self._publish(
-            topic,
-            "start",
-            {"message_id": reply.message_id, "model": model.name, "model_label": model.label},
-        )
         try:
+            await self._publish(
+                reply,
+                topic,
+                "start",
+                {"message_id": reply.message_id, "model": model.name, "model_label": model.label},
+            )
+            if self._broker.shared:
+                # Another node showing this conversation continues from here.
+                await self._store.save_reply(
+                    reply.message_id, "", "streaming", None, event_id=reply.last_event_id
+                )
             # aclosing: whatever ends the loop, the model's upstream request is closed.
             async with contextlib.aclosing(model.reply(history)) as pieces:
                 async for piece in pieces:
@@ -191,12 +329,21 @@ class ChatService:
                     now = time.monotonic()
                     if first_at is None:
                         first_at = now
-                    reply.parts.append(piece)
-                    self._publish(topic, "delta", {"message_id": reply.message_id, "text": piece})
+                    await self._publish(
+                        reply,
+                        topic,
+                        "delta",
+                        {"message_id": reply.message_id, "text": piece},
+                        piece,
+                    )
                     if now - saved_at >= _SAVE_EVERY_S:
                         saved_at = now
                         await self._store.save_reply(
-                            reply.message_id, "".join(reply.parts), "streaming", None
+                            reply.message_id,
+                            "".join(reply.parts),
+                            "streaming",
+                            None,
+                            event_id=reply.last_event_id,
                         )
         except asyncio.CancelledError:
             if self._shutting_down:
@@ -207,6 +354,10 @@ class ChatService:
         except ModelError as exc:
             status, finish = "error", "error"
             error = str(exc)
+        except BrokerUnavailable as exc:
+            log.warning("reply %s cut short: %s", reply.message_id, exc)
+            status, finish = "error", "error"
+            error = f"The reply could not be delivered: {exc}."
         except Exception as exc:
             # A bug in a model is ours; log it with its traceback, keep the server up.
             log.exception("model %s failed", model.name)
@@ -216,24 +367,39 @@ class ChatService:
         try:
             await asyncio.shield(
                 self._store.save_reply(
-                    reply.message_id, text, status, finish if status != "error" else None, error
+                    reply.message_id,
+                    text,
+                    status,
+                    finish if status != "error" else None,
+                    error,
+                    event_id=reply.last_event_id or None,
                 )
             )
         finally:
             self._replies.pop(conversation_id, None)
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         if error is not None:
-            self._publish(topic, "error", {"message_id": reply.message_id, "message": error})
             log.info("reply %s ended with an error: %s", reply.message_id, error)
+            payload: dict[str, object] = {"message_id": reply.message_id, "message": error}
+            await self._publish_last(reply, topic, "error", payload)
             return
-        self._publish(
-            topic,
-            "done",
-            {
-                "message_id": reply.message_id,
-                "finish_reason": finish,
-                "pieces": len(reply.parts),
-                "ttft_ms": None if first_at is None else round((first_at - started) * 1000, 1),
-                "duration_ms": duration_ms,
-            },
-        )
+        payload = {
+            "message_id": reply.message_id,
+            "finish_reason": finish,
+            "pieces": len(reply.parts),
+            "ttft_ms": None if first_at is None else round((first_at - started) * 1000, 1),
+            "duration_ms": duration_ms,
+        }
+        await self._publish_last(reply, topic, "done", payload)
+
+    async def _publish_last(
+        self, reply: _Reply, topic: str, event: str, payload: dict[str, object]
+    ) -> None:
+        # The reply is saved already; a broker that went away only costs the
+        # live ending, which the transcript shows.
+        try:
+            await self._publish(reply, topic, event, payload)
+        except BrokerUnavailable as exc:
+            log.warning(
+                "the %s event of reply %s was not published: %s", event, reply.message_id, exc
+            )

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import Mapping
 
 from sse.app import OpenStream, Reply, Request, Route, json_reply, parse_json_object, require_text
+from sse.broker import BrokerUnavailable
 from sse.chat import ChatService, topic_of
 from sse.config import Config
 from sse.errors import ClientError
@@ -67,23 +68,20 @@ class _ChatApi:
 
     async def transcript(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         conversation_id = _conversation_id(params)
-        found = await self._service.store.transcript(conversation_id)
-        if found is None:
+        try:
+            snapshot = await self._service.snapshot(conversation_id)
+        except BrokerUnavailable as exc:
+            raise ClientError(503, f"the conversation cannot be read now: {exc}") from None
+        if snapshot is None:
             raise ClientError(404, f"no conversation {conversation_id}")
         model = self._service.model
-        messages = [_message(m, {model.name: model.label}) for m in found.messages]
-        # From here to the reply no await: the live text and the event id below
-        # belong to the same instant, so a client that opens the stream with
-        # ?last_event_id=<that id> continues the text exactly, with no hole.
-        live = self._service.live(conversation_id)
-        if live is not None:
-            for message in messages:
-                if message["id"] == live[0]:
-                    message["content"] = live[1]
-        payload = _summary(found.conversation)
-        payload["replying"] = live is not None
-        payload["last_event_id"] = self._service.last_event_id(conversation_id)
-        payload["messages"] = messages
+        labels = {model.name: model.label}
+        # A client that opens the stream with ?last_event_id=<that id> continues
+        # these messages exactly, with no hole.
+        payload = _summary(snapshot.transcript.conversation)
+        payload["replying"] = snapshot.replying
+        payload["last_event_id"] = snapshot.last_event_id
+        payload["messages"] = [_message(m, labels) for m in snapshot.transcript.messages]
         return json_reply(200, payload, _NO_STORE)
 
     async def events(self, req: Request, body: bytes, params: Mapping[str, str]) -> OpenStream:

@@ -18,3 +18,7 @@ class ClientError(SSEChatError):
 
 class ConfigError(SSEChatError):
     """The operator gave a setting that cannot work."""
+
+
+class StartError(SSEChatError):
+    """The server cannot start: a service it needs (Redis, the database) is not there."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import time
 from collections import deque
@@ -22,13 +23,16 @@ from uuid import UUID, uuid4
 import h11
 
 from sse.app import App, OpenSocket, OpenStream, Reply, Request, json_reply, status_phrase
+from sse.broker import Broker, BrokerUnavailable, MemoryBroker
+from sse.broker_redis import RedisBroker
 from sse.chat import ChatService
 from sse.chat_api import chat_routes
 from sse.config import Config
-from sse.hub import Frame, Hub
+from sse.errors import StartError
+from sse.hub import Frame, Hub, Resume
 from sse.models.factory import build_model
 from sse.static import load_static
-from sse.store import SqliteStore
+from sse.stores import build_store
 from sse.wire import encode_comment, encode_retry
 from sse.ws import WebSocket, accept, ws_routes
 
@@ -149,6 +153,10 @@ class Stream:
     def frame_bytes(self, raw: bytes) -> bytes:
         """`raw` in this stream's body framing."""
         return _chunk(raw) if self._chunked else raw
+
+    def frame_data(self, frame: Frame) -> bytes:
+        """`frame` in this stream's body framing, as `push` writes it."""
+        return frame.chunked if self._chunked else frame.raw
 
     def heartbeat(self) -> None:
         """Write a comment line, unless the client is behind anyway."""
@@ -508,25 +516,64 @@ class HttpConnection(asyncio.Protocol):
             chunked=chunked,
             limit_bytes=self._config.backlog_limit_bytes,
         )
+        # Set before the broker may wait: a client leaving meanwhile detaches it.
         self._stream = stream
+        attached = server.broker.attach(opening.topic, stream.key, stream, opening.last_event_id)
+        if isinstance(attached, Resume):
+            self._start_stream(stream, head, opening, attached)
+            return
+        # The broker reads the history over the network: hold the connection
+        # (nothing more is read from it) until it has.
+        self._phase = Phase.WAIT_APP
+        transport.pause_reading()
+        server.spawn(self._attach_stream(stream, head, opening, attached))
+
+    async def _attach_stream(
+        self, stream: Stream, head: bytes, opening: OpenStream, attached: Awaitable[Resume]
+    ) -> None:
+        try:
+            resume = await attached
+        except Exception as exc:
+            if self._phase is not Phase.WAIT_APP or self._transport is None:
+                return
+            if isinstance(exc, BrokerUnavailable):
+                log.warning("stream for %s not opened: %s", self._peer, exc)
+            else:
+                log.exception("stream for %s not opened", self._peer)
+            # A 200 that ends at once: EventSource tries again after `retry`, where
+            # an error status would make it give up for good.
+            retry = encode_retry(self._server.jittered(self._config.overload_retry_ms))
+            self._stream = None
+            self._transport.write(head + stream.frame_bytes(retry) + stream.last_bytes())
+            self._access(200, -1)
+            self._close()
+            return
+        if self._phase is not Phase.WAIT_APP or self._transport is None:
+            return  # the client left while the history was read
+        self._start_stream(stream, head, opening, resume)
+        if self._server.draining:
+            self.finish_stream("server shutting down")
+
+    def _start_stream(
+        self, stream: Stream, head: bytes, opening: OpenStream, resume: Resume
+    ) -> None:
+        server = self._server
         self._phase = Phase.STREAMING
         replay: list[bytes] = []
         resumed = ""
         if opening.last_event_id is not None:
-            resume = server.hub.resume(opening.topic, opening.last_event_id)
             frames = resume.frames if resume.gap is None else (resume.gap, *resume.frames)
-            replay = [f.chunked if chunked else f.raw for f in frames]
+            replay = [stream.frame_data(f) for f in frames]
             # repr: the id comes from the client (a query parameter may hold a
             # newline), and must not be able to forge a log line.
             resumed = f" resume={opening.last_event_id!r} replay={len(resume.frames)}"
             if resume.gap is not None:
                 resumed += " gap"
-        # Subscribe and read the history in one step of the loop: no publish can
-        # fall between them, so the replay and the live events neither overlap
-        # nor leave a hole.
         server.add_stream(stream)
         first = stream.frame_bytes(encode_retry(server.jittered(self._config.retry_ms)))
         stream.start(head + first, replay)
+        if self._transport is not None:
+            self._transport.resume_reading()  # to notice a client that keeps talking
         self._access(200, -1)
         log.info("stream %s open for %s topic=%s%s", stream.key, self._peer, opening.topic, resumed)
         # The stream frames its own bytes from here on: what parsed the request
@@ -535,7 +582,7 @@ class HttpConnection(asyncio.Protocol):
         self._request = None
         self._body = _NO_BODY
         if opening.announce is not None:
-            server.hub.publish(opening.topic, opening.announce)
+            server.publish_soon(opening.topic, opening.announce)
 
     # -- WebSocket hand-off (sse.ws) ----------------------------------------
 
@@ -708,16 +755,25 @@ class Server:
         self.config = config
         self.started_at = time.monotonic()
         # The epoch makes event ids from before a restart recognisably foreign.
+        self.node = uuid4().hex
         self.hub = Hub(
-            history_size=config.history_size,
+            # With Redis the history lives there; the hub only fans out.
+            history_size=1 if config.redis_url else config.history_size,
             epoch=str(time.time_ns() // 1_000_000),
             max_topics=config.max_channels,
             schedule=self._schedule_flush,
         )
+        self.broker: Broker = (
+            MemoryBroker(self.hub)
+            if config.redis_url is None
+            else RedisBroker(
+                self.hub, config.redis_url, history_size=config.history_size, node=self.node
+            )
+        )
         self.tasks: set[asyncio.Task[None]] = set()
-        self.store = SqliteStore(config.db_path)
+        self.store = build_store(config)
         self.chat = ChatService(
-            self.hub,
+            self.broker,
             self.store,
             build_model(config),
             context_messages=config.context_messages,
@@ -725,7 +781,7 @@ class Server:
         )
         self.app = App(
             config,
-            self.hub,
+            self.broker,
             load_static(config.client_dir),
             self.health,
             [*chat_routes(self.chat, config), *ws_routes(self.chat, config)],
@@ -750,6 +806,9 @@ class Server:
             "websockets": len(self.sockets),
             "connections": len(self.connections),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
+            # Which process answered, when --workers share the port.
+            "pid": os.getpid(),
+            **self.broker.health(),
         }
 
     def _schedule_flush(self, flush: Callable[[], int]) -> None:
@@ -784,6 +843,18 @@ class Server:
             min(self.config.max_flush_delay_s, _FLUSH_DUTY * (end - start)) if busy else 0.0
         )
 
+    def publish_soon(self, topic: str, data: str) -> None:
+        """Publish without waiting for the broker; a failure is logged, not raised."""
+        published = self.broker.publish(topic, data)
+        if not isinstance(published, str):
+            self.spawn(self._await_publish(topic, published))
+
+    async def _await_publish(self, topic: str, published: Awaitable[str]) -> None:
+        try:
+            await published
+        except BrokerUnavailable as exc:
+            log.warning("an event for %s was not published: %s", topic, exc)
+
     def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """Run `coro` as a task the server keeps, and waits for when it stops."""
         task = asyncio.get_running_loop().create_task(coro)
@@ -801,13 +872,12 @@ class Server:
         return base_ms + self._random.randint(0, self.config.retry_jitter_ms)
 
     def add_stream(self, stream: Stream) -> None:
-        """Register an open stream with the hub and in the dict of writers."""
+        """Register a stream the broker attached in the dict of writers."""
         self.streams[stream.key] = stream
-        self.hub.subscribe(stream.topic, stream.key, stream)
 
     def drop_stream(self, stream: Stream, peer: str, reason: str) -> None:
         """Forget a closed stream; it gets no further frames."""
-        self.hub.unsubscribe(stream.topic, stream.key)
+        self.broker.detach(stream.topic, stream.key)
         self.streams.pop(stream.key, None)
         took = time.monotonic() - stream.opened_at
         log.info(
@@ -820,13 +890,12 @@ class Server:
         )
 
     def add_socket(self, sock: WebSocket) -> None:
-        """Register an open WebSocket with the hub and in the dict of sockets."""
+        """Register a WebSocket the broker attached in the dict of sockets."""
         self.sockets[sock.key] = sock
-        self.hub.subscribe(sock.topic, sock.key, sock)
 
     def drop_socket(self, sock: WebSocket) -> None:
         """Forget a closed WebSocket; it gets no further frames."""
-        self.hub.unsubscribe(sock.topic, sock.key)
+        self.broker.detach(sock.topic, sock.key)
         self.sockets.pop(sock.key, None)
 
     def connection_closed(self, conn: HttpConnection | WebSocket) -> None:
@@ -838,22 +907,39 @@ class Server:
     async def start(self) -> tuple[str, int]:
         """Listen on the configured address; returns the bound host and port."""
         loop = asyncio.get_running_loop()
-        recovered = await self.store.open()
-        if recovered:
-            log.warning("%d replies were cut short by a crash; marked interrupted", recovered)
-        log.info(
-            "conversations in %s; model %s (%s)",
-            self.config.db_path,
-            self.chat.model.name,
-            self.chat.model.label,
-        )
-        self._listener = await loop.create_server(
-            lambda: HttpConnection(self),
-            self.config.host,
-            self.config.port,
-            reuse_address=True,
-            backlog=1024,
-        )
+        try:
+            await self.broker.start()
+        except BrokerUnavailable as exc:
+            raise StartError(str(exc)) from exc
+        try:
+            try:
+                recovered = await self.store.open()
+            except Exception as exc:
+                where = self.store.describe()
+                raise StartError(f"cannot open the conversations in {where}: {exc}") from exc
+            if recovered:
+                log.warning("%d replies were cut short by a crash; marked interrupted", recovered)
+            log.info(
+                "conversations in %s; model %s (%s)",
+                self.store.describe(),
+                self.chat.model.name,
+                self.chat.model.label,
+            )
+            self._listener = await loop.create_server(
+                lambda: HttpConnection(self),
+                self.config.host,
+                self.config.port,
+                reuse_address=True,
+                reuse_port=self.config.reuse_port,
+                backlog=1024,
+            )
+        except BaseException:
+            # A start that fails half-way must not leave the broker's reader
+            # running: the process would never exit.
+            await self.broker.close()
+            with contextlib.suppress(Exception):
+                await self.store.close()
+            raise
         self._heartbeat = loop.call_later(self.config.ping_interval_s, self._beat)
         sock = self._listener.sockets[0]
         host, port = sock.getsockname()[:2]
@@ -902,6 +988,7 @@ class Server:
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.chat.model.aclose()
+        await self.broker.close()
         await self.store.close()
         self._listener = None
         log.info("stopped")

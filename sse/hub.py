@@ -145,15 +145,21 @@ class Hub:
                 return
         # Every topic has a subscriber: keep them all rather than cut anyone off.
 
-    def publish(self, topic: str, data: str, *, event: str | None = None) -> Frame:
+    def publish(
+        self, topic: str, data: str, *, event: str | None = None, id: str | None = None
+    ) -> Frame:
         """Append an event to `topic`'s history and push it to every sink.
+
+        The event's id is `<epoch>-<seq>` unless `id` is given: a broker that
+        orders events itself (Redis) hands the hub its own ids, and the hub's
+        sequence numbers then only order the frames within this process.
 
         Raises:
             EncodeError: `data` or `event` cannot be carried by the event-stream format.
         """
         t = self._topic(topic)
         seq = t.next_seq
-        frame = Frame.of(Event(data, event=event, id=f"{self._epoch}-{seq}"), seq)
+        frame = Frame.of(Event(data, event=event, id=id or f"{self._epoch}-{seq}"), seq)
         t.next_seq = seq + 1  # only after encoding succeeded: ids stay contiguous
         self._high_seq = max(self._high_seq, seq)
         t.history.append(frame)
@@ -223,6 +229,18 @@ class Hub:
             # instead the new sink joins the batch and gets only its tail.
             t.late[key] = t.next_seq - 1
         t.sinks[key] = sink
+
+    def replace(self, topic: str, key: UUID, sink: Sink) -> bool:
+        """Hand the subscription under `key` to `sink`, losing nothing in between.
+
+        Unlike a new `subscribe`, the pending batch still goes to the key in
+        full. Returns False, and subscribes nothing, when `key` has left.
+        """
+        t = self._topics.get(topic)
+        if t is None or key not in t.sinks:
+            return False
+        t.sinks[key] = sink
+        return True
 
     def unsubscribe(self, topic: str, key: UUID) -> None:
         """Stop pushing to the sink under `key`; unknown keys are ignored."""

@@ -3,23 +3,54 @@
 One connection lives on one dedicated thread: sqlite3 connections must not be
 shared between threads, and a single writer is all SQLite allows anyway.
 WAL mode lets readers proceed while a reply is being saved.
+
+Leases. Several processes may share one database (`--workers` on one file,
+nodes on one PostgreSQL), so a reply left "streaming" is not proof of a crash:
+another live process may be writing it. Each open store is a node (a UUID4
+hex id) with a row in `nodes` that it renews every `lease_interval_s`, and a
+reply it streams records that id as its `owner`. Recovery, at open and at each
+renewal, marks a streaming reply interrupted only when its owner has no lease
+or one older than `stale_after_s`; a clean close gives the lease up. Should a
+live node be taken for dead (paused for longer than that), its next save of
+the reply writes the true status back.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import logging
+import os
+import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import uuid4
 
-__all__ = ["ConversationSummary", "SqliteStore", "StoredMessage", "Transcript"]
+from sse.errors import SSEChatError
+
+__all__ = [
+    "DEFAULT_LEASE_INTERVAL_S",
+    "DEFAULT_STALE_AFTER_S",
+    "NEW_TITLE",
+    "ConversationSummary",
+    "SqliteStore",
+    "StoreError",
+    "StoredMessage",
+    "Transcript",
+    "check_lease_timing",
+    "start_lease_task",
+    "stop_lease_task",
+    "title_from",
+]
 
 T = TypeVar("T")
+
+log = logging.getLogger("ssechat.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -40,13 +71,37 @@ CREATE TABLE IF NOT EXISTS messages (
     created_at      REAL NOT NULL,
     updated_at      REAL NOT NULL,
     error           TEXT,
+    owner           TEXT,
+    event_id        TEXT,
     UNIQUE (conversation_id, seq)
 );
 CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (updated_at DESC);
+CREATE TABLE IF NOT EXISTS nodes (
+    node_id     TEXT PRIMARY KEY,
+    seen_at     REAL NOT NULL
+);
 """
+# Columns added after the first release, for files made before them: name -> type.
+_ADDED_COLUMNS = {"error": "TEXT", "owner": "TEXT", "event_id": "TEXT"}
+# Made after the columns it names exist. Partial: recovery scans only live replies.
+_STREAMING_INDEX = (
+    "CREATE INDEX IF NOT EXISTS messages_streaming ON messages (owner) WHERE status = 'streaming'"
+)
 
 NEW_TITLE = "New conversation"
 _TITLE_CHARS = 60
+
+# A node renews its lease this often, and recovers other nodes' replies then too.
+DEFAULT_LEASE_INTERVAL_S = 5.0
+# A lease not renewed for this long belongs to a node taken for dead.
+DEFAULT_STALE_AFTER_S = 30.0
+_NODE_ID = re.compile(r"[0-9a-f]{32}")
+# How long a statement waits for another process's lock before it fails.
+_BUSY_TIMEOUT_S = 5.0
+
+
+class StoreError(SSEChatError):
+    """The store was used in a way it does not allow (a bug of ours)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +121,8 @@ class StoredMessage:
     `status` is "complete" for user messages; for replies "streaming" while one
     runs, then "complete", "cancelled", "error", or "interrupted" when a shutdown
     or crash cut it short (its content is what had arrived by then).
+    `event_id` is the id of the last event whose text `content` includes, when
+    the reply was saved with one.
     """
 
     id: str
@@ -76,6 +133,7 @@ class StoredMessage:
     model: str | None
     created_at: float
     error: str | None = None
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,55 +144,251 @@ class Transcript:
     messages: tuple[StoredMessage, ...]
 
 
-def _title_from(content: str) -> str:
+def title_from(content: str) -> str:
+    """A conversation's title made of its first user message: one line, shortened."""
     line = " ".join(content.split())
     return line if len(line) <= _TITLE_CHARS else line[: _TITLE_CHARS - 1] + "…"
+
+
+def check_lease_timing(lease_interval_s: float, stale_after_s: float) -> None:
+    """Refuse lease timings under which a live node could be taken for dead.
+
+    Raises:
+        ValueError: an interval is not positive, or a lease would go stale before
+            its next renewal (at least two renewals must fit in `stale_after_s`).
+    """
+    if lease_interval_s <= 0:
+        raise ValueError(f"lease_interval_s must be positive, got {lease_interval_s}")
+    if stale_after_s < 2 * lease_interval_s:
+        raise ValueError(
+            f"stale_after_s ({stale_after_s}) must be at least twice "
+            f"lease_interval_s ({lease_interval_s})"
+        )
+
+
+def start_lease_task(renewals: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+    """Run a store's lease renewals as a task; its failure is logged once, when it happens.
+
+    The renewals catch what they expect (a database away for a while), so a
+    failure is a bug of ours: the lease then goes stale and other nodes take
+    this one for dead.
+    """
+    task = asyncio.get_running_loop().create_task(renewals, name=name)
+    task.add_done_callback(_log_failure)
+    return task
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed", task.get_name(), exc_info=exc)
+
+
+async def stop_lease_task(task: asyncio.Task[None]) -> None:
+    """Cancel a store's lease renewals and wait until they have stopped."""
+    task.cancel()
+    # return_exceptions: a failure was logged when it happened.
+    await asyncio.gather(task, return_exceptions=True)
+
+
+class _NodeLock:
+    """A file a live node keeps locked: the OS drops the lock when the process dies.
+
+    The second half of a SQLite node's lease. All processes on one file are on
+    one machine (WAL needs shared memory), so each holds an flock(2) on
+    `<db>-nodes/<node_id>.lock`. A node whose row is fresh but whose file is no
+    longer locked was killed, and its replies are recovered at once rather than
+    `stale_after_s` later: a restart right after a crash reports them.
+    flock, not fcntl locks: two stores in one process must not share a lock.
+    An in-memory database (`:memory:`) has no file and no other process, so
+    no lock files either (`folder` None).
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = folder
+
+    def _path(self, node_id: str) -> Path:
+        assert self.folder is not None, "no lock files for an in-memory database"
+        return self.folder / f"{node_id}.lock"
+
+    def hold(self, node_id: str) -> int | None:
+        """Create and lock this node's file; returns the descriptor to keep open."""
+        if self.folder is None:
+            return None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._path(node_id), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def release(self, node_id: str, fd: int | None) -> None:
+        """Remove this node's file, then unlock it (a clean exit)."""
+        if fd is None:
+            return
+        self._path(node_id).unlink(missing_ok=True)
+        os.close(fd)
+
+    def is_dead(self, node_id: str) -> bool:
+        """Whether `node_id`'s process is gone: its file exists and nobody holds it.
+
+        A missing file proves nothing (it may be a node of an older version), so
+        only the lease's age decides then. The file of a dead node is removed.
+        """
+        if self.folder is None or not _NODE_ID.fullmatch(node_id):
+            return False
+        path = self._path(node_id)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        else:
+            path.unlink(missing_ok=True)  # while holding it, so no one probes a new one
+            return True
+        finally:
+            os.close(fd)
 
 
 class SqliteStore:
     """The conversation store on one SQLite file."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        lease_interval_s: float = DEFAULT_LEASE_INTERVAL_S,
+        stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    ) -> None:
+        """A store on `path`, opened by `open()`.
+
+        Raises:
+            ValueError: the lease timings cannot work (see `check_lease_timing`).
+        """
+        check_lease_timing(lease_interval_s, stale_after_s)
         self.path = path
+        self.node_id = uuid4().hex
+        self._lease_interval_s = lease_interval_s
+        self._stale_after_s = stale_after_s
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._db: sqlite3.Connection | None = None
+        # Private to its connection: no other process can share it.
+        in_memory = str(path) == ":memory:"
+        self._locks = _NodeLock(None if in_memory else path.with_name(path.name + "-nodes"))
+        self._lock_fd: int | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+
+    def describe(self) -> str:
+        """Where the conversations are, for the log."""
+        return str(self.path)
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         db = self._db
         if db is None:
-            raise RuntimeError("store is not open")
+            raise StoreError("store is not open")
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, db)
 
     async def open(self) -> int:
-        """Open (and create) the database; returns how many replies were found cut short."""
+        """Open (and create or migrate) the database and take this node's lease.
 
-        def connect() -> tuple[sqlite3.Connection, int]:
+        Returns how many replies were found cut short (their node is gone), now
+        marked interrupted. From here until `close()` the lease is renewed, and
+        other nodes' replies recovered, every `lease_interval_s`.
+        """
+
+        def connect() -> tuple[sqlite3.Connection, int | None, int]:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout=5000")
-            db.executescript(_SCHEMA)
-            columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-            if "error" not in columns:  # a database made before replies kept their error
-                db.execute("ALTER TABLE messages ADD COLUMN error TEXT")
-            # A reply still "streaming" at start-up was cut short by a crash.
-            cur = db.execute(
-                "UPDATE messages SET status = 'interrupted' WHERE status = 'streaming'"
-            )
-            return db, cur.rowcount
+            try:
+                # The busy timeout first: processes opening one new file at once
+                # wait for each other's locks instead of failing.
+                db.execute(f"PRAGMA busy_timeout={round(_BUSY_TIMEOUT_S * 1000)}")
+                _use_wal(db)
+                db.execute("PRAGMA synchronous=NORMAL")
+                db.execute("PRAGMA foreign_keys=ON")
+                _migrate(db)
+                fd = self._locks.hold(self.node_id)
+                try:
+                    recovered = self._renew_and_recover(db)
+                except BaseException:
+                    self._locks.release(self.node_id, fd)
+                    raise
+            except BaseException:
+                db.close()
+                raise
+            return db, fd, recovered
 
         loop = asyncio.get_running_loop()
-        self._db, recovered = await loop.run_in_executor(self._executor, connect)
+        self._db, self._lock_fd, recovered = await loop.run_in_executor(self._executor, connect)
+        self._lease_task = start_lease_task(self._keep_lease(), f"lease of node {self.node_id}")
         return recovered
 
+    def _renew_and_recover(self, db: sqlite3.Connection) -> int:
+        """Renew this node's lease; mark replies of dead nodes interrupted; how many."""
+        now = time.time()
+        with db:  # one transaction: no node renews between our check and our update
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO nodes (node_id, seen_at) VALUES (?, ?) "
+                "ON CONFLICT (node_id) DO UPDATE SET seen_at = excluded.seen_at",
+                (self.node_id, now),
+            )
+            others = [
+                row[0]
+                for row in db.execute(
+                    "SELECT node_id FROM nodes WHERE node_id != ?", (self.node_id,)
+                )
+            ]
+            dead = [(node_id,) for node_id in others if self._locks.is_dead(node_id)]
+            db.executemany("DELETE FROM nodes WHERE node_id = ?", dead)
+            db.execute("DELETE FROM nodes WHERE seen_at < ?", (now - self._stale_after_s,))
+            # Same as the recovery before leases: the status alone says a crash cut it.
+            cur = db.execute(
+                "UPDATE messages SET status = 'interrupted' WHERE status = 'streaming' "
+                "AND (owner IS NULL OR owner NOT IN (SELECT node_id FROM nodes))"
+            )
+            return cur.rowcount
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await asyncio.sleep(self._lease_interval_s)
+            try:
+                recovered = await self._run(self._renew_and_recover)
+            except (sqlite3.Error, OSError):
+                # Locked for longer than the busy timeout, or a full disk: the
+                # lease is still fresh enough for several more tries.
+                log.warning("could not renew the lease of node %s", self.node_id, exc_info=True)
+                continue
+            if recovered:
+                log.warning("%d replies of nodes gone silent were marked interrupted", recovered)
+
     async def close(self) -> None:
-        """Close the database and its thread."""
+        """Give up this node's lease, close the database and its thread."""
+        task, self._lease_task = self._lease_task, None
+        if task is not None:
+            await stop_lease_task(task)
         db, self._db = self._db, None
-        if db is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, db.close)
-        self._executor.shutdown(wait=True)
+        fd, self._lock_fd = self._lock_fd, None
+
+        def leave(db: sqlite3.Connection) -> None:
+            try:
+                db.execute("DELETE FROM nodes WHERE node_id = ?", (self.node_id,))
+            except sqlite3.Error:
+                # The lease then goes stale by itself; nothing of ours still streams.
+                log.warning("could not give up the lease of node %s", self.node_id, exc_info=True)
+            finally:
+                self._locks.release(self.node_id, fd)
+                db.close()
+
+        try:
+            if db is not None:
+                await asyncio.get_running_loop().run_in_executor(self._executor, leave, db)
+        finally:
+            self._executor.shutdown(wait=True)
 
     async def create_conversation(self) -> ConversationSummary:
         """A new, empty conversation with an unguessable id (UUID4)."""
@@ -185,8 +439,8 @@ class SqliteStore:
             if row is None:
                 return None
             rows = db.execute(
-                "SELECT id, role, content, status, finish_reason, model, created_at, error "
-                "FROM messages WHERE conversation_id = ? ORDER BY seq",
+                "SELECT id, role, content, status, finish_reason, model, created_at, error, "
+                "event_id FROM messages WHERE conversation_id = ? ORDER BY seq",
                 (conversation_id,),
             ).fetchall()
             return Transcript(ConversationSummary(*row), tuple(StoredMessage(*r) for r in rows))
@@ -203,10 +457,12 @@ class SqliteStore:
     ) -> StoredMessage | None:
         """Append a message; None if the conversation does not exist.
 
-        The first user message also becomes the conversation's title.
+        The first user message also becomes the conversation's title. A message
+        added as "streaming" is owned by this node until it is saved otherwise.
         """
         now = time.time()
         message = StoredMessage(str(uuid4()), role, content, status, None, model, now)
+        owner = self.node_id if status == "streaming" else None
 
         def insert(db: sqlite3.Connection) -> StoredMessage | None:
             with db:  # one transaction: the seq read and the insert belong together
@@ -222,12 +478,23 @@ class SqliteStore:
                 ).fetchone()[0]
                 db.execute(
                     "INSERT INTO messages (id, conversation_id, seq, role, content, status, "
-                    "model, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (message.id, conversation_id, seq, role, content, status, model, now, now),
+                    "model, created_at, updated_at, owner) VALUES (:id, :conversation_id, :seq, "
+                    ":role, :content, :status, :model, :now, :now, :owner)",
+                    {
+                        "id": message.id,
+                        "conversation_id": conversation_id,
+                        "seq": seq,
+                        "role": role,
+                        "content": content,
+                        "status": status,
+                        "model": model,
+                        "now": now,
+                        "owner": owner,
+                    },
                 )
                 title = row[0]
                 if role == "user" and title == NEW_TITLE and content.strip():
-                    title = _title_from(content)
+                    title = title_from(content)
                 db.execute(
                     "UPDATE conversations SET updated_at = ?, title = ? WHERE id = ?",
                     (now, title, conversation_id),
@@ -243,15 +510,57 @@ class SqliteStore:
         status: str,
         finish_reason: str | None,
         error: str | None = None,
+        *,
+        event_id: str | None = None,
     ) -> None:
-        """Store a reply's text so far and its status (called while and after it streams)."""
+        """Store a reply's text so far and its status (called while and after it streams).
+
+        `event_id` is the id of the last event whose text `content` includes.
+        """
         now = time.time()
 
         def update(db: sqlite3.Connection) -> None:
             db.execute(
                 "UPDATE messages SET content = ?, status = ?, finish_reason = ?, error = ?, "
-                "updated_at = ? WHERE id = ?",
-                (content, status, finish_reason, error, now, message_id),
+                "event_id = ?, updated_at = ? WHERE id = ?",
+                (content, status, finish_reason, error, event_id, now, message_id),
             )
 
         await self._run(update)
+
+
+def _use_wal(db: sqlite3.Connection) -> None:
+    """Switch the file to WAL mode (it stays so), waiting for others doing the same.
+
+    Raises:
+        sqlite3.OperationalError: still locked after the busy timeout.
+    """
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            # The switch needs the file to itself and, unlike a write, reports
+            # SQLITE_BUSY at once rather than through the busy timeout.
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        time.sleep(0.01)  # on the store's own thread, never the event loop's
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Create the tables, and add the columns older files lack, in one transaction.
+
+    One transaction, so that two processes opening one old file at once do not
+    both see a column missing and both add it.
+    """
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+        for name, kind in _ADDED_COLUMNS.items():
+            if name not in columns:  # a file made before replies kept this
+                db.execute(f"ALTER TABLE messages ADD COLUMN {name} {kind}")
+        db.execute(_STREAMING_INDEX)

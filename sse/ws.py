@@ -16,7 +16,7 @@ import time
 import uuid
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from enum import Enum, auto
 from functools import partial
 from typing import TYPE_CHECKING
@@ -43,10 +43,11 @@ from sse.app import (
     Route,
     json_reply,
 )
+from sse.broker import BrokerUnavailable
 from sse.chat import ChatService, topic_of
 from sse.config import Config
 from sse.errors import ClientError
-from sse.hub import Frame
+from sse.hub import Frame, Resume
 from sse.wire import EncodeError
 from sse.ws_protocol import (
     TEXT_ENCODING,
@@ -76,6 +77,8 @@ _CONTEXT_WINDOW_BITS = 12
 _CONTEXT_MEM_LEVEL = 5
 # RFC 6455 section 7.4.1: no close frame was received (used in logs only).
 _ABNORMAL = 1006
+# RFC 6455 section 7.4.2, registered by IANA: the server cannot serve now, come back.
+_TRY_AGAIN_LATER = 1013
 
 
 class _Phase(Enum):
@@ -236,36 +239,76 @@ def accept(
         encode=encode,
         write_paused=write_paused,
     )
+    # The broker subscribes and reads the history as for an event stream: the
+    # replay and the live events neither overlap nor leave a hole.
+    attached = server.broker.attach(opening.topic, sock.key, sock, opening.last_event_id)
+    server.add_socket(sock)
+    transport.set_protocol(sock)
+    opened = partial(_opened, server, sock, head, opening, compression, trailing)
+    if isinstance(attached, Resume):
+        opened(attached)
+    else:
+        # Redis reads the history over the network; nothing is read from the
+        # client until it has (its commands come after its replay and join).
+        transport.pause_reading()
+        server.spawn(_attach(sock, head, attached, opened))
+    return sock
+
+
+async def _attach(
+    sock: WebSocket, head: bytes, attached: Awaitable[Resume], opened: Callable[[Resume], None]
+) -> None:
+    try:
+        resume = await attached
+    except Exception as exc:
+        if sock.closed:
+            return
+        if isinstance(exc, BrokerUnavailable):
+            log.warning("websocket %s not opened: %s", sock.key, exc)
+        else:
+            log.exception("websocket %s not opened", sock.key)
+        sock.start(head, [])
+        sock.close(_TRY_AGAIN_LATER, "events are unavailable now; try again later")
+        return
+    if not sock.closed:  # else the client left while the history was read
+        opened(resume)
+
+
+def _opened(
+    server: Server,
+    sock: WebSocket,
+    head: bytes,
+    opening: OpenSocket,
+    compression: str,
+    trailing: bytes,
+    resume: Resume,
+) -> None:
     replay: list[bytes] = []
     resumed = ""
     if opening.last_event_id is not None:
-        resume = server.hub.resume(opening.topic, opening.last_event_id)
         frames = resume.frames if resume.gap is None else (resume.gap, *resume.frames)
-        replay = [encode(f) for f in frames]
+        replay = [sock.encode(f) for f in frames]
         # repr: the id comes from the client and must not forge a log line.
         resumed = f" resume={opening.last_event_id!r} replay={len(resume.frames)}"
         if resume.gap is not None:
             resumed += " gap"
-    # Subscribe and read the history in one step of the loop, as an event stream
-    # does: the replay and the live events neither overlap nor leave a hole.
-    server.add_socket(sock)
-    transport.set_protocol(sock)
     sock.start(head, replay)
     log.info(
         "websocket %s open for %s topic=%s compression=%s%s",
         sock.key,
-        peer,
+        sock.peer,
         opening.topic,
         compression,
         resumed,
     )
     if opening.announce is not None:
-        server.hub.publish(opening.topic, opening.announce)
+        server.publish_soon(opening.topic, opening.announce)
     # Only now what the client sent along with its handshake: its first message
     # comes after its own join, as it would had it waited for the 101.
     if trailing:
         sock.data_received(trailing)
-    return sock
+    if server.draining:
+        sock.shutdown()
 
 
 class WebSocket(asyncio.Protocol):
@@ -359,6 +402,20 @@ class WebSocket(asyncio.Protocol):
         self._transport.resume_reading()  # h11's side paused it while the app worked
 
     # -- the sink ------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is gone (or going, with no more events for it)."""
+        return self._phase is _Phase.CLOSED
+
+    @property
+    def peer(self) -> str:
+        """The client's address, for logs."""
+        return self._peer
+
+    def encode(self, frame: Frame) -> bytes:
+        """`frame`'s events as this connection's WebSocket messages (shared per encoding)."""
+        return frame.encodings.get(self._encoding) or self._encode(frame)
 
     def push(self, frame: Frame) -> None:
         """Write one frame's events now, or queue them while the client is behind."""
@@ -490,17 +547,32 @@ class WebSocket(asyncio.Protocol):
             return
         if isinstance(command, SendCommand):
             try:
-                frame = self._server.hub.publish(ROOM, command.message)
+                published = self._server.broker.publish(ROOM, command.message)
             except EncodeError as exc:  # require_text should make this unreachable
                 self._reply(error(400, f'"message" cannot be sent: {exc}'))
                 return
-            self._reply(ack(id=frame.id))
+            if isinstance(published, str):
+                self._reply(ack(id=published))
+                return
+            # Redis: acknowledged once it has the event, commands still in order.
+            self._busy = True
+            self._transport.pause_reading()
+            self._server.spawn(self._send_when_published(published))
             return
         # Storing the message waits on the database: read nothing more meanwhile,
         # so that commands are answered in the order they came.
         self._busy = True
         self._transport.pause_reading()
         self._server.spawn(self._post(command))
+
+    async def _send_when_published(self, published: Awaitable[str]) -> None:
+        try:
+            self._reply(ack(id=await published))
+        except EncodeError as exc:
+            self._reply(error(400, f'"message" cannot be sent: {exc}'))
+        except BrokerUnavailable as exc:
+            self._reply(error(503, f"the message was not sent: {exc}; try again"))
+        self._done_busy()
 
     async def _post(self, command: PostCommand) -> None:
         conversation_id = self.conversation_id
@@ -515,6 +587,10 @@ class WebSocket(asyncio.Protocol):
             self._reply(error(500, "internal server error"))
         else:
             self._reply(ack(message_id=user.id, reply_id=reply_id))
+        self._done_busy()
+
+    def _done_busy(self) -> None:
+        # The command is answered: read and carry out the next ones.
         self._busy = False
         if self._phase is _Phase.OPEN or self._phase is _Phase.CLOSING:
             self._transport.resume_reading()
@@ -607,7 +683,7 @@ class WebSocket(asyncio.Protocol):
     def _write_close(self, code: int, reason: str | None) -> None:
         # No more events for this client: what still waits is dropped (it resumes
         # by id), and the Close goes straight after what the transport holds.
-        self._server.hub.unsubscribe(self.topic, self.key)
+        self._server.broker.detach(self.topic, self.key)
         self._pending = None
         self._pending_bytes = 0
         if self._conn.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
@@ -637,7 +713,7 @@ class WebSocket(asyncio.Protocol):
             self._close_code = _ABNORMAL
             self._close_reason = reason
         # Now, not when the loop reports the loss: no more pushes to a dead transport.
-        self._server.hub.unsubscribe(self.topic, self.key)
+        self._server.broker.detach(self.topic, self.key)
         self._cancel_timer()
         self._phase = _Phase.CLOSED
         self._transport.abort()

@@ -19,6 +19,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from sse.config import Config
 from sse.http import Server
+from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -190,3 +191,18 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     redis = RedisServer(tmp_path / "redis")
     yield redis
     redis.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL for the whole session; fails (never skips) when it is not installed."""
+    postgres = PostgresServer()
+    yield postgres
+    postgres.kill()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """The URL of a new, empty database on the session's PostgreSQL, dropped afterwards."""
+    with postgres_server.database() as url:
+        yield url

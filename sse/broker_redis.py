@@ -1,0 +1,432 @@
+"""Events through Redis Streams, so that every process and machine serves every channel.
+
+One Redis Stream per channel (`ssechat:stream:<topic>`). A publish is one
+`XADD` with an approximate `MAXLEN` of the history size, and the entry id Redis
+gives it is the event's SSE id: a client resumes by `Last-Event-ID` on any node
+with one `XRANGE`. Each node runs one reader task doing a blocking `XREAD` over
+the channels that have subscribers here, and hands each entry to the local hub,
+which encodes it once and writes it to every local stream.
+
+The reader remembers, per channel, the last entry it delivered. When Redis goes
+away it keeps the streams open (their heartbeats go on), retries with backoff,
+and on recovery reads on from exactly there: clients lose nothing Redis kept.
+A publish while Redis is unreachable raises `BrokerUnavailable` (a 503), never
+a silent drop.
+
+A control stream (`ssechat:control`) carries requests between nodes, such as
+stopping a reply that another node generates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+from collections.abc import Mapping
+from typing import Any, cast
+from uuid import UUID
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import RedisError, ResponseError
+
+from sse.broker import BrokerUnavailable, ControlHandler
+from sse.hub import Frame, Hub, Resume, Sink
+from sse.wire import EncodeError, Event, encode
+
+__all__ = ["RedisBroker", "parse_entry_id"]
+
+log = logging.getLogger("ssechat.redis")
+
+_STREAM_PREFIX = "ssechat:stream:"
+_CONTROL_KEY = "ssechat:control"
+_CONTROL_HISTORY = 1000
+# A channel nobody publishes to for this long is dropped from Redis with its history.
+_STREAM_TTL_S = 7 * 24 * 3600
+# The reader's XREAD returns at least this often, so a wedged connection is noticed.
+_BLOCK_MS = 5000
+_READ_COUNT = 1000
+_POOL_SIZE = 32
+_POOL_WAIT_S = 5.0
+_BACKOFF_FIRST_S = 0.1
+_BACKOFF_MAX_S = 5.0
+# What redis-py returns for XRANGE, and per stream for XREAD (with decoded responses).
+_Entries = list[tuple[str, dict[str, str]]]
+# A publish: the entry records the id of the entry before it (`p`), so that a
+# resume can tell for sure whether trimming took anything the client had not
+# seen (Redis keeps no record of the ids MAXLEN trimmed away). One script, so
+# nothing can come between reading that id and adding the entry.
+_PUBLISH = """
+local before = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local p = '0-0'
+if #before > 0 then p = before[1][1] end
+local id
+if ARGV[3] == '' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', p, 'd', ARGV[2])
+else
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'p', p, 'd', ARGV[2], 'e', ARGV[3])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return id
+"""
+_ENTRY_ID = re.compile(r"(\d{1,20})-(\d{1,20})\Z")
+
+
+def parse_entry_id(entry_id: str) -> tuple[int, int] | None:
+    """A Redis Stream entry id as a comparable pair, or None when it is not one."""
+    match = _ENTRY_ID.match(entry_id)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+class _Gate:
+    """Holds a sink's live frames while its history is read, so none is lost."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def push(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+
+def _frame(entry_id: str, fields: Mapping[str, str]) -> Frame:
+    return Frame.of(Event(fields.get("d", ""), event=fields.get("e") or None, id=entry_id), 0)
+
+
+class RedisBroker:
+    """Publishes to and reads from Redis; the local hub does the fan-out."""
+
+    name = "redis"
+    shared = True
+
+    def __init__(self, hub: Hub, url: str, *, history_size: int, node: str) -> None:
+        self.hub = hub
+        self._history_size = history_size
+        self._node = node
+        # Commands fail fast: a POST waiting on a dead Redis answers 503 in about
+        # a second instead of hanging. One quick retry covers a dropped connection.
+        # A bounded pool that makes a burst wait its turn: thousands of browsers
+        # reconnecting at once would otherwise ask for thousands of connections.
+        self._client: Redis = Redis(
+            connection_pool=BlockingConnectionPool.from_url(
+                url,
+                max_connections=_POOL_SIZE,
+                timeout=_POOL_WAIT_S,
+                decode_responses=True,
+                socket_timeout=2.0,
+                socket_connect_timeout=1.0,
+                retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1),
+            )
+        )
+        # The reader blocks in XREAD for up to _BLOCK_MS on a connection of its own.
+        self._reader_client: Redis = Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=_BLOCK_MS / 1000 + 5.0,
+            socket_connect_timeout=1.0,
+            single_connection_client=True,
+            retry=Retry(NoBackoff(), 0),
+        )
+        # Per channel with subscribers here: the id of the last entry delivered.
+        self._positions: dict[str, str] = {}
+        # Channels whose starting position is being asked of Redis: one question
+        # per channel, however many streams of it open meanwhile.
+        self._positioning: dict[str, asyncio.Future[None]] = {}
+        self._control_position = "$"
+        self._wake_key = f"ssechat:wake:{node}"
+        self._wake_position = "0-0"
+        self._control_handlers: list[ControlHandler] = []
+        # EVALSHA, loading the script again after a Redis restart forgot it.
+        self._publish_script = self._client.register_script(_PUBLISH)
+        self._reader: asyncio.Task[None] | None = None
+        self._up = False
+        self._down_since: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check that Redis answers, then start the reader.
+
+        Raises:
+            BrokerUnavailable: Redis cannot be reached at start.
+        """
+        try:
+            await self._client.ping()
+            self._control_position = await self._last_generated(_CONTROL_KEY)
+        except RedisError as exc:
+            raise BrokerUnavailable(f"cannot reach Redis: {exc}") from exc
+        self._up = True
+        self._reader = asyncio.get_running_loop().create_task(self._read_forever())
+
+    async def close(self) -> None:
+        """Stop the reader and disconnect."""
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+            self._reader = None
+        with contextlib.suppress(RedisError):  # else it expires by itself
+            await self._client.delete(self._wake_key)
+        await self._reader_client.aclose()
+        await self._client.aclose()
+
+    def health(self) -> Mapping[str, object]:
+        """Whether Redis answers, and how many channels this node reads."""
+        return {
+            "broker": self.name,
+            "redis": "up" if self._up else "down",
+            "channels_read": len(self._positions),
+        }
+
+    @property
+    def available(self) -> bool:
+        """False while the reader cannot reach Redis."""
+        return self._up
+
+    # -- publishing ------------------------------------------------------------
+
+    async def publish(self, topic: str, data: str, *, event: str | None = None) -> str:
+        """XADD the event; its Redis entry id, once Redis has it.
+
+        Raises:
+            EncodeError: the event cannot be carried by the event-stream format
+                (checked before anything is sent, so no node ever receives it).
+            BrokerUnavailable: Redis did not take it.
+        """
+        encode(Event(data, event=event))
+        args: list[str | int] = [self._history_size, data, event or "", _STREAM_TTL_S]
+        try:
+            entry_id = await self._publish_script(keys=[_STREAM_PREFIX + topic], args=args)
+        except RedisError as exc:
+            raise BrokerUnavailable(f"Redis is unreachable ({exc})") from exc
+        return str(entry_id)
+
+    async def send_control(self, fields: Mapping[str, str]) -> None:
+        """Send a message to every node's control handlers (this one's too).
+
+        Raises:
+            BrokerUnavailable: Redis did not take it.
+        """
+        try:
+            await self._client.xadd(
+                _CONTROL_KEY, cast(Any, dict(fields)), maxlen=_CONTROL_HISTORY, approximate=True
+            )
+        except RedisError as exc:
+            raise BrokerUnavailable(f"Redis is unreachable ({exc})") from exc
+
+    def on_control(self, handler: ControlHandler) -> None:
+        """Call `handler` with every control message, in the reader's task."""
+        self._control_handlers.append(handler)
+
+    # -- subscribing -----------------------------------------------------------
+
+    async def attach(self, topic: str, key: UUID, sink: Sink, last_event_id: str | None) -> Resume:
+        """Subscribe `sink`, with the history after `last_event_id` first.
+
+        Live entries that arrive while the history is read wait in a gate and
+        are deduplicated against it by id: no overlap, no hole.
+
+        Raises:
+            BrokerUnavailable: Redis cannot be read now.
+        """
+        gate = _Gate()
+        self.hub.subscribe(topic, key, gate)
+        try:
+            if topic not in self._positions:
+                await self._follow(topic)
+            resume = (
+                Resume(()) if last_event_id is None else await self._replay(topic, last_event_id)
+            )
+        except RedisError as exc:
+            self.hub.unsubscribe(topic, key)
+            raise BrokerUnavailable(f"Redis is unreachable ({exc})") from exc
+        except BaseException:
+            self.hub.unsubscribe(topic, key)
+            raise
+        bound: tuple[int, int] | None = None
+        if resume.frames:
+            bound = parse_entry_id(resume.frames[-1].id)
+        elif last_event_id is not None and resume.gap is None:
+            bound = parse_entry_id(last_event_id)
+        held = [
+            single
+            for frame in gate.frames
+            for single in frame.singles()
+            if bound is None or (parse_entry_id(single.id) or (0, 0)) > bound
+        ]
+        # From here on the hub pushes to the sink itself; a sink whose client
+        # left meanwhile is not subscribed again.
+        self.hub.replace(topic, key, sink)
+        return Resume((*resume.frames, *held), resume.gap)
+
+    async def _follow(self, topic: str) -> None:
+        # The reader starts this channel at its newest entry now: every sink
+        # attaching meanwhile gets every entry after that (its gate holds them).
+        pending = self._positioning.get(topic)
+        if pending is not None:
+            await asyncio.shield(pending)
+            return
+        done = self._positioning[topic] = asyncio.get_running_loop().create_future()
+        try:
+            last = await self._last_generated(_STREAM_PREFIX + topic)
+            if topic not in self._positions:
+                self._positions[topic] = last
+                await self._wake()
+            done.set_result(None)
+        except asyncio.CancelledError:
+            done.cancel()
+            raise
+        except Exception as exc:
+            done.set_exception(exc)
+            done.exception()  # retrieved here, so an unwaited failure is not reported
+            raise
+        finally:
+            del self._positioning[topic]
+
+    def detach(self, topic: str, key: UUID) -> None:
+        """Unsubscribe; the reader stops reading a channel nobody here follows."""
+        self.hub.unsubscribe(topic, key)
+
+    async def last_id(self, topic: str) -> str:
+        """The id of the newest entry of `topic` ("0-0" when it has none).
+
+        Raises:
+            BrokerUnavailable: Redis cannot be read now.
+        """
+        try:
+            return await self._last_generated(_STREAM_PREFIX + topic)
+        except RedisError as exc:
+            raise BrokerUnavailable(f"Redis is unreachable ({exc})") from exc
+
+    async def _last_generated(self, key: str) -> str:
+        try:
+            info = await self._client.xinfo_stream(key)
+        except ResponseError:  # no such key: nothing was ever published there
+            return "0-0"
+        return str(info["last-generated-id"])
+
+    async def _replay(self, topic: str, last_event_id: str) -> Resume:
+        key = _STREAM_PREFIX + topic
+        after = parse_entry_id(last_event_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            # One transaction: the bounds we check and the entries we read
+            # describe the same instant.
+            pipe.xrange(key, min="-", max="+", count=1)
+            pipe.xrevrange(key, max="+", min="-", count=1)
+            pipe.xrange(key, min=f"({last_event_id}" if after is not None else "-", max="+")
+            oldest, newest, entries = await pipe.execute()
+        oldest = cast(_Entries, oldest)
+        newest = cast(_Entries, newest)
+        # The id just before the oldest entry kept: a client that saw it misses nothing.
+        before_oldest = oldest[0][1].get("p", "0-0") if oldest else "0-0"
+        newest_id = parse_entry_id(newest[0][0]) if newest else (0, 0)
+        frames = tuple(_frame(i, f) for i, f in cast(_Entries, entries))
+        if after is not None and newest_id is not None and after <= newest_id:
+            if (parse_entry_id(before_oldest) or (0, 0)) <= after:
+                return Resume(frames)
+            why = (
+                f"Events after {last_event_id} are no longer kept (the history holds "
+                f"about {self._history_size}); some were missed."
+            )
+        else:
+            why = (
+                f"Event id {last_event_id!r} is unknown here (Redis may have lost it); "
+                "earlier events could not be replayed."
+            )
+            if after is not None:
+                # An id newer than any entry yields nothing above: replay what is kept.
+                kept = cast(_Entries, await self._client.xrange(key, min="-", max="+"))
+                frames = tuple(_frame(i, f) for i, f in kept)
+        notice = json.dumps({"last_event_id": last_event_id, "message": why})
+        # The notice's id is the one just before the oldest kept entry: a client
+        # cut off right after it resumes exactly instead of seeing the gap again.
+        return Resume(frames, Frame.of(Event(notice, event="gap", id=before_oldest), 0))
+
+    async def _wake(self) -> None:
+        # The reader may be blocked in an XREAD without this channel: an entry
+        # in its own wake stream ends that XREAD, and the next one includes it.
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.xadd(self._wake_key, {"w": "1"}, maxlen=1, approximate=False)
+            pipe.expire(self._wake_key, 3600)
+            await pipe.execute()
+
+    # -- reading ---------------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        backoff = _BACKOFF_FIRST_S
+        while True:
+            streams = {
+                self._wake_key: self._wake_position,
+                _CONTROL_KEY: self._control_position,
+            }
+            streams.update({_STREAM_PREFIX + t: p for t, p in self._positions.items()})
+            try:
+                reply = await self._reader_client.xread(
+                    cast(Any, streams), count=_READ_COUNT, block=_BLOCK_MS
+                )
+            except (RedisError, OSError) as exc:
+                self._went_down(exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            if not self._up:
+                self._up = True
+                took = asyncio.get_running_loop().time() - (self._down_since or 0.0)
+                log.warning("Redis is reachable again after %.1fs; reading on", took)
+                self._down_since = None
+            backoff = _BACKOFF_FIRST_S
+            for key, entries in cast(list[tuple[str, _Entries]], reply or []):
+                self._dispatch(key, entries)
+            self._forget_unfollowed()
+
+    def _went_down(self, exc: BaseException, backoff: float) -> None:
+        if self._up:
+            self._up = False
+            self._down_since = asyncio.get_running_loop().time()
+            log.error("Redis is unreachable (%s); streams stay open, retrying", exc)
+        else:
+            log.debug("Redis still unreachable (%s); next try in %.1fs", exc, backoff)
+
+    def _dispatch(self, key: str, entries: _Entries) -> None:
+        if not entries:
+            return
+        if key == self._wake_key:
+            self._wake_position = entries[-1][0]
+            return
+        if key == _CONTROL_KEY:
+            self._control_position = entries[-1][0]
+            for _, fields in entries:
+                for handler in self._control_handlers:
+                    try:
+                        handler(fields)
+                    except Exception:
+                        log.exception("control message %r failed", fields)
+            return
+        topic = key[len(_STREAM_PREFIX) :]
+        position = self._positions.get(topic)
+        if position is None:
+            return  # nobody here follows it any more
+        # An XREAD sent before this channel was dropped and re-added may return
+        # entries the new subscribers must not see: only what is past the position.
+        floor = parse_entry_id(position) or (0, 0)
+        hub = self.hub
+        for entry_id, fields in entries:
+            if (parse_entry_id(entry_id) or (0, 0)) <= floor:
+                continue
+            try:
+                hub.publish(topic, fields.get("d", ""), event=fields.get("e") or None, id=entry_id)
+            except EncodeError:
+                log.error("entry %s of %s cannot be sent as an event; skipped", entry_id, topic)
+        last = entries[-1][0]
+        if (parse_entry_id(last) or (0, 0)) > floor:
+            self._positions[topic] = last
+
+    def _forget_unfollowed(self) -> None:
+        hub = self.hub
+        for topic in [t for t in self._positions if hub.sink_count(t) == 0]:
+            del self._positions[topic]

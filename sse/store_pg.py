@@ -1,0 +1,380 @@
+"""Conversations and their messages in PostgreSQL, shared by several nodes.
+
+The same contract as `SqliteStore`, value for value: ids are UUID4 text,
+times are seconds since the epoch from this node's clock (DOUBLE PRECISION,
+so they round-trip exactly), listings order by `updated_at DESC, id` with ids
+compared bytewise (COLLATE "C", as SQLite compares text).
+
+Tables are made on start by numbered migrations, run under an advisory lock
+so that nodes starting together apply each one once. Crash recovery uses
+leases (see `open`), timed by the database's clock so node clocks may differ.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from urllib.parse import urlsplit, urlunsplit
+from uuid import uuid4
+
+import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
+
+from sse.store import (
+    DEFAULT_LEASE_INTERVAL_S,
+    DEFAULT_STALE_AFTER_S,
+    NEW_TITLE,
+    ConversationSummary,
+    StoredMessage,
+    StoreError,
+    Transcript,
+    check_lease_timing,
+    start_lease_task,
+    stop_lease_task,
+    title_from,
+)
+
+__all__ = ["PostgresStore", "redact_url"]
+
+log = logging.getLogger("ssechat.store")
+
+# Each entry is one schema version, applied once, in order; the number of the
+# last one applied is kept in schema_version. Only ever append: nodes of an
+# older release may still run against a newer schema during a rolling upgrade,
+# so a migration adds and never changes what is there.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS conversations (
+        id          TEXT PRIMARY KEY,
+        title       TEXT NOT NULL,
+        created_at  DOUBLE PRECISION NOT NULL,
+        updated_at  DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS messages (
+        id              TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        seq             INTEGER NOT NULL,
+        role            TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content         TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        finish_reason   TEXT,
+        model           TEXT,
+        created_at      DOUBLE PRECISION NOT NULL,
+        updated_at      DOUBLE PRECISION NOT NULL,
+        error           TEXT,
+        owner           TEXT,
+        event_id        TEXT,
+        UNIQUE (conversation_id, seq)
+    );
+    CREATE INDEX IF NOT EXISTS conversations_by_update ON conversations (updated_at DESC);
+    CREATE INDEX IF NOT EXISTS messages_streaming ON messages (owner)
+        WHERE status = 'streaming';
+    CREATE TABLE IF NOT EXISTS nodes (
+        node_id     TEXT PRIMARY KEY,
+        seen_at     TIMESTAMPTZ NOT NULL
+    );
+    """,
+)
+# Keys of pg_advisory_xact_lock: any bigint, the same on every node ("ssechat" + n).
+_MIGRATION_LOCK = int.from_bytes(b"ssechat1", "big")
+_RECOVERY_LOCK = int.from_bytes(b"ssechat2", "big")
+# What the lease task survives: the database or the network away for a while.
+_UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password (in the user part or the query) shown as ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    userinfo, at, hosts = netloc.rpartition("@")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        netloc = f"{user}:***@{hosts}" if colon else netloc
+    query = "&".join(
+        f"{pair.partition('=')[0]}=***" if pair.partition("=")[0] in _SECRET_PARAMS else pair
+        for pair in parts.query.split("&")
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _text(value: str) -> str:
+    # Deliberate deviation from SqliteStore: PostgreSQL's text cannot hold NUL
+    # (U+0000), and JSON can carry one. Refusing it would fail the request, or
+    # worse a reply half-way; U+FFFD shows where it was instead.
+    return value.replace("\0", "\ufffd")
+
+
+class PostgresStore:
+    """The conversation store in one PostgreSQL database, through a small pool."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        min_connections: int = 1,
+        max_connections: int = 10,
+        command_timeout_s: float = 30.0,
+        lease_interval_s: float = DEFAULT_LEASE_INTERVAL_S,
+        stale_after_s: float = DEFAULT_STALE_AFTER_S,
+    ) -> None:
+        """A store on the database at `url` (postgresql://...), opened by `open()`.
+
+        Raises:
+            ValueError: the lease timings cannot work (see `check_lease_timing`).
+        """
+        check_lease_timing(lease_interval_s, stale_after_s)
+        self._url = url
+        self.node_id = uuid4().hex
+        self._min_connections = min_connections
+        self._max_connections = max_connections
+        self._command_timeout_s = command_timeout_s
+        self._lease_interval_s = lease_interval_s
+        self._stale_after_s = stale_after_s
+        self._pool: asyncpg.Pool | None = None
+        self._lease_task: asyncio.Task[None] | None = None
+
+    def describe(self) -> str:
+        """Where the conversations are, for the log: the URL without its password."""
+        return redact_url(self._url)
+
+    def _open_pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise StoreError("store is not open")
+        return self._pool
+
+    async def open(self) -> int:
+        """Connect, migrate the schema, take this node's lease, recover dead nodes' replies.
+
+        Returns how many replies were found cut short, now marked interrupted:
+        "streaming" replies whose owner node has no lease, or one not renewed
+        for `stale_after_s`. A live node renews its lease every
+        `lease_interval_s` until `close()`, and recovers other nodes' replies
+        then too; so a crashed node's replies are marked within about
+        `stale_after_s + lease_interval_s`, by whichever node notices first.
+        """
+        pool = await asyncpg.create_pool(
+            self._url,
+            min_size=self._min_connections,
+            max_size=self._max_connections,
+            command_timeout=self._command_timeout_s,
+        )
+        try:
+            async with pool.acquire() as conn:
+                await _migrate(conn)
+                recovered = await self._renew_and_recover(conn)
+        except BaseException:
+            pool.terminate()
+            raise
+        self._pool = pool
+        self._lease_task = start_lease_task(self._keep_lease(), f"lease of node {self.node_id}")
+        return recovered
+
+    async def _renew_and_recover(self, conn: asyncpg.Connection) -> int:
+        """Renew this node's lease; mark replies of dead nodes interrupted; how many."""
+        # The renewal commits on its own, before the recovery's transaction: a
+        # node renewing never waits on another node's recovery.
+        await conn.execute(
+            "INSERT INTO nodes (node_id, seen_at) VALUES ($1, clock_timestamp()) "
+            "ON CONFLICT (node_id) DO UPDATE SET seen_at = excluded.seen_at",
+            self.node_id,
+        )
+        async with conn.transaction():
+            # One recovery at a time across nodes: no two delete the same rows in
+            # different orders (a deadlock), nor count the same reply twice.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _RECOVERY_LOCK)
+            await conn.execute(
+                "DELETE FROM nodes WHERE node_id <> $1 "
+                "AND seen_at < clock_timestamp() - make_interval(secs => $2)",
+                self.node_id,
+                self._stale_after_s,
+            )
+            # Same as SqliteStore's recovery: the status alone says a crash cut it.
+            status: str = await conn.execute(
+                "UPDATE messages SET status = 'interrupted' WHERE status = 'streaming' "
+                "AND (owner IS NULL OR owner NOT IN (SELECT node_id FROM nodes))"
+            )
+        return int(status.rsplit(" ", 1)[-1])  # "UPDATE <rows>"
+
+    async def _keep_lease(self) -> None:
+        pool = self._open_pool()
+        while True:
+            await asyncio.sleep(self._lease_interval_s)
+            try:
+                async with pool.acquire() as conn:
+                    recovered = await self._renew_and_recover(conn)
+            except _UNAVAILABLE:
+                # The database may be restarting: the lease stays fresh for
+                # several more tries, and replies are not lost meanwhile.
+                log.warning("could not renew the lease of node %s", self.node_id, exc_info=True)
+                continue
+            if recovered:
+                log.warning("%d replies of nodes gone silent were marked interrupted", recovered)
+
+    async def close(self) -> None:
+        """Give up this node's lease and close the pool."""
+        task, self._lease_task = self._lease_task, None
+        if task is not None:
+            await stop_lease_task(task)
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await pool.execute("DELETE FROM nodes WHERE node_id = $1", self.node_id)
+        except _UNAVAILABLE:
+            # The lease then goes stale by itself; nothing of ours still streams.
+            log.warning("could not give up the lease of node %s", self.node_id, exc_info=True)
+        try:
+            await asyncio.wait_for(pool.close(), self._command_timeout_s)
+        except TimeoutError:
+            pool.terminate()
+
+    async def create_conversation(self) -> ConversationSummary:
+        """A new, empty conversation with an unguessable id (UUID4)."""
+        now = time.time()
+        summary = ConversationSummary(str(uuid4()), NEW_TITLE, now, now)
+        await self._open_pool().execute(
+            "INSERT INTO conversations (id, title, created_at, updated_at) VALUES ($1, $2, $3, $4)",
+            summary.id,
+            summary.title,
+            now,
+            now,
+        )
+        return summary
+
+    async def list_conversations(self, limit: int) -> list[ConversationSummary]:
+        """The most recently updated conversations first."""
+        rows = await self._open_pool().fetch(
+            "SELECT id, title, created_at, updated_at FROM conversations "
+            'ORDER BY updated_at DESC, id COLLATE "C" LIMIT $1',
+            limit,
+        )
+        return [ConversationSummary(*row) for row in rows]
+
+    async def exists(self, conversation_id: str) -> bool:
+        """Whether a conversation with this id exists."""
+        row = await self._open_pool().fetchrow(
+            "SELECT 1 FROM conversations WHERE id = $1", conversation_id
+        )
+        return row is not None
+
+    async def transcript(self, conversation_id: str) -> Transcript | None:
+        """The conversation and its messages, or None if there is no such conversation."""
+        # One snapshot for both reads: another node may be appending.
+        async with (
+            self._open_pool().acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            row = await conn.fetchrow(
+                "SELECT id, title, created_at, updated_at FROM conversations WHERE id = $1",
+                conversation_id,
+            )
+            if row is None:
+                return None
+            rows = await conn.fetch(
+                "SELECT id, role, content, status, finish_reason, model, created_at, error, "
+                "event_id FROM messages WHERE conversation_id = $1 ORDER BY seq",
+                conversation_id,
+            )
+        return Transcript(ConversationSummary(*row), tuple(StoredMessage(*r) for r in rows))
+
+    async def add_message(
+        self,
+        conversation_id: str,
+        role: str,
+        content: str,
+        status: str,
+        model: str | None = None,
+    ) -> StoredMessage | None:
+        """Append a message; None if the conversation does not exist.
+
+        The first user message also becomes the conversation's title. A message
+        added as "streaming" is owned by this node until it is saved otherwise.
+        """
+        now = time.time()
+        content = _text(content)
+        message = StoredMessage(str(uuid4()), role, content, status, None, model, now)
+        owner = self.node_id if status == "streaming" else None
+        async with self._open_pool().acquire() as conn, conn.transaction():
+            # FOR UPDATE: nodes appending to one conversation take turns, so
+            # each reads the seq the previous one wrote.
+            title: str | None = await conn.fetchval(
+                "SELECT title FROM conversations WHERE id = $1 FOR UPDATE", conversation_id
+            )
+            if title is None:
+                return None
+            seq: int = await conn.fetchval(
+                "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = $1",
+                conversation_id,
+            )
+            await conn.execute(
+                "INSERT INTO messages (id, conversation_id, seq, role, content, status, model, "
+                "created_at, updated_at, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+                message.id,
+                conversation_id,
+                seq,
+                role,
+                content,
+                status,
+                model,
+                now,
+                owner,
+            )
+            if role == "user" and title == NEW_TITLE and content.strip():
+                title = title_from(content)
+            await conn.execute(
+                "UPDATE conversations SET updated_at = $1, title = $2 WHERE id = $3",
+                now,
+                title,
+                conversation_id,
+            )
+        return message
+
+    async def save_reply(
+        self,
+        message_id: str,
+        content: str,
+        status: str,
+        finish_reason: str | None,
+        error: str | None = None,
+        *,
+        event_id: str | None = None,
+    ) -> None:
+        """Store a reply's text so far and its status (called while and after it streams).
+
+        `event_id` is the id of the last event whose text `content` includes.
+        """
+        await self._open_pool().execute(
+            "UPDATE messages SET content = $1, status = $2, finish_reason = $3, error = $4, "
+            "event_id = $5, updated_at = $6 WHERE id = $7",
+            _text(content),
+            status,
+            finish_reason,
+            None if error is None else _text(error),
+            event_id,
+            time.time(),
+            message_id,
+        )
+
+
+async def _migrate(conn: asyncpg.Connection) -> None:
+    """Apply the migrations this database lacks, one node at a time."""
+    async with conn.transaction():
+        # Released at commit. Without it, two nodes creating one table at once
+        # can both fail: CREATE ... IF NOT EXISTS is not safe against a race.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        current: int = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_version")
+        for version, sql in enumerate(_MIGRATIONS[current:], start=current + 1):
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+            log.info("database schema migrated to version %d", version)
+        if current > len(_MIGRATIONS):
+            log.info(
+                "database schema is at version %d, newer than this release's %d",
+                current,
+                len(_MIGRATIONS),
+            )

@@ -1,0 +1,568 @@
+"""The conversation stores, SQLite and PostgreSQL, held to one contract on real databases."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from sse.config import Config
+from sse.store import NEW_TITLE, SqliteStore, StoredMessage, StoreError
+from sse.store_pg import PostgresStore
+from sse.stores import Store, build_store
+from tests.client import Response, request, wait_until
+from tests.conftest import ROOT, ServerProcess
+
+JSON = [("content-type", "application/json")]
+# Fast leases for the tests that wait for one to go stale.
+FAST = {"lease_interval_s": 0.05, "stale_after_s": 0.5}
+# A lease that is taken at open and not renewed during a test.
+SILENT = {"lease_interval_s": 60.0, "stale_after_s": 120.0}
+
+
+@dataclass
+class Backend:
+    """Stores of one kind on one database (a SQLite file, or a fresh PostgreSQL database)."""
+
+    kind: str
+    target: str  # the file, or the URL
+    stores: list[Store]
+
+    def make(self, **options: Any) -> Store:
+        """A new store (a new node) on the test's database; closed after the test."""
+        store: Store
+        if self.kind == "sqlite":
+            store = SqliteStore(Path(self.target), **options)
+        else:
+            store = PostgresStore(self.target, **options)
+        self.stores.append(store)
+        return store
+
+    async def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """Run `sql` on the database directly, around the stores; the rows it returns."""
+        if self.kind == "sqlite":
+            db = sqlite3.connect(self.target, isolation_level=None)  # autocommit
+            try:
+                return [tuple(row) for row in db.execute(sql)]
+            finally:
+                db.close()
+        conn = await asyncpg.connect(self.target)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each test once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        target = str(tmp_path / "chat.sqlite3")
+    else:
+        target = request.getfixturevalue("postgres_url")
+    found = Backend(request.param, target, [])
+    yield found
+    for store in found.stores:
+        await store.close()
+
+
+def _files(folder: Path) -> list[str]:
+    """The names in `folder`."""
+    return sorted(p.name for p in folder.iterdir())
+
+
+def _lock_files(db: Path) -> list[str]:
+    """The lock files of SQLite nodes on `db` (one per live node)."""
+    return _files(db.with_name(db.name + "-nodes"))
+
+
+async def _transcript_message(store: Store, conversation_id: str) -> StoredMessage:
+    found = await store.transcript(conversation_id)
+    assert found is not None
+    return found.messages[-1]
+
+
+async def _streaming_reply(store: Store, text: str = "half a") -> tuple[str, str]:
+    """A conversation whose reply is still streaming; (conversation id, reply id)."""
+    conversation = await store.create_conversation()
+    await store.add_message(conversation.id, "user", "hi", "complete")
+    reply = await store.add_message(conversation.id, "assistant", "", "streaming", model="echo")
+    assert reply is not None
+    await store.save_reply(reply.id, text, "streaming", None)
+    return conversation.id, reply.id
+
+
+# The contract
+
+
+async def test_new_conversation_exists_and_is_listed_as_created(backend: Backend) -> None:
+    store = backend.make()
+    assert await store.open() == 0
+    created = await store.create_conversation()
+    assert uuid.UUID(created.id).version == 4
+    assert created.title == NEW_TITLE
+    assert created.created_at == created.updated_at
+    assert await store.exists(created.id)
+    assert not await store.exists(str(uuid.uuid4()))
+    # The times come back as the very floats they were made with.
+    assert await store.list_conversations(10) == [created]
+
+
+async def test_list_puts_the_latest_update_first_and_honours_the_limit(
+    backend: Backend,
+) -> None:
+    store = backend.make()
+    await store.open()
+    first = await store.create_conversation()
+    second = await store.create_conversation()
+    third = await store.create_conversation()
+    message = await store.add_message(first.id, "user", "bump", "complete")
+    assert message is not None
+    listed = await store.list_conversations(10)
+    assert [c.id for c in listed] == [first.id, third.id, second.id]
+    assert listed[0].updated_at == message.created_at
+    assert listed[0].created_at == first.created_at
+    assert [c.id for c in await store.list_conversations(2)] == [first.id, third.id]
+
+
+async def test_equal_update_times_list_in_bytewise_id_order(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    await store.close()
+    # Bytewise, as SQLite compares text: "B" before "a" before "b" (a locale would say a, B, b).
+    for name in ("b", "B", "a"):
+        await backend.rows(
+            f"INSERT INTO conversations (id, title, created_at, updated_at) "
+            f"VALUES ('{name}', 't', 1.5, 1.5)"
+        )
+    again = backend.make()
+    await again.open()
+    assert [c.id for c in await again.list_conversations(10)] == ["B", "a", "b"]
+
+
+async def test_transcript_keeps_the_order_and_the_first_user_message_titles_it(
+    backend: Backend,
+) -> None:
+    store = backend.make()
+    await store.open()
+    conversation = await store.create_conversation()
+    user = await store.add_message(conversation.id, "user", "  Hello\n   world  ", "complete")
+    reply = await store.add_message(conversation.id, "assistant", "", "streaming", model="echo")
+    assert user is not None
+    assert reply is not None
+    await store.save_reply(reply.id, "You said: Hello world", "complete", "stop")
+    later = await store.add_message(conversation.id, "user", "x" * 100, "complete")
+    assert later is not None
+    found = await store.transcript(conversation.id)
+    assert found is not None
+    assert found.conversation.id == conversation.id
+    assert found.conversation.title == "Hello world"
+    assert found.conversation.created_at == conversation.created_at
+    assert found.conversation.updated_at == later.created_at
+    assert found.messages == (
+        user,
+        StoredMessage(
+            reply.id, "assistant", "You said: Hello world", "complete", "stop", "echo",
+            reply.created_at,
+        ),
+        later,
+    )  # fmt: skip
+    assert user == StoredMessage(
+        user.id, "user", "  Hello\n   world  ", "complete", None, None, user.created_at
+    )
+
+
+async def test_nodes_appending_to_one_conversation_at_once_keep_every_message(
+    backend: Backend,
+) -> None:
+    first, second = backend.make(), backend.make()
+    await first.open()
+    await second.open()
+    conversation = await first.create_conversation()
+    texts = [f"message {n}" for n in range(20)]
+    added = await asyncio.gather(
+        *(
+            (first if n % 2 else second).add_message(conversation.id, "user", text, "complete")
+            for n, text in enumerate(texts)
+        )
+    )
+    found = await first.transcript(conversation.id)
+    assert found is not None
+    assert sorted(m.content for m in found.messages) == sorted(texts)
+    assert {m.id for m in found.messages} == {m.id for m in added if m is not None}
+
+
+async def test_a_long_first_message_makes_a_shortened_title(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    conversation = await store.create_conversation()
+    await store.add_message(conversation.id, "user", "word " * 40, "complete")
+    found = await store.transcript(conversation.id)
+    assert found is not None
+    assert found.conversation.title == ("word " * 12)[:59] + "…"
+
+
+async def test_unknown_conversation_gets_none_and_nothing_is_written(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    unknown = str(uuid.uuid4())
+    assert await store.add_message(unknown, "user", "hello?", "complete") is None
+    assert await store.transcript(unknown) is None
+    assert not await store.exists(unknown)
+    assert await store.list_conversations(10) == []
+    assert await backend.rows("SELECT id FROM messages") == []
+
+
+async def test_save_reply_keeps_text_status_reason_error_and_event_id(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    conversation = await store.create_conversation()
+    reply = await store.add_message(conversation.id, "assistant", "", "streaming", model="echo")
+    assert reply is not None
+    assert reply.event_id is None
+    await store.save_reply(reply.id, "Hi", "streaming", None, event_id="1795538481868-7")
+    saved = await _transcript_message(store, conversation.id)
+    assert (saved.content, saved.status, saved.event_id) == ("Hi", "streaming", "1795538481868-7")
+    await store.save_reply(reply.id, "Hi there", "complete", "stop", event_id="1795538481868-9")
+    saved = await _transcript_message(store, conversation.id)
+    assert saved == StoredMessage(
+        reply.id,
+        "assistant",
+        "Hi there",
+        "complete",
+        "stop",
+        "echo",
+        reply.created_at,
+        error=None,
+        event_id="1795538481868-9",
+    )
+    await store.save_reply(reply.id, "Hi there", "error", None, "The model failed.")
+    saved = await _transcript_message(store, conversation.id)
+    assert (saved.status, saved.finish_reason, saved.error, saved.event_id) == (
+        "error",
+        None,
+        "The model failed.",
+        None,
+    )
+
+
+async def test_text_round_trips_exactly(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    conversation = await store.create_conversation()
+    text = "ünïcødé 🎉 \u2028 line\r\nbreaks \t and 'quotes' \"too\" -- ; DROP TABLE messages"
+    user = await store.add_message(conversation.id, "user", text, "complete")
+    assert user is not None
+    assert (await _transcript_message(store, conversation.id)).content == text
+
+
+async def test_a_store_not_open_refuses_to_work(backend: Backend) -> None:
+    store = backend.make()
+    with pytest.raises(StoreError, match="not open"):
+        await store.create_conversation()
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreError, match="not open"):
+        await store.list_conversations(1)
+    await store.close()  # twice: idempotent
+
+
+# Migrations
+
+
+async def test_reopening_keeps_everything_and_migrates_once(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    conversation = await store.create_conversation()
+    await store.add_message(conversation.id, "user", "keep me", "complete")
+    before = await store.transcript(conversation.id)
+    await store.close()
+    for _ in range(2):
+        again = backend.make()
+        assert await again.open() == 0
+        assert await again.transcript(conversation.id) == before
+        await again.close()
+    if backend.kind == "postgresql":
+        assert await backend.rows("SELECT version FROM schema_version") == [(1,)]
+
+
+async def test_stores_opening_together_on_a_new_database_all_work(backend: Backend) -> None:
+    stores = [backend.make() for _ in range(4)]
+    assert await asyncio.gather(*(s.open() for s in stores)) == [0, 0, 0, 0]
+    made = await asyncio.gather(*(s.create_conversation() for s in stores))
+    assert len(await stores[0].list_conversations(10)) == len(made)
+    nodes = await backend.rows("SELECT node_id FROM nodes")
+    assert sorted(n for (n,) in nodes) == sorted(s.node_id for s in stores)
+    if backend.kind == "postgresql":
+        assert await backend.rows("SELECT version FROM schema_version") == [(1,)]
+
+
+async def test_a_file_from_before_leases_gains_the_columns_and_is_recovered(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    # The schema as first released: no error, owner or event_id column, no nodes.
+    db.executescript(
+        """
+        CREATE TABLE conversations (id TEXT PRIMARY KEY, title TEXT NOT NULL,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL);
+        CREATE TABLE messages (id TEXT PRIMARY KEY,
+            conversation_id TEXT NOT NULL REFERENCES conversations(id),
+            seq INTEGER NOT NULL, role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+            content TEXT NOT NULL, status TEXT NOT NULL, finish_reason TEXT, model TEXT,
+            created_at REAL NOT NULL, updated_at REAL NOT NULL, UNIQUE (conversation_id, seq));
+        INSERT INTO conversations VALUES ('c', 'old', 1.0, 2.0);
+        INSERT INTO messages VALUES ('m', 'c', 1, 'assistant', 'cut', 'streaming',
+            NULL, 'echo', 2.0, 2.0);
+        """
+    )
+    db.close()
+    store = SqliteStore(path)
+    try:
+        # Two at once: the columns are added once, not twice.
+        other = SqliteStore(path)
+        recovered = await asyncio.gather(store.open(), other.open())
+        await other.close()
+        assert sorted(recovered) == [0, 1]
+        assert await _transcript_message(store, "c") == StoredMessage(
+            "m", "assistant", "cut", "interrupted", None, "echo", 2.0
+        )
+    finally:
+        await store.close()
+
+
+# Leases
+
+
+async def test_a_silent_nodes_reply_is_interrupted_and_a_live_ones_is_left_alone(
+    backend: Backend,
+) -> None:
+    silent = backend.make(**SILENT)
+    live = backend.make(**FAST)
+    watcher = backend.make(**FAST)
+    await silent.open()
+    await live.open()
+    silent_conversation, _ = await _streaming_reply(silent, "cut short")
+    live_conversation, _ = await _streaming_reply(live, "going on")
+    # Both leases are fresh now.
+    assert await watcher.open() == 0
+
+    async def silent_reply_interrupted() -> bool:
+        return (await _transcript_message(watcher, silent_conversation)).status == "interrupted"
+
+    await wait_until(silent_reply_interrupted, 10, "the silent node's reply to be recovered")
+    cut = await _transcript_message(watcher, silent_conversation)
+    assert (cut.content, cut.error) == ("cut short", None)
+    going_on = await _transcript_message(watcher, live_conversation)
+    assert (going_on.content, going_on.status) == ("going on", "streaming")
+
+
+async def test_a_reply_left_by_a_cleanly_closed_store_is_recovered_at_the_next_open(
+    backend: Backend,
+) -> None:
+    store = backend.make()
+    await store.open()
+    conversation_id, _ = await _streaming_reply(store)
+    await store.close()
+    # A clean close gives up the lease (and, for SQLite, its lock file).
+    assert await backend.rows("SELECT node_id FROM nodes") == []
+    if backend.kind == "sqlite":
+        assert _lock_files(Path(backend.target)) == []
+    again = backend.make()
+    assert await again.open() == 1
+    assert (await _transcript_message(again, conversation_id)).status == "interrupted"
+
+
+# A child process that leaves a reply streaming, then dies by SIGKILL.
+_CRASH = """
+import asyncio, os, signal, sys
+from pathlib import Path
+from sse.store import SqliteStore
+from sse.store_pg import PostgresStore
+
+async def main() -> None:
+    kind, target = sys.argv[1:]
+    store = SqliteStore(Path(target)) if kind == "sqlite" else PostgresStore(target)
+    await store.open()
+    conversation = await store.create_conversation()
+    reply = await store.add_message(conversation.id, "assistant", "", "streaming")
+    await store.save_reply(reply.id, "half a", "streaming", None)
+    print(conversation.id, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+async def _crash(kind: str, target: str) -> str:
+    """Run `_CRASH`; the id of the conversation whose reply it left streaming."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CRASH,
+        kind,
+        target,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(child.communicate(), 30)
+    assert child.returncode == -9, err.decode()
+    return out.decode().strip()
+
+
+async def test_sqlite_reply_of_a_killed_process_is_recovered_at_the_next_open(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "crash.sqlite3"
+    conversation_id = await _crash("sqlite", str(path))
+    # Its lease is seconds old, but the OS released its lock file when it died.
+    store = SqliteStore(path)
+    try:
+        assert await store.open() == 1
+        reply = await _transcript_message(store, conversation_id)
+        assert (reply.status, reply.content) == ("interrupted", "half a")
+    finally:
+        await store.close()
+    assert _lock_files(path) == []
+
+
+async def test_postgres_reply_of_a_killed_node_is_recovered_once_its_lease_is_stale(
+    postgres_url: str,
+) -> None:
+    conversation_id = await _crash("postgresql", postgres_url)
+    store = PostgresStore(postgres_url, **FAST)
+    try:
+        await store.open()
+
+        async def interrupted() -> bool:
+            return (await _transcript_message(store, conversation_id)).status == "interrupted"
+
+        await wait_until(interrupted, 10, "the dead node's reply to be recovered")
+        assert (await _transcript_message(store, conversation_id)).content == "half a"
+    finally:
+        await store.close()
+
+
+async def test_an_in_memory_database_leaves_no_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = SqliteStore(Path(":memory:"))
+    try:
+        assert await store.open() == 0
+        await _streaming_reply(store)
+    finally:
+        await store.close()
+    assert _files(tmp_path) == []
+
+
+def test_lease_timings_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at least twice"):
+        SqliteStore(tmp_path / "x.sqlite3", lease_interval_s=5, stale_after_s=5)
+    with pytest.raises(ValueError, match="positive"):
+        PostgresStore("postgresql://db/x", lease_interval_s=0)
+
+
+# PostgreSQL only
+
+
+async def test_postgres_keeps_nul_as_the_replacement_character(postgres_url: str) -> None:
+    store = PostgresStore(postgres_url)
+    try:
+        await store.open()
+        conversation = await store.create_conversation()
+        user = await store.add_message(conversation.id, "user", "a\0b", "complete")
+        assert user is not None
+        assert user.content == "a\ufffdb"
+        assert (await _transcript_message(store, conversation.id)).content == "a\ufffdb"
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://chat:s3cret@db:5432/chat", "postgresql://chat:***@db:5432/chat"),
+        ("postgres://chat@db/chat", "postgres://chat@db/chat"),
+        ("postgresql://db/chat?password=s3cret&sslmode=require",
+         "postgresql://db/chat?password=***&sslmode=require"),
+        ("postgresql://u:p%40ss@h1:5432,h2:5433/chat", "postgresql://u:***@h1:5432,h2:5433/chat"),
+    ],
+)  # fmt: skip
+def test_the_store_describes_itself_without_the_password(url: str, shown: str) -> None:
+    assert PostgresStore(url).describe() == shown
+
+
+def test_config_picks_the_store() -> None:
+    assert isinstance(build_store(Config(db_url="postgresql://db/chat")), PostgresStore)
+    sqlite = build_store(Config(db_path=Path("here.sqlite3")))
+    assert isinstance(sqlite, SqliteStore)
+    assert sqlite.describe() == "here.sqlite3"
+
+
+# End to end
+
+
+def _obj(response: Response) -> dict[str, Any]:
+    payload = response.json()
+    assert isinstance(payload, dict)
+    return payload
+
+
+async def test_server_keeps_conversations_in_postgresql(
+    spawn: Callable[..., ServerProcess], postgres_url: str
+) -> None:
+    password = "pa55-w0rd-not-for-logs"
+    with_password = postgres_url.replace(
+        "postgresql://postgres@", f"postgresql://postgres:{password}@"
+    )
+    proc = spawn("--db", with_password, "--echo-delay", "0.001")
+    proc.wait_for_log("conversations in postgresql://postgres:***@127.0.0.1:")
+    created = await request(proc.address, "POST", "/conversations")
+    assert created.status == 201
+    cid = _obj(created)["id"]
+    body = json.dumps({"content": "hello postgres"}).encode()
+    posted = await request(proc.address, "POST", f"/conversations/{cid}/messages", JSON, body)
+    assert posted.status == 202
+
+    async def reply_complete() -> bool:
+        transcript = _obj(await request(proc.address, "GET", f"/conversations/{cid}"))
+        messages = transcript["messages"]
+        return len(messages) == 2 and messages[-1]["status"] == "complete"
+
+    await wait_until(reply_complete, 10, "the reply to finish")
+    transcript = _obj(await request(proc.address, "GET", f"/conversations/{cid}"))
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT id, role, content, status, created_at FROM messages "
+            "WHERE conversation_id = $1 ORDER BY seq",
+            cid,
+        )
+        title = await conn.fetchval("SELECT title FROM conversations WHERE id = $1", cid)
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in rows] == [
+        (m["id"], m["role"], m["content"], m["status"], m["created_at"])
+        for m in transcript["messages"]
+    ]
+    assert [r["content"] for r in rows] == ["hello postgres", "You said: hello postgres"]
+    assert title == transcript["title"] == "hello postgres"
+    assert proc.terminate() == 0
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        assert await conn.fetch("SELECT node_id FROM nodes") == []
+    finally:
+        await conn.close()
+    assert password not in proc.log
