@@ -1,13 +1,15 @@
 """ssechat: start the Server-Sent Events chat server.
 
 Builds a `Config` from the command line and runs the server until SIGINT or
-SIGTERM, then shuts down gracefully and exits 0.
+SIGTERM, then shuts down gracefully and exits 0. With `--workers N` it
+supervises N such servers sharing the port instead (`sse.workers`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import resource
@@ -18,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from sse.config import CLIENT_DIR, MODELS, WS_COMPRESSION, Config
-from sse.errors import ConfigError
+from sse.errors import ConfigError, StartError
 from sse.http import Server
+from sse.workers import Lifeline, WorkerSlot, supervise, worker_slot_from_env
 
 log = logging.getLogger("ssechat")
 
@@ -385,15 +388,22 @@ def _fit_open_files(config: Config) -> Config:
     return config
 
 
-async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM, then stop gracefully."""
+async def serve(config: Config, slot: WorkerSlot | None = None) -> None:
+    """Run until SIGINT or SIGTERM (or, for a worker, its supervisor's end), then stop."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    lifeline = Lifeline(slot) if slot is not None else None
+    if lifeline is not None:
+        lifeline.watch(stop.set)
     server = Server(config)
     await server.start()
+    if lifeline is not None:
+        lifeline.ready()
     await stop.wait()
+    if lifeline is not None:
+        lifeline.close()
     await server.stop()
 
 
@@ -417,18 +427,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse, configure logging, serve; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Set by the supervisor of --workers in each worker process it starts.
+    slot = worker_slot_from_env(os.environ)
+    # Workers share the supervisor's stderr: each line says whose it is.
+    who = "" if slot is None else f"worker {slot.index} [%(process)d] "
     logging.basicConfig(
         level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        config = _fit_open_files(config_from_args(args))
+        config = config_from_args(args)
     except ConfigError as exc:
         parser.error(str(exc))
     runner = _loop_runner(args.loop, parser)
+    if slot is None and config.workers > 1:
+        script = str(Path(__file__).resolve())
+        return supervise(config, script, sys.argv[1:] if argv is None else argv)
+    if slot is not None:
+        config = dataclasses.replace(config, reuse_port=True)
+    # Per process: each worker raises its own limit and fits its own connections.
+    config = _fit_open_files(config)
     try:
-        runner(serve(config))
+        runner(serve(config, slot))
+    except StartError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
         return 1
