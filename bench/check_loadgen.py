@@ -13,6 +13,10 @@ generator must answer, and, every other round, permessage-deflate (RFC 7692)
 with a compression context kept across messages; publishers' masked frames are
 unmasked and answered with ack frames.
 
+A last round splits the streams over three ports of one fake room (`--ports`,
+as for several server processes) with the publishers on two of them
+(`--publish-ports`), and checks each port's share in `per_port`.
+
     .venv/bin/python bench/check_loadgen.py [--loadgen bench/build/loadgen]
 
 Exits 0 when the counts are exact, 1 otherwise.
@@ -258,15 +262,18 @@ class _Stream:
             await self.writer.drain()
 
 
-async def _run(loadgen: Path, streams: int, messages: int, seed: int, transport: str) -> int:
+async def _run(
+    loadgen: Path, streams: int, messages: int, seed: int, transport: str, nports: int = 1
+) -> int:
     deflate = transport == "ws" and seed % 2 == 1
     fake = FakeServer(seed, deflate)
-    server = await asyncio.start_server(fake.handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
+    # Several listeners, one room: like nodes that share their events through a broker.
+    servers = [await asyncio.start_server(fake.handle, "127.0.0.1", 0) for _ in range(nports)]
+    ports = [s.sockets[0].getsockname()[1] for s in servers]
     cmd = [
         str(loadgen),
-        "--port",
-        str(port),
+        *(["--port", str(ports[0])] if nports == 1 else ["--ports", ",".join(map(str, ports))]),
+        *(["--publish-ports", f"{ports[-1]},{ports[0]}"] if nports > 1 else []),
         "--streams",
         str(streams),
         "--expect-joins",
@@ -286,7 +293,8 @@ async def _run(loadgen: Path, streams: int, messages: int, seed: int, transport:
     ]
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE)
     out, _ = await asyncio.wait_for(proc.communicate(), 90)
-    server.close()
+    for server in servers:
+        server.close()
     result = json.loads(out.decode().strip().splitlines()[-1])
     want_joins = streams * (streams + 1) // 2
     if transport == "ws":
@@ -300,6 +308,15 @@ async def _run(loadgen: Path, streams: int, messages: int, seed: int, transport:
         "duplicates": result["delivery"]["duplicates"] == 0,
         "other_data": result["other_data"] == 0,
     }
+    # Equal blocks of streams, one per port, each with every message.
+    shares = [(k + 1) * streams // nports - k * streams // nports for k in range(nports)]
+    per_port = result["per_port"]
+    checks["per_port"] = [(p["port"], p["streams"], p["unique"], p["lost"]) for p in per_port] == [
+        (port, n, n * messages, 0) for port, n in zip(ports, shares, strict=True)
+    ] and all(p["latency_ms"]["p50"] > 0 for p in per_port)
+    if nports > 1:
+        checks["publish_ports"] = result["publish_ports"] == [ports[-1], ports[0]]
+        checks["procs"] = result["procs"] == nports
     if transport == "ws":
         checks["pongs"] = fake.pongs > 0
         checks["deflate"] = result["ws_deflated_streams"] == (streams if deflate else 0)
@@ -307,7 +324,8 @@ async def _run(loadgen: Path, streams: int, messages: int, seed: int, transport:
         checks["comments"] = result["comments"] > 0
     bad = [name for name, good in checks.items() if not good]
     print(
-        f"{transport} seed {seed}{' deflate' if deflate else ''}: "
+        f"{transport} seed {seed}{' deflate' if deflate else ''}"
+        f"{f' over {nports} ports' if nports > 1 else ''}: "
         f"{streams} streams x {messages} messages: "
         + ("exact" if not bad else f"WRONG {bad}: {json.dumps(result)}")
     )
@@ -330,6 +348,7 @@ def main() -> int:
     for transport in transports:
         for seed in range(args.rounds):
             failures += asyncio.run(_run(args.loadgen, 20 + 10 * seed, 50, seed, transport))
+        failures += asyncio.run(_run(args.loadgen, 31, 50, args.rounds, transport, nports=3))
     return 1 if failures else 0
 
 

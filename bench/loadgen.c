@@ -18,6 +18,12 @@
  * memory page. Every phase has a deadline; on failure the last stdout line is still
  * one JSON object, with "ok": false and the reason.
  *
+ * With --ports A,B,... the streams go to several servers that serve one room (the
+ * nodes of a multi-process deployment): equal contiguous blocks of streams, one per
+ * port, each block held by its own worker processes, so the result also reports
+ * every port's share (delivery, loss, latency). The publishers connect to
+ * --publish-ports (default: the first port), round robin.
+ *
  * With --transport ws the streams are WebSockets (GET /ws, RFC 6455): the server's
  * unmasked frames are parsed with a small header state machine, each text frame
  * is one event as JSON {"id","event","data"} whose "data" is read like a data:
@@ -62,6 +68,7 @@
 
 #define JOIN_TEXT "A new user joined!"
 #define MAX_WORKERS 64
+#define MAX_PORTS 16
 #define CARRY_MAX 112          /* longest line prefix kept across reads */
 #define HEAD_MAX 8192          /* largest response head accepted */
 #define READ_BUF (256 * 1024)
@@ -74,7 +81,8 @@
 
 static struct {
     const char *host;
-    int port;
+    int nports, ports[MAX_PORTS];           /* where the streams go, in blocks */
+    int npub_ports, pub_ports[MAX_PORTS];   /* where publishers go, round robin */
     long streams;
     int src_addrs;          /* 0: automatic */
     int procs;              /* 0: automatic */
@@ -96,7 +104,8 @@ static struct {
     const char *label;
 } O = {
     .host = "127.0.0.1",
-    .port = 3000,
+    .nports = 1,
+    .ports = {3000},
     .streams = 100,
     .inflight = 256,
     .publishers = 4,
@@ -114,6 +123,11 @@ static void usage(FILE *f)
         "usage: loadgen [options]\n"
         "  --host H             server address (default 127.0.0.1)\n"
         "  --port P             server port (default 3000)\n"
+        "  --ports P1,P2,...    several servers serving one room: the streams are split\n"
+        "                       into equal blocks, one per port, each held by its own\n"
+        "                       worker process(es); the result has a per_port breakdown\n"
+        "  --publish-ports LIST ports the publishers connect to, round robin\n"
+        "                       (default: the first of --ports)\n"
         "  --streams N          event streams to open (default 100)\n"
         "  --src-addrs K        spread streams over source addresses 127.0.0.1..127.0.0.K\n"
         "                       (default: automatic, one per ~28,000 streams)\n"
@@ -203,6 +217,8 @@ struct slot {
     uint64_t cpu_us[MARKS], wall_ns[MARKS];
     uint64_t missing, gap_streams;
     int done, exit_code, marked;
+    int ep;                 /* the port all its streams go to (an ENDPOINTS index), or -1 */
+    long streams;           /* how many streams it holds */
     char err[256];
     uint64_t hist[HIST_N];
     uint64_t first_hist[HIST_N];   /* per stream: connect() to its first event */
@@ -313,6 +329,7 @@ struct stream {
     uint8_t first_seen;     /* its first event has been timed */
     uint8_t ws_hlen, ws_op, ws_rsv1;
     uint8_t ws_hdr[10];     /* a frame header as it arrives (2 to 10 bytes) */
+    uint8_t ep;             /* its server: an ENDPOINTS index */
     uint32_t chunk_left;    /* chunk or frame payload bytes still to come */
     uint32_t next_seq;      /* highest seq seen + 1, to count out-of-order */
     char *head;             /* only while the response head arrives */
@@ -325,8 +342,21 @@ struct stream {
 };
 
 static int EP;
-static struct sockaddr_in DST;
-static char HOSTPORT[128];
+
+/* A server port: its address and the requests made to it once, Host included. */
+struct endpoint {
+    int port;
+    struct sockaddr_in addr;
+    char hostport[64];
+    char get_req[768];      /* a stream's GET /events or GET /ws */
+    int get_len;
+    char pub_ws_req[512];   /* a WebSocket publisher's GET /ws */
+    int pub_ws_len;
+};
+static struct endpoint ENDPOINTS[2 * MAX_PORTS];
+static int NENDPOINTS;
+static long PORT_LO[MAX_PORTS + 1];  /* streams [PORT_LO[k], PORT_LO[k+1]) go to ENDPOINTS[k] */
+static int PUB_EP[MAX_PORTS];        /* O.pub_ports as ENDPOINTS indices */
 static long S_LO, S_HI, S_N;          /* my streams: global indices [S_LO, S_HI) */
 static struct stream *STREAMS;
 static long NEXT_OPEN, INFLIGHT;
@@ -335,8 +365,6 @@ static size_t WPS;
 static uint64_t M;
 static int SRC_ADDRS, BIND_SRC;
 static char RBUF[READ_BUF];
-static char GET_REQ[768];
-static int GET_LEN;
 
 static void ep_add(int fd, uint32_t events, uint64_t tag)
 {
@@ -377,9 +405,20 @@ static void connect_error_fatal(int err, const char *src)
         fatal("out of file descriptors: raise `ulimit -n` or use --procs");
 }
 
+/* Which port global stream i goes to: its block. */
+static int stream_ep(long i)
+{
+    int k = 0;
+    while (k + 1 < O.nports && i >= PORT_LO[k + 1])
+        k++;
+    return k;
+}
+
 static void stream_open(long i)
 {
     struct stream *c = &STREAMS[i - S_LO];
+    c->ep = (uint8_t)stream_ep(i);
+    const struct sockaddr_in *dst = &ENDPOINTS[c->ep].addr;
     int fd = new_socket();
     char src[32] = "127.0.0.1";
     if (BIND_SRC) {
@@ -394,7 +433,7 @@ static void stream_open(long i)
             fatal("bind to %s: %s", src, strerror(errno));
         }
     }
-    if (connect(fd, (struct sockaddr *)&DST, sizeof DST) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, (struct sockaddr *)dst, sizeof *dst) < 0 && errno != EINPROGRESS) {
         int err = errno;
         connect_error_fatal(err, src);
         close(fd);
@@ -968,8 +1007,9 @@ static void stream_event(long local, uint32_t events)
         }
         if (!(events & EPOLLOUT))
             return;
-        ssize_t w = write(c->fd, GET_REQ, (size_t)GET_LEN);
-        if (w != GET_LEN) {
+        const struct endpoint *e = &ENDPOINTS[c->ep];
+        ssize_t w = write(c->fd, e->get_req, (size_t)e->get_len);
+        if (w != e->get_len) {
             stream_lost(c, local, w < 0 ? errno : 0, "short write of the request");
             return;
         }
@@ -1032,6 +1072,7 @@ enum { P_DOWN, P_CONNECTING, P_HANDSHAKE, P_IDLE, P_WAIT };
 
 struct pub {
     int fd, st;
+    int ep;                 /* its server: an ENDPOINTS index */
     uint64_t seq, sent_ns;
     size_t in_len, out_len, out_off, head_len, need;
     uint64_t ws_skip;       /* bytes still to drop of a frame too big for `in` */
@@ -1048,20 +1089,20 @@ static uint64_t RTT_SUM_NS, RTT_MAX_NS;
 static int STOP_SENDING, FIRST_BAD_STATUS;
 static const char *STOP_REASON = "";
 static char FIRST_BAD_BODY[96];
-static char PUB_WS_REQ[512];
-static int PUB_WS_LEN;
 
 static void pub_connect(int i)
 {
     struct pub *p = &PUBS[i];
     if (RECONNECTS > 10000)
         fatal("publishers reconnected more than 10000 times: the server keeps closing them");
+    p->ep = PUB_EP[i % O.npub_ports];
+    const struct endpoint *e = &ENDPOINTS[p->ep];
     int fd = new_socket();
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(fd, (struct sockaddr *)&DST, sizeof DST) < 0 && errno != EINPROGRESS) {
+    if (connect(fd, (const struct sockaddr *)&e->addr, sizeof e->addr) < 0 && errno != EINPROGRESS) {
         connect_error_fatal(errno, "127.0.0.1");
-        fatal("publisher connect to %s: %s", HOSTPORT, strerror(errno));
+        fatal("publisher connect to %s: %s", e->hostport, strerror(errno));
     }
     p->fd = fd;
     p->st = P_CONNECTING;
@@ -1124,7 +1165,7 @@ static void pub_send(int i, uint64_t seq)
         int blen = snprintf(body, sizeof body, "{\"message\":\"%" PRIu64 " %" PRIu64 "\"}", seq, t);
         p->out_len = (size_t)snprintf(p->out, sizeof p->out,
             "POST /send-message HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-            "Content-Length: %d\r\n\r\n%s", HOSTPORT, blen, body);
+            "Content-Length: %d\r\n\r\n%s", ENDPOINTS[p->ep].hostport, blen, body);
     }
     p->out_off = 0;
     p->seq = seq;
@@ -1258,13 +1299,14 @@ static void pub_event(int i, uint32_t events)
         socklen_t len = sizeof err;
         getsockopt(p->fd, SOL_SOCKET, SO_ERROR, &err, &len);
         if (err)
-            fatal("publisher connect to %s: %s", HOSTPORT, strerror(err));
+            fatal("publisher connect to %s: %s", ENDPOINTS[p->ep].hostport, strerror(err));
         if (!(events & EPOLLOUT))
             return;
         ep_mod(p->fd, EPOLLIN, TAG(K_PUB, i));
         if (O.ws) {
-            memcpy(p->out, PUB_WS_REQ, (size_t)PUB_WS_LEN);
-            p->out_len = (size_t)PUB_WS_LEN;
+            const struct endpoint *e = &ENDPOINTS[p->ep];
+            memcpy(p->out, e->pub_ws_req, (size_t)e->pub_ws_len);
+            p->out_len = (size_t)e->pub_ws_len;
             p->out_off = 0;
             p->st = P_HANDSHAKE;
             pub_flush(i);
@@ -1379,6 +1421,23 @@ static double pct(uint64_t cpu0, uint64_t cpu1, uint64_t w0, uint64_t w1)
     return w1 > w0 ? 100.0 * (double)(cpu1 - cpu0) * 1000.0 / (double)(w1 - w0) : 0.0;
 }
 
+/* The value at quantile q (0..1] of a histogram holding `samples` values, in ms. */
+static double hist_quantile_ms(const uint64_t *h, uint64_t samples, double q)
+{
+    if (!samples)
+        return 0.0;
+    uint64_t rank = (uint64_t)ceil(q * (double)samples), acc = 0;
+    if (rank < 1)
+        rank = 1;
+    int i;
+    for (i = 0; i < HIST_N; i++) {
+        acc += h[i];
+        if (acc >= rank)
+            break;
+    }
+    return hist_value(i) / 1000.0;
+}
+
 static uint64_t T_START, T_ALL_UP, T_JOINS_DONE, T_CONNECTED, T_DRAIN_END;
 static int DRAIN_TIMED_OUT;
 static uint64_t JOINS_EXPECTED;
@@ -1407,29 +1466,50 @@ static void emit_result(int ok, const char *error)
         lat_sum += rd(&sl->c.lat_sum_us);
     }
     double q[5] = {0.5, 0.9, 0.99, 0.999, 1.0}, qv[5] = {0};
-    for (int k = 0, i = 0; k < 5 && samples; k++) {
-        uint64_t rank = (uint64_t)ceil(q[k] * (double)samples), acc = 0;
-        if (rank < 1)
-            rank = 1;
-        for (i = 0, acc = 0; i < HIST_N; i++) {
-            acc += h[i];
-            if (acc >= rank)
-                break;
-        }
-        qv[k] = hist_value(i) / 1000.0;
-    }
-    double fq[2] = {0.5, 0.99}, fqv[2] = {0};
-    for (int k = 0; k < 2 && first_samples; k++) {
-        uint64_t rank = (uint64_t)ceil(fq[k] * (double)first_samples), acc = 0;
-        int i;
-        for (i = 0; i < HIST_N; i++) {
-            acc += fh[i];
-            if (acc >= rank)
-                break;
-        }
-        fqv[k] = hist_value(i) / 1000.0;
-    }
+    for (int k = 0; k < 5; k++)
+        qv[k] = hist_quantile_ms(h, samples, q[k]);
+    double fqv[2] = {hist_quantile_ms(fh, first_samples, 0.5), hist_quantile_ms(fh, first_samples, 0.99)};
     uint64_t t_end = now_ns();
+
+    /* Each port's share: the processes holding its streams, their histograms merged. */
+    static uint64_t ph[HIST_N];
+    char ports_json[256 * MAX_PORTS] = "";
+    size_t pjl = 0;
+    for (int k = 0; k < O.nports; k++) {
+        memset(ph, 0, sizeof ph);
+        uint64_t p_samples = 0, p_uniq = 0, p_missing = 0, p_gaps = 0, p_max = 0, p_last = 0;
+        long p_streams = 0;
+        for (int s = 0; s < n; s++) {
+            struct slot *sl = &SH->slot[s];
+            if (sl->ep != k || (!__atomic_load_n(&sl->done, __ATOMIC_ACQUIRE) && s != 0))
+                continue;
+            for (int i = 0; i < HIST_N; i++) {
+                ph[i] += sl->hist[i];
+                p_samples += sl->hist[i];
+            }
+            p_streams += sl->streams;
+            p_uniq += rd(&sl->c.uniq);
+            p_missing += sl->missing;
+            p_gaps += sl->gap_streams;
+            if (rd(&sl->c.lat_max_us) > p_max)
+                p_max = rd(&sl->c.lat_max_us);
+            if (rd(&sl->c.last_msg_ns) > p_last)
+                p_last = rd(&sl->c.last_msg_ns);
+        }
+        double p_window = (p_last > FIRST_SEND_NS && FIRST_SEND_NS) ? (double)(p_last - FIRST_SEND_NS) / 1e9 : 0;
+        pjl += (size_t)snprintf(ports_json + pjl, sizeof ports_json - pjl,
+            "%s{\"port\": %d, \"streams\": %ld, \"unique\": %" PRIu64 ", \"lost\": %" PRIu64
+            ", \"streams_with_gaps\": %" PRIu64 ", \"events_per_s\": %.1f, \"latency_ms\": "
+            "{\"p50\": %.3f, \"p99\": %.3f, \"max\": %.3f}}",
+            k ? ", " : "", O.ports[k], p_streams, p_uniq, p_missing, p_gaps,
+            p_window > 0 ? (double)p_uniq / p_window : 0.0, hist_quantile_ms(ph, p_samples, 0.5),
+            hist_quantile_ms(ph, p_samples, 0.99), (double)p_max / 1000.0);
+        if (pjl >= sizeof ports_json)
+            pjl = sizeof ports_json - 1;
+    }
+    char pub_json[8 * MAX_PORTS] = "";
+    for (int k = 0, l = 0; k < O.npub_ports; k++)
+        l += snprintf(pub_json + l, sizeof pub_json - (size_t)l, "%s%d", k ? ", " : "", O.pub_ports[k]);
     uint64_t uniq = SUM(uniq), expected = ACKED * (uint64_t)O.streams;
     uint64_t last_msg = MAXOF(last_msg_ns);
     double window_s = (last_msg > FIRST_SEND_NS && FIRST_SEND_NS) ? (double)(last_msg - FIRST_SEND_NS) / 1e9 : 0;
@@ -1484,7 +1564,7 @@ static void emit_result(int ok, const char *error)
 #define SEC(a, b) ((a) && (b) > 0 && (a) >= (b) ? (double)((a) - (b)) / 1e9 : -1.0)
     printf("{\"ok\": %s, \"error\": %s, \"label\": \"%s\", \"transport\": \"%s\", \"ws_deflated_streams\": %" PRIu64
            ", \"first_event_ms\": {\"samples\": %" PRIu64 ", \"p50\": %.3f, \"p99\": %.3f}, "
-           "\"streams\": %ld, \"procs\": %d, \"src_addrs\": %d, "
+           "\"streams\": %ld, \"procs\": %d, \"src_addrs\": %d, \"publish_ports\": [%s], \"per_port\": [%s], "
            "\"connect\": {\"all_up_s\": %.3f, \"joins_done_s\": %.3f, \"connected_s\": %.3f, \"up\": %" PRIu64
            ", \"failed\": %" PRIu64 ", \"retried\": %" PRIu64 ", \"joins_expected\": %" PRIu64 ", \"joins_received\": %" PRIu64
            ", \"last_join_s\": %.3f}, "
@@ -1502,6 +1582,7 @@ static void emit_result(int ok, const char *error)
            "\"saturated\": %s, \"wall_s\": %.3f}\n",
            ok ? "true" : "false", errjson, O.label, O.ws ? "ws" : "sse", SUM(deflated),
            first_samples, fqv[0], fqv[1], O.streams, NWORKERS ? NWORKERS : 1, BIND_SRC ? SRC_ADDRS : 1,
+           pub_json, ports_json,
            SEC(T_ALL_UP, T_START), SEC(T_JOINS_DONE, T_START), SEC(T_CONNECTED, T_START), SUM(up), SUM(failed), SUM(retried),
            JOINS_EXPECTED, SUM(joins), SEC(MAXOF(last_join_ns), T_START),
            M, O.rate, O.duration_s, O.publishers, SENT, ACKED, POST_ERRORS, POST_BAD, FIRST_BAD_STATUS, FIRST_BAD_BODY, RECONNECTS, STOP_REASON,
@@ -1796,6 +1877,26 @@ static double num(const char *s, const char *name)
     return v;
 }
 
+/* "P1,P2,...": 1 to MAX_PORTS ports into out[]; returns how many. */
+static int port_list(const char *s, const char *name, int *out)
+{
+    int n = 0;
+    const char *p = s;
+    for (;;) {
+        char *e;
+        long v = strtol(p, &e, 10);
+        if (e == p || v < 1 || v > 65535 || (*e && *e != ',') || n == MAX_PORTS) {
+            fprintf(stderr, "loadgen: --%s wants 1 to %d ports 1..65535 separated by commas, got %s\n",
+                    name, MAX_PORTS, s);
+            exit(2);
+        }
+        out[n++] = (int)v;
+        if (!*e)
+            return n;
+        p = e + 1;
+    }
+}
+
 static void parse_args(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -1806,6 +1907,7 @@ static void parse_args(int argc, char **argv)
         {"drain-timeout", 1, 0, 'D'}, {"sync", 0, 0, 's'}, {"sync-timeout", 1, 0, 'S'},
         {"hold", 1, 0, 'o'}, {"max-seconds", 1, 0, 'X'}, {"label", 1, 0, 'L'}, {"help", 0, 0, 'h'},
         {"transport", 1, 0, 't'}, {"ws-deflate", 0, 0, 'z'},
+        {"ports", 1, 0, 'K'}, {"publish-ports", 1, 0, 'B'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1815,7 +1917,12 @@ static void parse_args(int argc, char **argv)
                 name = o->name;
         switch (ch) {
         case 'H': O.host = optarg; break;
-        case 'p': O.port = (int)num(optarg, name); break;
+        case 'p':
+            if ((O.nports = port_list(optarg, name, O.ports)) != 1)
+                fatal("--port takes one port; several go in --ports");
+            break;
+        case 'K': O.nports = port_list(optarg, name, O.ports); break;
+        case 'B': O.npub_ports = port_list(optarg, name, O.pub_ports); break;
         case 'n': O.streams = (long)num(optarg, name); break;
         case 'A': O.src_addrs = (int)num(optarg, name); break;
         case 'P': O.procs = (int)num(optarg, name); break;
@@ -1852,8 +1959,12 @@ static void parse_args(int argc, char **argv)
     for (const char *l = O.label; *l; l++)
         if (*l == '"' || *l == '\\' || (unsigned char)*l < 32)
             fatal("--label must not contain quotes, backslashes or control characters");
-    if (O.port < 1 || O.port > 65535)
-        fatal("--port must be 1..65535");
+    if (O.nports > 1 && O.streams < O.nports)
+        fatal("--ports: at least one stream per port, please (%d ports, %ld streams)", O.nports, O.streams);
+    if (!O.npub_ports) {
+        O.npub_ports = 1;
+        O.pub_ports[0] = O.ports[0];
+    }
     if (O.streams < 0 || O.inflight < 1 || O.publishers < 1 || O.publishers > 256)
         fatal("--streams >= 0, --inflight >= 1 and --publishers 1..256, please");
     if (O.rate > 0 && O.duration_s > 0 && O.messages == 0)
@@ -1899,6 +2010,12 @@ int main(int argc, char **argv)
     int procs = O.procs ? O.procs : (int)((O.streams + room - 1) / room);
     if (procs < 1)
         procs = 1;
+    if (O.nports > 1) {
+        /* Whole processes per port, so every process's figures are one port's. */
+        procs = (procs + O.nports - 1) / O.nports * O.nports;
+        if (O.procs && procs != O.procs)
+            fatal("--procs %d is not a multiple of the %d --ports", O.procs, O.nports);
+    }
     if (procs > MAX_WORKERS)
         fatal("%ld streams need %d processes at %ld open files each: raise `ulimit -n`", O.streams, procs, (long)rl.rlim_cur);
     if ((O.streams + procs - 1) / procs > room)
@@ -1915,25 +2032,48 @@ int main(int argc, char **argv)
     if (SRC_ADDRS > 254)
         fatal("%ld streams need more than 254 source addresses", O.streams);
 
-    if (inet_pton(AF_INET, O.host, &DST.sin_addr) != 1)
-        fatal("--host must be an IPv4 address, got %s", O.host);
-    DST.sin_family = AF_INET;
-    DST.sin_port = htons((uint16_t)O.port);
-    snprintf(HOSTPORT, sizeof HOSTPORT, "%s:%d", O.host, O.port);
     /* The key is the RFC's own example (section 1.3): a load generator needs no nonce. */
     static const char ws_head[] = "GET /ws HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
                                   "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                                   "Sec-WebSocket-Version: 13\r\n%s\r\n";
-    if (O.ws) {
-        GET_LEN = snprintf(GET_REQ, sizeof GET_REQ, ws_head, HOSTPORT,
-                           O.ws_deflate ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "");
-        /* Publishers never offer compression: the events they also receive are skipped. */
-        PUB_WS_LEN = snprintf(PUB_WS_REQ, sizeof PUB_WS_REQ, ws_head, HOSTPORT, "");
-    } else {
-        GET_LEN = snprintf(GET_REQ, sizeof GET_REQ,
-                           "GET /events HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n"
-                           "Cache-Control: no-cache\r\n\r\n", HOSTPORT);
+    /* ENDPOINTS: the stream ports first (index k for block k), then publish-only ports. */
+    for (int k = 0; k < O.nports + O.npub_ports; k++) {
+        int port = k < O.nports ? O.ports[k] : O.pub_ports[k - O.nports];
+        int found = -1;
+        for (int j = 0; j < NENDPOINTS; j++)
+            if (ENDPOINTS[j].port == port)
+                found = j;
+        if (k < O.nports && found >= 0)
+            fatal("--ports names port %d twice", port);
+        if (k >= O.nports) {
+            if (found < 0)
+                found = NENDPOINTS;
+            PUB_EP[k - O.nports] = found;
+            if (found < NENDPOINTS)
+                continue;
+        }
+        struct endpoint *e = &ENDPOINTS[NENDPOINTS++];
+        e->port = port;
+        if (inet_pton(AF_INET, O.host, &e->addr.sin_addr) != 1)
+            fatal("--host must be an IPv4 address, got %s", O.host);
+        e->addr.sin_family = AF_INET;
+        e->addr.sin_port = htons((uint16_t)port);
+        char hp[sizeof e->hostport]; /* a copy: gcc cannot tell e->hostport from e->get_req */
+        snprintf(hp, sizeof hp, "%s:%d", O.host, port);
+        memcpy(e->hostport, hp, sizeof hp);
+        if (O.ws) {
+            e->get_len = snprintf(e->get_req, sizeof e->get_req, ws_head, hp,
+                                  O.ws_deflate ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "");
+            /* Publishers never offer compression: the events they also receive are skipped. */
+            e->pub_ws_len = snprintf(e->pub_ws_req, sizeof e->pub_ws_req, ws_head, hp, "");
+        } else {
+            e->get_len = snprintf(e->get_req, sizeof e->get_req,
+                                  "GET /events HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n"
+                                  "Cache-Control: no-cache\r\n\r\n", hp);
+        }
     }
+    for (int k = 0; k <= O.nports; k++)
+        PORT_LO[k] = (long)((uint64_t)k * (uint64_t)O.streams / (uint64_t)O.nports);
 
     M = (uint64_t)O.messages;
     WPS = (size_t)((M + 63) / 64);
@@ -1951,6 +2091,8 @@ int main(int argc, char **argv)
     SH = mem;
     SH->nslots = nslots;
     SH->msgs = M;
+    for (int k = 0; k < nslots; k++)
+        SH->slot[k].ep = -1;
     ACK = (uint64_t *)((char *)mem + ack_off);
     ME = &SH->slot[0];
 
@@ -1980,6 +2122,9 @@ int main(int argc, char **argv)
     }
 streams_setup:
     mark(MARK_START);
+    ME->streams = S_HI - S_LO;
+    if (S_HI > S_LO && stream_ep(S_LO) == stream_ep(S_HI - 1))
+        ME->ep = stream_ep(S_LO);
     EP = epoll_create1(EPOLL_CLOEXEC);
     if (EP < 0)
         fatal("epoll_create1: %s", strerror(errno));

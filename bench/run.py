@@ -9,6 +9,7 @@ it. Prints a markdown table of medians and writes the raw results to
     make bench                                   # every scenario, ours vs node, 3 runs
     make bench BENCH_ARGS="--runs 1 --quick"     # sanity check in under a minute
     .venv/bin/python bench/run.py --scenarios S2,S4 --servers ours
+    .venv/bin/python bench/run.py --scenarios S6 --servers ours   # 2 processes + Redis
     .venv/bin/python bench/run.py --peer other='/path/to/server --port {port}'
 
 Standard library only.
@@ -24,11 +25,13 @@ import platform
 import resource
 import selectors
 import shlex
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -64,6 +67,7 @@ class ServerSpec:
     cwd: Path = REPO
     transport: str = "sse"  # how the loadgen talks to it: sse (GET /events, POST) or ws
     loadgen_args: tuple[str, ...] = ()  # more loadgen options, e.g. --ws-deflate
+    ssechat: bool = False  # takes ssechat's options: --redis-url, --max-connections
 
     def argv(self, port: int, joins: bool, workdir: Path) -> list[str]:
         """The command line for `port`, with announcements on or off."""
@@ -85,9 +89,9 @@ _OURS = (
 )
 
 BUILTIN_SERVERS = {
-    "ours": ServerSpec("ours", _OURS, "--no-join-announcement"),
+    "ours": ServerSpec("ours", _OURS, "--no-join-announcement", ssechat=True),
     # The same server and hub, spoken to over WebSockets (GET /ws, sends as frames).
-    "ours-ws": ServerSpec("ours-ws", _OURS, "--no-join-announcement", transport="ws"),
+    "ours-ws": ServerSpec("ours-ws", _OURS, "--no-join-announcement", transport="ws", ssechat=True),
     # permessage-deflate, offered by every stream: each event compressed once for all...
     "ours-ws-deflate": ServerSpec(
         "ours-ws-deflate",
@@ -95,6 +99,7 @@ BUILTIN_SERVERS = {
         "--no-join-announcement",
         transport="ws",
         loadgen_args=("--ws-deflate",),
+        ssechat=True,
     ),
     # ...or by each connection's own compressor (context takeover).
     "ours-ws-deflate-ctx": ServerSpec(
@@ -103,6 +108,7 @@ BUILTIN_SERVERS = {
         "--no-join-announcement",
         transport="ws",
         loadgen_args=("--ws-deflate",),
+        ssechat=True,
     ),
     "node": ServerSpec("node", "node bench/peers/node-express/server.js"),
 }
@@ -128,7 +134,14 @@ class Scenario:
     drain_timeout_s: float = 10.0
     settle_s: float = 0.0  # idle time before measuring memory with the streams open
     budget_s: float = 110.0  # the loadgen's hard cap for the whole scenario
-    inflight: int = 256  # streams connecting at once
+    inflight: int = 256  # streams connecting at once (per loadgen process)
+    # Multi-process (S6): the streams split evenly over `nodes` ssechat processes,
+    # each its own `server.py`, sharing one room through a Redis of the runner's own
+    # when `redis`; every message is published to process 1. Such a scenario runs
+    # only against ssechat (`ours_only`): other servers have no multi-process mode.
+    nodes: int = 1
+    redis: bool = False
+    ours_only: bool = False
 
     @property
     def title(self) -> str:
@@ -140,12 +153,21 @@ class Scenario:
             return f"S1a: {n}, join announcements on"
         if self.key == "S1b":
             return f"S1b: {self.streams:,} idle streams, announcements off"
-        if self.rate:
-            wanted = self.streams * self.rate
+        rate = f"{self.rate:g} messages/s for {self.duration_s:g} s"
+        wanted = f"{self.streams * self.rate:,.0f} events/s wanted"
+        if self.nodes > 1:
             return (
-                f"{self.key}: {n}, {self.rate:g} messages/s for {self.duration_s:g} s "
-                f"({wanted:,.0f} events/s wanted)"
+                f"{self.key}: {n} over {self.nodes} ssechat processes "
+                f"({self.streams // self.nodes:,} each) sharing one Redis, {rate} ({wanted}), "
+                "every message published to process 1"
             )
+        if self.ours_only:
+            return (
+                f"{self.key}: {n} on 1 ssechat process without Redis (the load of one S6 "
+                f"process, for comparison), {rate} ({wanted})"
+            )
+        if self.rate:
+            return f"{self.key}: {n}, {rate} ({wanted})"
         if self.key == "S4":
             return (
                 f"S4: {n}, {self.messages:,} sends (POSTs, or frames on a WebSocket; at most "
@@ -167,6 +189,13 @@ class Scenario:
             budget_s=45.0,
         )
 
+
+# S6: streams per process, and the rate. On the 2-core VM, 3 messages/s keep the
+# machine at about 1.5 busy cores (2 ssechat processes, Redis, 2 loadgen
+# processes); at 5 (S3's 100,000 events/s) both cores are busy and latency is
+# mostly waiting for a core (bench/README.md).
+S6_STREAMS_PER_PROCESS = 10_000
+S6_RATE = 3.0
 
 SCENARIOS = [
     # Time to first event: each stream's first event is its own join announcement,
@@ -226,7 +255,39 @@ SCENARIOS = [
         duration_s=10.0,
         publishers=8,
     ),
+    # More streams than one process may hold (20,000 open files here), over two
+    # processes sharing one Redis; then the same load per process on a single
+    # process without Redis. `--scenarios S6` runs both.
+    Scenario(
+        "S6",
+        streams=2 * S6_STREAMS_PER_PROCESS,
+        joins=False,
+        rate=S6_RATE,
+        duration_s=15.0,
+        messages=round(S6_RATE * 15.0),
+        publishers=4,
+        # Per loadgen process, that is per ssechat process: more than about 100
+        # streams opening at once on a process that does not yet read the room
+        # from Redis fail (redis-py's pool of 100 connections; see bench/README.md).
+        inflight=64,
+        nodes=2,
+        redis=True,
+        ours_only=True,
+    ),
+    Scenario(
+        "S6-1p",
+        streams=S6_STREAMS_PER_PROCESS,
+        joins=False,
+        rate=S6_RATE,
+        duration_s=15.0,
+        messages=round(S6_RATE * 15.0),
+        publishers=4,
+        inflight=64,
+        ours_only=True,
+    ),
 ]
+# Scenario groups that --scenarios accepts by one name.
+GROUPS = {"S1": ["S1a", "S1b"], "S6": ["S6", "S6-1p"]}
 
 
 # ----------------------------------------------------------------- /proc
@@ -328,12 +389,15 @@ class BenchError(Exception):
     """A run could not be carried out (server would not start, loadgen broke)."""
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+def free_port(avoid: frozenset[int] | set[int] = frozenset()) -> int:
+    """A loopback TCP port nobody listens on right now, and not in `avoid`."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port not in avoid:
+            return port
+    raise BenchError("no free loopback port")
 
 
 def raise_open_files() -> int:
@@ -364,14 +428,109 @@ def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -
 
 def stop(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
     """SIGTERM the process we started, then SIGKILL it if it lingers."""
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
+    stop_all([proc], grace_s)
+
+
+def stop_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = 15.0) -> None:
+    """SIGTERM every process we started (by PID), together; SIGKILL those that linger."""
+    live = [p for p in procs if p.poll() is None]
+    for proc in live:
+        proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in live:
+        try:
+            proc.wait(max(deadline - time.monotonic(), 0.01))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class Started:
+    """A process the runner started and must stop: a server, one of its nodes, Redis."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+
+def start(name: str, argv: list[str], port: int, log_path: Path, cwd: Path) -> Started:
+    """Start `argv` with stdout and stderr to `log_path` and PORT in its environment."""
+    env = dict(os.environ, PORT=str(port))
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    return Started(name, proc, port, log_path)
+
+
+REDIS_PACKAGE = "redis-server"  # Debian's package; it installs /usr/bin/redis-server
+
+
+def redis_server_path() -> str | None:
+    """Where redis-server is, or None."""
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+
+
+def start_redis(log_path: Path, workdir: str) -> Started:
+    """A throwaway redis-server on a free loopback port, working in `workdir`, answering PING.
+
+    Raises:
+        BenchError: redis-server is missing, exited, or does not answer.
+    """
+    path = redis_server_path()
+    if path is None:
+        raise BenchError(
+            f"redis-server is missing: install Debian's {REDIS_PACKAGE} package "
+            f"(apt-get install {REDIS_PACKAGE})"
+        )
+    port = free_port()
+    argv = [
+        path,
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--dir", workdir,
+        "--save", "",  # memory only: no snapshots, no append-only file
+        "--appendonly", "no",
+        "--daemonize", "no",
+        "--loglevel", "warning",
+    ]  # fmt: skip
+    started = start("redis", argv, port, log_path, Path(workdir))
     try:
-        proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+        wait_redis(started.proc, port, 10.0)
+    except BenchError:
+        stop(started.proc)
+        raise
+    return started
+
+
+def wait_redis(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
+    """Poll until Redis on `port` answers PING with PONG.
+
+    Raises:
+        BenchError: Redis exited or did not answer in time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise BenchError(f"redis-server exited with status {proc.returncode} at start")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(64).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise BenchError(f"redis-server did not answer PING on port {port} within {timeout_s:.0f} s")
 
 
 class LineReader:
@@ -421,13 +580,23 @@ class RunResult:
 
 
 def loadgen_argv(
-    sc: Scenario, port: int, wait_joins: bool, label: str, spec: ServerSpec | None = None
+    sc: Scenario,
+    ports: Sequence[int],
+    wait_joins: bool,
+    label: str,
+    spec: ServerSpec | None = None,
 ) -> list[str]:
-    """The loadgen command line for one scenario (against `spec`'s transport)."""
+    """The loadgen command line for one scenario (against `spec`'s transport).
+
+    With several ports the streams are split evenly over them and every message
+    is published to the first.
+    """
+    where = ["--port", str(ports[0])]
+    if len(ports) > 1:
+        where = ["--ports", ",".join(map(str, ports)), "--publish-ports", str(ports[0])]
     argv = [
         str(LOADGEN),
-        "--port",
-        str(port),
+        *where,
         "--streams",
         str(sc.streams),
         "--inflight",
@@ -481,6 +650,13 @@ def run_one(
     joins_on = sc.joins or not spec.no_join_args
     result = RunResult(spec.name, sc.key, run, "ok", joins_on=joins_on)
     wait_joins = joins_on
+    if sc.ours_only and not spec.ssechat:
+        result.status = "n/a"
+        result.note = (
+            "compares ssechat's multi-process mode (processes sharing a room through Redis) "
+            "with one ssechat process; this server has no such mode"
+        )
+        return result
     if joins_on and not sc.joins:
         deliveries = sc.streams * (sc.streams + 1) // 2
         if deliveries > join_budget:
@@ -493,49 +669,82 @@ def run_one(
         result.note = f"announcements on: all {deliveries:,} joins delivered before measuring"
     if quiet_wait_s:
         result.server_metrics["machine_busy_at_start_cores"] = wait_for_quiet(quiet_wait_s, log)
-    port = free_port()
     tag = f"{spec.name}-{sc.key}-run{run}" + (f"-retry{attempt}" if attempt else "")
-    log_path = logs / f"{tag}.log"
-    env = dict(os.environ, PORT=str(port))
     workdir = logs.parent / "work" / tag
     workdir.mkdir(parents=True, exist_ok=True)
-    with log_path.open("wb") as log_file:
-        server = subprocess.Popen(
-            spec.argv(port, sc.joins, workdir),
-            cwd=spec.cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            _drive(server, spec, sc, port, wait_joins, result, log)
-        except BenchError as exc:
-            result.status = "failed"
-            result.note = _join(result.note, f"{exc} (server log: {log_path})")
-        finally:
-            stop(server)
-    result.server_log_problems = _log_problems(log_path)
+    servers: dict[str, Started] = {}
+    helpers: dict[str, Started] = {}
+    redis_dir: str | None = None
+    try:
+        extra: list[str] = []
+        if sc.redis:
+            # A folder of its own, which the runner removes: Redis writes nothing to
+            # it (no snapshots, no append-only file), but it is Redis's working dir.
+            redis_dir = tempfile.mkdtemp(prefix="ssechat-bench-redis-")
+            helpers["redis"] = start_redis(logs / f"{tag}-redis.log", redis_dir)
+            extra += ["--redis-url", f"redis://127.0.0.1:{helpers['redis'].port}/0"]
+        if sc.ours_only:
+            # Past the default 10,000: a process's streams, its publishers and slack.
+            per_node = -(-sc.streams // sc.nodes)
+            extra += ["--max-connections", str(per_node + sc.publishers + 64)]
+        for k in range(1, sc.nodes + 1):
+            name = "server" if sc.nodes == 1 else f"process{k}"
+            node_dir = workdir if sc.nodes == 1 else workdir / name
+            node_dir.mkdir(exist_ok=True)
+            port = free_port(avoid={s.port for s in (*servers.values(), *helpers.values())})
+            argv = spec.argv(port, sc.joins, node_dir) + extra
+            log_name = f"{tag}.log" if sc.nodes == 1 else f"{tag}-{name}.log"
+            servers[name] = start(name, argv, port, logs / log_name, spec.cwd)
+        _drive(servers, helpers, spec, sc, wait_joins, result, log)
+    except BenchError as exc:
+        result.status = "failed"
+        logs_named = ", ".join(str(s.log_path) for s in (*servers.values(), *helpers.values()))
+        result.note = _join(result.note, f"{exc} (logs: {logs_named})")
+    finally:
+        # The servers first: they would log Redis going away.
+        stop_all([s.proc for s in servers.values()])
+        stop_all([s.proc for s in helpers.values()])
+        if redis_dir is not None:
+            shutil.rmtree(redis_dir, ignore_errors=True)
+    for started in servers.values():
+        result.server_log_problems += _log_problems(started.log_path)
     return result
 
 
 def _drive(
-    server: subprocess.Popen[bytes],
+    servers: dict[str, Started],
+    helpers: dict[str, Started],
     spec: ServerSpec,
     sc: Scenario,
-    port: int,
     wait_joins: bool,
     result: RunResult,
     log: Callable[[str], None],
 ) -> None:
-    wait_listening(server, port, 30.0)
+    """Run the loadgen against `servers` (one, or the processes of S6), measuring them.
+
+    The `server_metrics` keys without a prefix add up every server process;
+    `<name>_...` keys are each server's and helper's (Redis) own.
+    """
+    for started in servers.values():
+        wait_listening(started.proc, started.port, 30.0)
     time.sleep(0.3)  # let start-up allocations settle before the baseline
-    pid = server.pid
+    everyone = {**servers, **helpers}
+
+    def rss() -> int:
+        return sum(rss_kb(s.proc.pid) for s in servers.values())
+
+    def cpu() -> dict[str, float]:
+        return {name: cpu_s(s.proc.pid) for name, s in everyone.items()}
+
+    def server_cpu(c: dict[str, float]) -> float:
+        return sum(c[name] for name in servers)
+
     m = result.server_metrics
-    m["rss_before_kb"] = rss_kb(pid)
+    m["rss_before_kb"] = rss()
     busy0, total0 = machine_jiffies()
-    cpu0, t0 = cpu_s(pid), time.monotonic()
-    argv = loadgen_argv(sc, port, wait_joins, f"{spec.name}/{sc.key}/{result.run}", spec)
+    cpu0, t0 = cpu(), time.monotonic()
+    ports = [s.port for s in servers.values()]
+    argv = loadgen_argv(sc, ports, wait_joins, f"{spec.name}/{sc.key}/{result.run}", spec)
     gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert gen.stdin is not None
     assert gen.stdout is not None
@@ -543,6 +752,7 @@ def _drive(
     deadline = time.monotonic() + sc.budget_s + 30
     final: dict[str, object] | None = None
     cpu1, t1 = cpu0, t0
+    run_busy0, run_total0 = busy0, total0
     try:
         while final is None:
             line = reader.readline(deadline)
@@ -551,17 +761,32 @@ def _drive(
             if line.startswith("CONNECTED "):
                 if sc.settle_s:
                     time.sleep(sc.settle_s)
-                m["rss_connected_kb"] = rss_kb(pid)
-                m["cpu_connect_s"] = cpu_s(pid) - cpu0
+                m["rss_connected_kb"] = rss()
+                now = cpu()
+                m["cpu_connect_s"] = server_cpu(now) - server_cpu(cpu0)
                 m["connect_wall_s"] = time.monotonic() - t0
-                cpu1, t1 = cpu_s(pid), time.monotonic()
+                for name in everyone:
+                    m[f"{name}_cpu_connect_s"] = now[name] - cpu0[name]
+                cpu1, t1 = cpu(), time.monotonic()
+                run_busy0, run_total0 = machine_jiffies()
                 gen.stdin.write(b"go\n")
                 gen.stdin.flush()
             elif line.startswith("{"):
                 final = json.loads(line)
                 if "cpu_connect_s" in m:
-                    m["cpu_run_s"] = cpu_s(pid) - cpu1
+                    now = cpu()
+                    m["cpu_run_s"] = server_cpu(now) - server_cpu(cpu1)
                     m["run_wall_s"] = time.monotonic() - t1
+                    for name in everyone:
+                        m[f"{name}_cpu_run_s"] = now[name] - cpu1[name]
+                    # Every process on the machine, softirq included: how much of the
+                    # machine the run took (S6 shares 2 cores among 5 processes).
+                    run_busy1, run_total1 = machine_jiffies()
+                    m["machine_run_cores"] = (
+                        (run_busy1 - run_busy0)
+                        / max(run_total1 - run_total0, 1)
+                        * (os.cpu_count() or 1)
+                    )
     finally:
         reader.close()
         if gen.poll() is None:
@@ -570,9 +795,11 @@ def _drive(
             except subprocess.TimeoutExpired:
                 gen.kill()
                 gen.wait(5)
-    m["rss_after_kb"] = rss_kb(pid)
-    m["rss_peak_kb"] = peak_rss_kb(pid)
-    m["cpu_total_s"] = cpu_s(pid) - cpu0
+    m["rss_after_kb"] = rss()
+    m["rss_peak_kb"] = sum(peak_rss_kb(s.proc.pid) for s in servers.values())
+    cpu_end = cpu()
+    m["cpu_total_s"] = server_cpu(cpu_end) - server_cpu(cpu0)
+    helpers_cpu_s = sum(cpu_end[name] - cpu0[name] for name in helpers)
     busy1, total1 = machine_jiffies()
     m["wall_s"] = time.monotonic() - t0
     # What else kept the machine busy (other programs, and softirq time the kernel
@@ -580,10 +807,14 @@ def _drive(
     machine_cpu_s = (busy1 - busy0) / CLK_TCK
     gen_cpu = final.get("gen_cpu") if final else None
     gen_s = _num(gen_cpu.get("cpu_s")) if isinstance(gen_cpu, dict) else 0.0
-    m["other_cpu_cores"] = max(machine_cpu_s - m["cpu_total_s"] - gen_s, 0.0) / m["wall_s"]
+    m["other_cpu_cores"] = (
+        max(machine_cpu_s - m["cpu_total_s"] - helpers_cpu_s - gen_s, 0.0) / m["wall_s"]
+    )
     m["machine_busy_cores"] = (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
-    if server.poll() is not None:
-        raise BenchError(f"the server died during the scenario (status {server.returncode})")
+    for name, started in everyone.items():
+        if started.proc.poll() is not None:
+            what = "the server" if name == "server" else name
+            raise BenchError(f"{what} died during the scenario (status {started.proc.returncode})")
     if final is None:
         raise BenchError(f"the loadgen gave no result (exit status {gen.returncode})")
     result.loadgen = final
@@ -680,13 +911,44 @@ def _rate_achieved(r: RunResult) -> float:
     return _get(r, "publish.acked") / duration if duration else float("nan")
 
 
-def _server_pct(r: RunResult, phase: str) -> float:
+def _server_pct(r: RunResult, phase: str, proc: str = "") -> float:
+    """CPU of the server (or of one started process: `proc`) in a phase, % of a core."""
     m = r.server_metrics
     wall = m.get(f"{phase}_wall_s", 0.0)
-    return 100.0 * m.get(f"cpu_{phase}_s", 0.0) / wall if wall else float("nan")
+    key = f"{proc}_cpu_{phase}_s" if proc else f"cpu_{phase}_s"
+    return 100.0 * m[key] / wall if wall and key in m else float("nan")
 
 
-Metric = tuple[str, Callable[[RunResult], float], str]
+def _port_latency(r: RunResult, index: int, quantile: str) -> float:
+    """A latency quantile (ms) over the streams of the `index`-th port (S6's processes)."""
+    per_port = r.loadgen.get("per_port")
+    if not isinstance(per_port, list) or index >= len(per_port):
+        return float("nan")
+    latency = per_port[index].get("latency_ms") if isinstance(per_port[index], dict) else None
+    return _num(latency.get(quantile)) if isinstance(latency, dict) else float("nan")
+
+
+# A metric's value: one number, or several shown as "a / b / c" (each the median
+# of its own runs).
+Value = float | tuple[float, ...]
+Metric = tuple[str, Callable[[RunResult], Value], str]
+
+_MACHINE_RUN: Metric = (
+    f"whole machine busy while publishing (cores, of {os.cpu_count()})",
+    lambda r: r.server_metrics.get("machine_run_cores", float("nan")),
+    ".2f",
+)
+# "{rate}" in a label is the scenario's rate (S6's can be set with --s6-rate).
+_S6_PUBLISH_METRICS: list[Metric] = [
+    ("messages/s achieved ({rate} wanted)", _rate_achieved, ".1f"),
+    ("delivered events/s", lambda r: _get(r, "delivery.events_per_s"), ",.0f"),
+    ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
+    (
+        "latency p50 / p99 / max (ms), all streams",
+        lambda r: tuple(_get(r, f"latency_ms.{q}") for q in ("p50", "p99", "max")),
+        ".1f",
+    ),
+]
 
 METRICS: dict[str, list[Metric]] = {
     "S0": [
@@ -732,6 +994,32 @@ METRICS: dict[str, list[Metric]] = {
         ("latency p99 (ms)", lambda r: _get(r, "latency_ms.p99"), ".1f"),
         ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
     ],
+    "S6": [
+        *_S6_PUBLISH_METRICS,
+        (
+            "latency p50 / p99 (ms), process 1's streams (messages published here)",
+            lambda r: (_port_latency(r, 0, "p50"), _port_latency(r, 0, "p99")),
+            ".1f",
+        ),
+        (
+            "latency p50 / p99 (ms), process 2's streams (through Redis)",
+            lambda r: (_port_latency(r, 1, "p50"), _port_latency(r, 1, "p99")),
+            ".1f",
+        ),
+        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
+        (
+            "CPU while publishing (% of a core): process 1 / process 2 / Redis",
+            lambda r: tuple(_server_pct(r, "run", p) for p in ("process1", "process2", "redis")),
+            ".0f",
+        ),
+        _MACHINE_RUN,
+    ],
+    "S6-1p": [
+        *_S6_PUBLISH_METRICS,
+        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
+        ("CPU while publishing (% of a core): the process", lambda r: _server_pct(r, "run"), ".0f"),
+        _MACHINE_RUN,
+    ],
     "S4": [
         ("sends/s answered", lambda r: _get(r, "publish.posts_per_s"), ",.0f"),
         ("send round trip mean (ms)", lambda r: _get(r, "publish.post_rtt_mean_ms"), ".2f"),
@@ -753,16 +1041,18 @@ def _gen_cpu(r: RunResult) -> str:
     return text + (" SATURATED" if r.loadgen.get("saturated") else "")
 
 
-def _cell(runs: list[RunResult], fn: Callable[[RunResult], float], fmt: str) -> str:
+def _cell(runs: list[RunResult], fn: Callable[[RunResult], Value], fmt: str) -> str:
     ok = [r for r in runs if r.status == "ok"]
     if not ok:
         if runs and all(r.status == "n/a" for r in runs):
             return "N/A"
         return "failed"
-    values = [v for v in (fn(r) for r in ok) if v == v]  # drop NaN
-    if not values:
-        return "?"
-    text = format(statistics.median(values), fmt)
+    rows = [v if isinstance(v, tuple) else (v,) for v in (fn(r) for r in ok)]
+    parts = []
+    for column in zip(*rows, strict=True):
+        values = [v for v in column if v == v]  # drop NaN
+        parts.append(format(statistics.median(values), fmt) if values else "?")
+    text = " / ".join(parts)
     return text + (f" ({len(ok)}/{len(runs)} runs)" if len(ok) < len(runs) else "")
 
 
@@ -781,6 +1071,7 @@ def render_table(
         first = True
         for label, fn, fmt in METRICS[sc.key]:
             cells = [_cell(by_server[s], fn, fmt) for s in servers]
+            label = label.replace("{rate}", f"{sc.rate:g}")
             lines.append(f"| {sc.title if first else ''} | {label} | " + " | ".join(cells) + " |")
             first = False
         gens = [
@@ -799,7 +1090,9 @@ def render_table(
                         f"- {sc.key} {s} run {r.run}: noisy: other programs used {other:.2f} "
                         "cores meanwhile"
                     )
-                if r.note:
+                if r.note and r.status == "n/a":  # the same for every run: said once
+                    notes.append(f"- {sc.key} {s}: n/a: {r.note}")
+                elif r.note:
                     notes.append(f"- {sc.key} {s} run {r.run}: {r.status}: {r.note}")
                 for problem in r.server_log_problems:
                     notes.append(f"- {sc.key} {s} run {r.run}: server log: {problem}")
@@ -853,10 +1146,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scenarios",
         default=",".join(s.key for s in SCENARIOS),
-        help="comma-separated scenarios: S0, S1a, S1b (or S1 for both), S2, S3, S5, S4 "
-        "(default: all)",
+        help="comma-separated scenarios: S0, S1a, S1b (or S1 for both), S2, S3, S5, S4, "
+        "S6 (2 ssechat processes sharing a Redis, then the same load per process on one "
+        "process: S6-1p) (default: all)",
     )
     p.add_argument("--runs", type=int, default=3, help="runs per server and scenario (default 3)")
+    p.add_argument(
+        "--s6-rate",
+        type=float,
+        default=S6_RATE,
+        metavar="R",
+        help="messages/s in S6 and S6-1p (default %(default)g)",
+    )
     p.add_argument("--quick", action="store_true", help="every scenario 10x smaller: a sanity run")
     p.add_argument(
         "--join-budget",
@@ -909,11 +1210,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown server(s) {unknown}; known: {sorted(servers)} (add with --peer)")
     by_key = {s.key: s for s in SCENARIOS}
+    if not 0 < args.s6_rate <= 1000:
+        raise SystemExit("--s6-rate wants messages/s in (0, 1000]")
+    for key in GROUPS["S6"]:
+        sc = by_key[key]
+        by_key[key] = replace(sc, rate=args.s6_rate, messages=round(args.s6_rate * sc.duration_s))
     keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
-    keys = [part for k in keys for part in (["S1a", "S1b"] if k == "S1" else [k])]
+    # A group's members once each, even when also named (as the default does).
+    keys = list(dict.fromkeys(part for k in keys for part in GROUPS.get(k, [k])))
     if bad := [k for k in keys if k not in by_key]:
         raise SystemExit(f"unknown scenario(s) {bad}; known: {list(by_key)}")
     scenarios = [by_key[k].quick() if args.quick else by_key[k] for k in keys]
+    wants_redis = any(sc.redis for sc in scenarios) and any(servers[n].ssechat for n in names)
+    if wants_redis and redis_server_path() is None:
+        raise SystemExit(
+            "S6 runs ssechat's processes over a Redis of its own, and redis-server is missing: "
+            f"install Debian's {REDIS_PACKAGE} package (sudo apt-get install {REDIS_PACKAGE}), "
+            "or leave S6 out with --scenarios"
+        )
     if args.runs < 1:
         raise SystemExit("--runs must be at least 1")
     if "node" in names and not (REPO / "bench/peers/node-express/node_modules").exists():
