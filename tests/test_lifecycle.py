@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -147,6 +148,19 @@ def test_help_explains_every_option() -> None:
             assert flag in result.stdout
         assert action.help, f"{action.option_strings} has no help text"
     assert "Server-Sent Events" in " ".join(result.stdout.split())
+
+
+def test_readme_options_table_lists_every_option() -> None:
+    # The table is written by hand from --help: this keeps it from going stale.
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| option | default |") : readme.index("## Architecture")]
+    listed = set(re.findall(r"^\| `(--[a-z-]+)", table, re.MULTILINE))
+    flags = {
+        max(a.option_strings, key=len)
+        for a in build_parser()._actions
+        if a.option_strings and a.dest != "help"
+    }
+    assert listed == flags
 
 
 def test_port_comes_from_the_environment(tmp_path: Path) -> None:
