@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import h11
 
@@ -228,3 +229,18 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         await asyncio.sleep(0.01)
+
+
+def json_object(response: Response) -> dict[str, Any]:
+    """The response's body as a JSON object (fails the test if it is anything else)."""
+    payload = response.json()
+    assert isinstance(payload, dict)
+    return payload
+
+
+async def events_until(stream: EventStream, kind: str, timeout: float = 10.0) -> list[DecodedEvent]:
+    """Events up to and including the first of type `kind`."""
+    seen: list[DecodedEvent] = []
+    while not seen or seen[-1].type != kind:
+        seen.append(await stream.next_event(timeout))
+    return seen

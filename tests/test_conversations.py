@@ -12,35 +12,21 @@ import pytest
 
 from sse.http import Server
 from sse.wire import DecodedEvent
-from tests.client import EventStream, Response, request
+from tests.client import EventStream, Response, events_until, json_object, request
 from tests.conftest import MakeServer, ServerProcess
 
 JSON = [("content-type", "application/json")]
 
 
-def _obj(response: Response) -> dict[str, Any]:
-    payload = response.json()
-    assert isinstance(payload, dict)
-    return payload
-
-
 async def _create(server: Server) -> str:
     response = await request(server.address, "POST", "/conversations")
     assert response.status == 201
-    return str(_obj(response)["id"])
+    return str(json_object(response)["id"])
 
 
 async def _post(server: Server, cid: str, content: object) -> Response:
     body = json.dumps({"content": content}).encode()
     return await request(server.address, "POST", f"/conversations/{cid}/messages", JSON, body)
-
-
-async def _until(stream: EventStream, kind: str, timeout: float = 10.0) -> list[DecodedEvent]:
-    """Events up to and including the first of type `kind`."""
-    seen: list[DecodedEvent] = []
-    while not seen or seen[-1].type != kind:
-        seen.append(await stream.next_event(timeout))
-    return seen
 
 
 def _data(event: DecodedEvent) -> dict[str, Any]:
@@ -52,7 +38,7 @@ def _data(event: DecodedEvent) -> dict[str, Any]:
 async def test_create_gives_201_with_an_unguessable_id_and_location(server: Server) -> None:
     response = await request(server.address, "POST", "/conversations")
     assert response.status == 201
-    body = _obj(response)
+    body = json_object(response)
     assert uuid.UUID(body["id"]).version == 4
     assert response.headers["location"] == f"/conversations/{body['id']}"
     assert body["title"] == "New conversation"
@@ -64,8 +50,8 @@ async def test_reply_streams_user_start_deltas_and_done(server: Server) -> None:
     assert stream.status == 200
     response = await _post(server, cid, "hello there world")
     assert response.status == 202
-    ids = _obj(response)
-    events = await _until(stream, "done")
+    ids = json_object(response)
+    events = await events_until(stream, "done")
     kinds = [e.type for e in events]
     assert kinds[:2] == ["user", "start"]
     assert set(kinds[2:-1]) == {"delta"}
@@ -105,8 +91,8 @@ async def test_transcript_and_list_reflect_the_conversation(server: Server) -> N
     other = await _create(server)
     stream = await EventStream.open(server.address, f"/conversations/{cid}/events")
     await _post(server, cid, "What is SSE?")
-    await _until(stream, "done")
-    transcript = _obj(await request(server.address, "GET", f"/conversations/{cid}"))
+    await events_until(stream, "done")
+    transcript = json_object(await request(server.address, "GET", f"/conversations/{cid}"))
     assert transcript["title"] == "What is SSE?"
     assert transcript["replying"] is False
     messages = transcript["messages"]
@@ -117,7 +103,7 @@ async def test_transcript_and_list_reflect_the_conversation(server: Server) -> N
     assert messages[1]["content"] == "You said: What is SSE?"
     assert messages[1]["finish_reason"] == "stop"
     assert messages[1]["model"] == "echo"
-    listing = _obj(await request(server.address, "GET", "/conversations"))["conversations"]
+    listing = json_object(await request(server.address, "GET", "/conversations"))["conversations"]
     assert [c["id"] for c in listing] == [cid, other]  # most recently updated first
     assert listing[0]["title"] == "What is SSE?"
     assert set(listing[0]) == {"id", "title", "created_at", "updated_at"}
@@ -130,8 +116,8 @@ async def test_model_sees_the_earlier_turns(make_server: MakeServer) -> None:
     stream = await EventStream.open(server.address, f"/conversations/{cid}/events")
     for content in ("first", "second"):
         await _post(server, cid, content)
-        await _until(stream, "done")
-    transcript = _obj(await request(server.address, "GET", f"/conversations/{cid}"))
+        await events_until(stream, "done")
+    transcript = json_object(await request(server.address, "GET", f"/conversations/{cid}"))
     assert [m["content"] for m in transcript["messages"]] == [
         "first",
         "You said: first",
@@ -148,9 +134,9 @@ async def test_second_message_while_replying_is_409(make_server: MakeServer) -> 
     assert (await _post(server, cid, "a long message " * 20)).status == 202
     second = await _post(server, cid, "too soon")
     assert second.status == 409
-    assert "still streaming" in _obj(second)["error"]
+    assert "still streaming" in json_object(second)["error"]
     await request(server.address, "POST", f"/conversations/{cid}/stop")
-    await _until(stream, "done")
+    await events_until(stream, "done")
     assert (await _post(server, cid, "now it is fine")).status == 202
     await stream.close()
 
@@ -160,12 +146,12 @@ async def test_stop_cancels_the_reply_and_keeps_what_arrived(make_server: MakeSe
     cid = await _create(server)
     stream = await EventStream.open(server.address, f"/conversations/{cid}/events")
     await _post(server, cid, "word " * 500)
-    seen = [await _until(stream, "delta") for _ in range(4)]
+    seen = [await events_until(stream, "delta") for _ in range(4)]
     stop = await request(server.address, "POST", f"/conversations/{cid}/stop")
     assert stop.status == 200
-    stopped = _obj(stop)
+    stopped = json_object(stop)
     assert stopped["stopped"] is True
-    rest = await _until(stream, "done")
+    rest = await events_until(stream, "done")
     streamed = "".join(
         _data(e)["text"]
         for e in [*(e for batch in seen for e in batch), *rest]
@@ -174,13 +160,13 @@ async def test_stop_cancels_the_reply_and_keeps_what_arrived(make_server: MakeSe
     done = _data(rest[-1])
     assert done["finish_reason"] == "cancelled"
     assert done["message_id"] == stopped["message_id"]
-    transcript = _obj(await request(server.address, "GET", f"/conversations/{cid}"))
+    transcript = json_object(await request(server.address, "GET", f"/conversations/{cid}"))
     reply = transcript["messages"][-1]
     assert (reply["status"], reply["finish_reason"]) == ("cancelled", "cancelled")
     assert reply["content"] == streamed  # saved exactly as far as it streamed
     assert reply["content"].startswith("You said: word")
     assert len(reply["content"]) < len("You said: " + "word " * 500)
-    again = _obj(await request(server.address, "POST", f"/conversations/{cid}/stop"))
+    again = json_object(await request(server.address, "POST", f"/conversations/{cid}/stop"))
     assert again == {"stopped": False, "message_id": None}
     await stream.close()
 
@@ -190,7 +176,7 @@ async def test_reply_past_the_piece_cap_finishes_with_length(make_server: MakeSe
     cid = await _create(server)
     stream = await EventStream.open(server.address, f"/conversations/{cid}/events")
     await _post(server, cid, "one two three four five")
-    events = await _until(stream, "done")
+    events = await events_until(stream, "done")
     assert _data(events[-1])["finish_reason"] == "length"
     assert [_data(e)["text"] for e in events if e.type == "delta"] == ["You ", "said: ", "one "]
     await stream.close()
@@ -206,7 +192,7 @@ async def test_conversation_stream_resumes_by_last_event_id(server: Server) -> N
     rest_of_reply = await EventStream.open(
         server.address, target, headers=[("last-event-id", first_two[-1].last_event_id)]
     )
-    events = await _until(rest_of_reply, "done")
+    events = await events_until(rest_of_reply, "done")
     assert events[0].type == "delta"
     text = "".join(_data(e)["text"] for e in events if e.type == "delta")
     assert text == "You said: resume me please"
@@ -229,7 +215,7 @@ async def test_unknown_conversation_is_404(
     body = b'{"content": "x"}' if suffix == "/messages" else b""
     response = await request(server.address, method, f"/conversations/{cid}{suffix}", JSON, body)
     assert response.status == 404
-    assert "no conversation" in _obj(response)["error"]
+    assert "no conversation" in json_object(response)["error"]
 
 
 @pytest.mark.parametrize(
@@ -249,7 +235,7 @@ async def test_bad_message_bodies_get_a_json_error(
     cid = await _create(server)
     response = await request(server.address, "POST", f"/conversations/{cid}/messages", JSON, body)
     assert response.status == status
-    assert problem in _obj(response)["error"]
+    assert problem in json_object(response)["error"]
 
 
 async def test_list_limit_is_checked(server: Server) -> None:
@@ -263,13 +249,13 @@ async def test_conversations_survive_a_restart(make_server: MakeServer, tmp_path
     cid = await _create(first)
     stream = await EventStream.open(first.address, f"/conversations/{cid}/events")
     await _post(first, cid, "remember me")
-    await _until(stream, "done")
+    await events_until(stream, "done")
     await stream.close()
     await first.stop()
     second = await make_server(db_path=db)
-    listing = _obj(await request(second.address, "GET", "/conversations"))["conversations"]
+    listing = json_object(await request(second.address, "GET", "/conversations"))["conversations"]
     assert [c["id"] for c in listing] == [cid]
-    transcript = _obj(await request(second.address, "GET", f"/conversations/{cid}"))
+    transcript = json_object(await request(second.address, "GET", f"/conversations/{cid}"))
     assert [m["content"] for m in transcript["messages"]] == [
         "remember me",
         "You said: remember me",
@@ -284,9 +270,9 @@ async def test_shutdown_mid_reply_saves_it_as_interrupted(
     cid = await _create(first)
     stream = await EventStream.open(first.address, f"/conversations/{cid}/events")
     await _post(first, cid, "word " * 500)
-    seen = [await _until(stream, "delta") for _ in range(4)]
+    seen = [await events_until(stream, "delta") for _ in range(4)]
     await first.stop()
-    rest = await _until(stream, "error")
+    rest = await events_until(stream, "error")
     streamed = "".join(
         _data(e)["text"]
         for e in [*(e for batch in seen for e in batch), *rest]
@@ -295,7 +281,7 @@ async def test_shutdown_mid_reply_saves_it_as_interrupted(
     assert "shutting down" in _data(rest[-1])["message"]
     await stream.wait_ended()
     second = await make_server(db_path=db)
-    transcript = _obj(await request(second.address, "GET", f"/conversations/{cid}"))
+    transcript = json_object(await request(second.address, "GET", f"/conversations/{cid}"))
     reply = transcript["messages"][-1]
     assert reply["status"] == "interrupted"
     assert reply["content"] == streamed
@@ -309,7 +295,7 @@ async def test_reply_cut_by_a_crash_is_marked_interrupted_with_what_was_saved(
     db = str(tmp_path / "crash.sqlite3")
     proc = spawn("--db", db, "--echo-delay", "0.01")
     created = await request(proc.address, "POST", "/conversations")
-    cid = _obj(created)["id"]
+    cid = json_object(created)["id"]
     stream = await EventStream.open(proc.address, f"/conversations/{cid}/events")
     body = json.dumps({"content": "word " * 1000}).encode()
     await request(proc.address, "POST", f"/conversations/{cid}/messages", JSON, body)
@@ -323,7 +309,7 @@ async def test_reply_cut_by_a_crash_is_marked_interrupted_with_what_was_saved(
     await stream.close()
     again = spawn("--db", db)
     again.wait_for_log("1 replies were cut short by a crash")
-    transcript = _obj(await request(again.address, "GET", f"/conversations/{cid}"))
+    transcript = json_object(await request(again.address, "GET", f"/conversations/{cid}"))
     reply = transcript["messages"][-1]
     assert reply["status"] == "interrupted"
     assert reply["content"].startswith("You said: word")
@@ -336,8 +322,8 @@ async def test_transcript_mid_reply_joins_the_stream_exactly(make_server: MakeSe
     watcher = await EventStream.open(server.address, f"/conversations/{cid}/events")
     await _post(server, cid, "word " * 300)
     for _ in range(5):
-        await _until(watcher, "delta")
-    transcript = _obj(await request(server.address, "GET", f"/conversations/{cid}"))
+        await events_until(watcher, "delta")
+    transcript = json_object(await request(server.address, "GET", f"/conversations/{cid}"))
     assert transcript["replying"] is True
     so_far = transcript["messages"][-1]["content"]
     # Continue from the transcript's id: the text plus what follows is the whole reply.
@@ -345,10 +331,10 @@ async def test_transcript_mid_reply_joins_the_stream_exactly(make_server: MakeSe
         server.address,
         f"/conversations/{cid}/events?last_event_id={transcript['last_event_id']}",
     )
-    rest = await _until(late, "done")
+    rest = await events_until(late, "done")
     whole = so_far + "".join(_data(e)["text"] for e in rest if e.type == "delta")
     assert whole == "You said: " + "word " * 300
-    final = _obj(await request(server.address, "GET", f"/conversations/{cid}"))
+    final = json_object(await request(server.address, "GET", f"/conversations/{cid}"))
     assert final["messages"][-1]["content"] == whole
     assert final["messages"][-1]["model_label"] == "built-in echo model"
     await watcher.close()
