@@ -51,6 +51,7 @@ _BLOCK_MS = 5000
 _READ_COUNT = 1000
 _POOL_SIZE = 32
 _POOL_WAIT_S = 5.0
+_CLOSE_WAIT_S = 2.0
 _BACKOFF_FIRST_S = 0.1
 _BACKOFF_MAX_S = 5.0
 # What redis-py returns for XRANGE, and per stream for XREAD (with decoded responses).
@@ -147,6 +148,7 @@ class RedisBroker:
         self._reader: asyncio.Task[None] | None = None
         self._up = False
         self._down_since: float | None = None
+        self._closing = False
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -166,10 +168,22 @@ class RedisBroker:
 
     async def close(self) -> None:
         """Stop the reader and disconnect."""
-        if self._reader is not None:
-            self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
-            self._reader = None
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            # Asked to stop, and woken by its wake stream, the reader leaves its
+            # XREAD by itself. A cancel inside redis-py's read can leave the task
+            # stuck for good (seen under uvloop), so it is only the fallback,
+            # after the reader's connection is cut under it.
+            self._closing = True
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await asyncio.wait_for(self._wake(), _CLOSE_WAIT_S)
+            await asyncio.wait({reader}, timeout=_CLOSE_WAIT_S)
+            if not reader.done():
+                await self._reader_client.connection_pool.disconnect(inuse_connections=True)
+                reader.cancel()
+                await asyncio.wait({reader}, timeout=_CLOSE_WAIT_S)
+            if not reader.done():
+                log.warning("the Redis reader did not stop; leaving it")
         with contextlib.suppress(RedisError):  # else it expires by itself
             await self._client.delete(self._wake_key)
         await self._reader_client.aclose()
@@ -359,7 +373,7 @@ class RedisBroker:
 
     async def _read_forever(self) -> None:
         backoff = _BACKOFF_FIRST_S
-        while True:
+        while not self._closing:
             streams = {
                 self._wake_key: self._wake_position,
                 _CONTROL_KEY: self._control_position,
