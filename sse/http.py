@@ -559,16 +559,10 @@ class HttpConnection(asyncio.Protocol):
     ) -> None:
         server = self._server
         self._phase = Phase.STREAMING
-        replay: list[bytes] = []
-        resumed = ""
-        if opening.last_event_id is not None:
-            frames = resume.frames if resume.gap is None else (resume.gap, *resume.frames)
-            replay = [stream.frame_data(f) for f in frames]
-            # repr: the id comes from the client (a query parameter may hold a
-            # newline), and must not be able to forge a log line.
-            resumed = f" resume={opening.last_event_id!r} replay={len(resume.frames)}"
-            if resume.gap is not None:
-                resumed += " gap"
+        # Not only for a client that resumes: with Redis, live events that came
+        # while the stream attached are in the resume too.
+        replay = [stream.frame_data(f) for f in resume.replay()]
+        resumed = resume.note(opening.last_event_id)
         server.add_stream(stream)
         first = stream.frame_bytes(encode_retry(server.jittered(self._config.retry_ms)))
         stream.start(head + first, replay)

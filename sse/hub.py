@@ -69,6 +69,19 @@ class Resume:
     frames: tuple[Frame, ...]
     gap: Frame | None = None
 
+    def replay(self) -> tuple[Frame, ...]:
+        """Everything to send before live events: the gap notice first, if any."""
+        return self.frames if self.gap is None else (self.gap, *self.frames)
+
+    def note(self, last_event_id: str | None) -> str:
+        """What the log line of an opening stream says about its resuming."""
+        if last_event_id is None:
+            return ""
+        # repr: the id comes from the client (a query parameter may hold a
+        # newline), and must not be able to forge a log line.
+        note = f" resume={last_event_id!r} replay={len(self.frames)}"
+        return note + " gap" if self.gap is not None else note
+
 
 @dataclass(slots=True)
 class _Topic:

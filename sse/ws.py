@@ -283,15 +283,9 @@ def _opened(
     trailing: bytes,
     resume: Resume,
 ) -> None:
-    replay: list[bytes] = []
-    resumed = ""
-    if opening.last_event_id is not None:
-        frames = resume.frames if resume.gap is None else (resume.gap, *resume.frames)
-        replay = [sock.encode(f) for f in frames]
-        # repr: the id comes from the client and must not forge a log line.
-        resumed = f" resume={opening.last_event_id!r} replay={len(resume.frames)}"
-        if resume.gap is not None:
-            resumed += " gap"
+    # As for an event stream: live events that came while it attached are in the resume.
+    replay = [sock.encode(f) for f in resume.replay()]
+    resumed = resume.note(opening.last_event_id)
     sock.start(head, replay)
     log.info(
         "websocket %s open for %s topic=%s compression=%s%s",
