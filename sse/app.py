@@ -209,15 +209,16 @@ class App:
         if matched is None:
             return _error(404, f"no such path: {req.path}", cors)
         methods, params = matched
-        allow = self._allow(methods)
         if req.method == "OPTIONS":
+            allow = self._allow(methods)
             asked = req.headers.get("access-control-request-headers")
             pre = preflight_headers(origin, self._config.cors_origins, allow, asked)
             return Reply(204, headers=(*pre, ("allow", allow)))
         # HEAD is GET without a body (RFC 9110 section 9.3.2); h11 drops the body.
         handler = methods.get("GET" if req.method == "HEAD" else req.method)
         if handler is None:
-            return _error(405, f"{req.method} is not allowed here", (*cors, ("allow", allow)))
+            allow_header = ("allow", self._allow(methods))
+            return _error(405, f"{req.method} is not allowed here", (*cors, allow_header))
         try:
             result = handler(req, body, params)
         except ClientError as exc:
@@ -274,7 +275,7 @@ async def _sent(published: Awaitable[str]) -> Reply:
 
 
 def _with_cors(result: Result, cors: tuple[tuple[str, str], ...]) -> Result:
-    if isinstance(result, OpenSocket):
+    if not cors or isinstance(result, OpenSocket):
         return result  # a 101 has no body to share; sse.ws checks Origin instead
     if isinstance(result, OpenStream):
         return OpenStream(result.topic, result.last_event_id, result.announce, cors)

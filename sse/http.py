@@ -56,6 +56,14 @@ _LINGER_MAX_BYTES = 1 << 20
 _RAW_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
+# h11 events are immutable: one end-of-message serves every reply.
+_END_OF_MESSAGE = h11.EndOfMessage()
+# Validated response heads: most replies repeat one of a few (the 200 to every
+# POST /send-message), and h11 validates every header it is given.
+_RESPONSE_CACHE_SIZE = 256
+_responses: dict[tuple[object, ...], h11.Response] = {}
+
+
 # Stand-ins held by open streams instead of their own parser state and buffers.
 _SPENT = h11.Connection(h11.SERVER)
 _NO_BODY = bytearray()
@@ -325,13 +333,14 @@ class HttpConnection(asyncio.Protocol):
                 return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
-            if isinstance(event, h11.Request):
-                self._on_request(event)
-            elif isinstance(event, h11.Data):
-                self._on_body(event.data)
-            elif isinstance(event, h11.EndOfMessage):
+            kind = type(event)  # h11 yields its own classes, never subclasses
+            if kind is h11.Request:
+                self._on_request(cast(h11.Request, event))
+            elif kind is h11.Data:
+                self._on_body(cast(h11.Data, event).data)
+            elif kind is h11.EndOfMessage:
                 self._on_end_of_message()
-            elif isinstance(event, h11.ConnectionClosed):
+            elif kind is h11.ConnectionClosed:
                 self._close()
                 return
 
@@ -343,8 +352,12 @@ class HttpConnection(asyncio.Protocol):
         self._version = event.http_version.decode("ascii", "replace")
         # Most targets are a bare path: skip the URL parser for them.
         parts = urlsplit(target) if "?" in target or "#" in target or "//" in target else None
+        # h11 bounds only a head still arriving; one that came whole in a single
+        # read must meet the same limit. Count it as it stood on the wire.
+        head_size = len(event.method) + len(event.target) + 12
         headers: dict[str, str] = {}
         for name, value in event.headers:
+            head_size += len(name) + len(value) + 4
             key = name.decode("ascii", "replace")  # h11 lower-cases names
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
@@ -356,10 +369,6 @@ class HttpConnection(asyncio.Protocol):
         )
         self._body.clear()
         self._phase = Phase.READ_BODY
-        # h11 bounds only a head still arriving; one that came whole in a single
-        # read must meet the same limit. Count it as it stood on the wire.
-        head_size = len(event.method) + len(event.target) + 12
-        head_size += sum(len(name) + len(value) + 4 for name, value in event.headers)
         if head_size > self._config.max_header_bytes:
             limit = self._config.max_header_bytes
             message = f"request head is larger than the limit of {limit} bytes"
@@ -458,24 +467,12 @@ class HttpConnection(asyncio.Protocol):
         if transport is None or self._phase is Phase.CLOSING:
             return
         close = close or self._server.draining
-        headers: list[tuple[str, str]] = []
-        if reply.content_type is not None:
-            headers.append(("content-type", reply.content_type))
-        if reply.status != 204 and reply.status != 304:
-            headers.append(("content-length", str(len(reply.body))))
-        headers.extend(reply.headers)
-        if close:
-            headers.append(("connection", "close"))
         conn = self._h11
         try:
-            out = conn.send(
-                h11.Response(
-                    status_code=reply.status, headers=headers, reason=status_phrase(reply.status)
-                )
-            )
+            out = conn.send(_response(reply, close))
             if reply.body and (request is None or request.method != "HEAD") and reply.status != 204:
                 out += conn.send(h11.Data(data=reply.body))
-            out += conn.send(h11.EndOfMessage())
+            out += conn.send(_END_OF_MESSAGE)
         except h11.LocalProtocolError:
             log.exception("could not frame a %d reply to %s", reply.status, self._peer)
             self._abort()
@@ -727,6 +724,8 @@ class HttpConnection(asyncio.Protocol):
             self._timer = None
 
     def _access(self, status: int, size: int) -> None:
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         request = self._request
         method = request.method if request is not None else "-"
         took_ms = (time.monotonic() - self._started) * 1000 if self._started else 0.0
@@ -740,6 +739,28 @@ class HttpConnection(asyncio.Protocol):
             "-" if size < 0 else size,
             took_ms,
         )
+
+
+def _response(reply: Reply, close: bool) -> h11.Response:
+    """The response head for `reply`, validated by h11 once per distinct head."""
+    status = reply.status
+    key = (status, reply.content_type, len(reply.body), reply.headers, close)
+    response = _responses.get(key)
+    if response is not None:
+        return response
+    headers: list[tuple[str, str]] = []
+    if reply.content_type is not None:
+        headers.append(("content-type", reply.content_type))
+    if status != 204 and status != 304:
+        headers.append(("content-length", str(len(reply.body))))
+    headers.extend(reply.headers)
+    if close:
+        headers.append(("connection", "close"))
+    response = h11.Response(status_code=status, headers=headers, reason=status_phrase(status))
+    if len(_responses) >= _RESPONSE_CACHE_SIZE:
+        _responses.clear()  # varied bodies (errors) churn it; the common ones return
+    _responses[key] = response
+    return response
 
 
 class Server:

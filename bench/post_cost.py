@@ -1,0 +1,139 @@
+"""CPU instructions one POST /send-message costs in ssechat's Python code, without sockets.
+
+S4's POSTs/s moves by ±10% from run to run on a shared VM, more than most
+changes to the request path do. This counts instead: it feeds keep-alive POSTs
+straight into an `HttpConnection` (a transport that only counts bytes), runs
+that under valgrind's callgrind for two request counts, and prints the
+difference per request, which start-up cancels out of. Same code, same count.
+
+    .venv/bin/python bench/post_cost.py           # instructions per POST (needs valgrind)
+    .venv/bin/python bench/post_cost.py --h11     # the same for h11 alone, for scale
+    .venv/bin/python bench/post_cost.py --run N   # just feed N requests (what callgrind runs)
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL, LARGE = 500, 2500
+REQUEST = (
+    b"POST /send-message HTTP/1.1\r\nHost: 127.0.0.1:3000\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+)
+
+
+def requests(n: int) -> list[bytes]:
+    """`n` POSTs shaped like the load generator's: a sequence number and a timestamp."""
+    bodies = [b'{"message":"%d 1732470000123456789"}' % i for i in range(n)]
+    return [REQUEST % (len(body), body) for body in bodies]
+
+
+class CountingTransport:
+    """Just enough of an asyncio transport for `HttpConnection`: writes are counted."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+
+async def feed_server(n: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    from sse.config import Config
+    from sse.http import HttpConnection, Server
+
+    conn = HttpConnection(Server(Config(join_announcement=False)))
+    transport = CountingTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    for request in requests(n):
+        conn.data_received(request)
+    answered = transport.written // len(b"Message sent successfully!")
+    if n and answered < n:
+        raise SystemExit(f"only {transport.written} bytes answered {n} requests")
+
+
+def feed_h11(n: int) -> None:
+    import h11
+
+    conn = h11.Connection(h11.SERVER)
+    body = b"Message sent successfully!"
+    head = h11.Response(
+        status_code=200,
+        headers=[("content-type", "text/plain; charset=utf-8"), ("content-length", "26")],
+    )
+    for request in requests(n):
+        conn.receive_data(request)
+        while type(conn.next_event()) is not h11.EndOfMessage:
+            pass
+        conn.send(head)
+        conn.send(h11.Data(data=body))
+        conn.send(h11.EndOfMessage())
+        conn.start_next_cycle()
+
+
+def instructions(n: int, h11_only: bool) -> int:
+    argv = [sys.executable, __file__, "--run", str(n), *(["--h11"] if h11_only else [])]
+    done = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise SystemExit(f"callgrind printed no count:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--h11", action="store_true", help="count h11 alone, not the server")
+    p.add_argument("--run", type=int, metavar="N", help="feed N requests and exit")
+    args = p.parse_args()
+    if args.run is not None:
+        if args.h11:
+            feed_h11(args.run)
+        else:
+            import uvloop
+
+            uvloop.run(feed_server(args.run))
+        return 0
+    if shutil.which("valgrind") is None:
+        print("valgrind is missing: apt-get install valgrind", file=sys.stderr)
+        return 2
+    per_post = (instructions(LARGE, args.h11) - instructions(SMALL, args.h11)) // (LARGE - SMALL)
+    what = "h11 alone" if args.h11 else "ssechat"
+    print(f"{what}: {per_post:,} instructions per POST /send-message (callgrind)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
