@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -795,6 +796,8 @@ def _drive(
             except subprocess.TimeoutExpired:
                 gen.kill()
                 gen.wait(5)
+    if spec.ssechat:
+        m.update(broadcast_ms(next(iter(servers.values())).port))
     m["rss_after_kb"] = rss()
     m["rss_peak_kb"] = sum(peak_rss_kb(s.proc.pid) for s in servers.values())
     cpu_end = cpu()
@@ -847,6 +850,22 @@ def _drive(
         )
     if final.get("saturated"):
         log(f"  SATURATED: the generator was the bottleneck in {spec.name} {sc.key}")
+
+
+def broadcast_ms(port: int) -> dict[str, float]:
+    """ssechat's own timing of its recent broadcasts (GET /healthz), as metrics.
+
+    How long one broadcast spent writing to every stream, measured inside the
+    server: S3's latency is this plus the wait for it and the generator's reading.
+    """
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            took = json.load(answer).get("broadcast_ms", {})
+    except (OSError, ValueError):
+        return {}
+    if not took.get("count"):
+        return {}
+    return {"broadcast_p50_ms": float(took["p50"]), "broadcast_max_ms": float(took["max"])}
 
 
 def _run_least_noisy(
@@ -983,6 +1002,14 @@ METRICS: dict[str, list[Metric]] = {
         ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
         ("latency p50 (ms)", lambda r: _get(r, "latency_ms.p50"), ".1f"),
         ("latency p99 (ms)", lambda r: _get(r, "latency_ms.p99"), ".1f"),
+        (
+            "one broadcast to every stream, timed by the server: p50 / max (ms)",
+            lambda r: (
+                r.server_metrics.get("broadcast_p50_ms", float("nan")),
+                r.server_metrics.get("broadcast_max_ms", float("nan")),
+            ),
+            ".1f",
+        ),
         ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
         ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
     ],

@@ -49,6 +49,8 @@ _STREAM_HEADERS = (
 )
 # How much longer than a broadcast took the next one may wait, while they are costly.
 _FLUSH_DUTY = 4.0
+# How many recent broadcasts /healthz summarises.
+_BROADCASTS_KEPT = 1000
 # How long, and how much, we read and drop after an error reply before closing.
 _LINGER_S = 2.0
 _LINGER_MAX_BYTES = 1 << 20
@@ -807,6 +809,9 @@ class Server:
         self.draining = False
         self._last_flush = 0.0
         self._flush_gap = 0.0
+        # Seconds each recent broadcast spent writing: what one more stream or one
+        # more message costs here, reported by /healthz.
+        self._broadcast_s: deque[float] = deque(maxlen=_BROADCASTS_KEPT)
         self._idle = asyncio.Event()
         self._heartbeat: asyncio.TimerHandle | None = None
         self._listener: asyncio.Server | None = None
@@ -824,6 +829,18 @@ class Server:
             # Which process answered, when --workers share the port.
             "pid": os.getpid(),
             **self.broker.health(),
+            "broadcast_ms": self._broadcast_summary(),
+        }
+
+    def _broadcast_summary(self) -> dict[str, float | int]:
+        took = sorted(self._broadcast_s)
+        if not took:
+            return {"count": 0}
+        return {
+            "count": len(took),
+            "last": round(self._broadcast_s[-1] * 1000, 2),
+            "p50": round(took[len(took) // 2] * 1000, 2),
+            "max": round(took[-1] * 1000, 2),
         }
 
     def _schedule_flush(self, flush: Callable[[], int]) -> None:
@@ -843,6 +860,8 @@ class Server:
         start = loop.time()
         events = flush()
         self._last_flush = end = loop.time()
+        if events:
+            self._broadcast_s.append(end - start)
         # In a burst, a flush that took d seconds delays the next by up to
         # _FLUSH_DUTY * d (capped): the burst then spends at most about
         # 1/(1 + _FLUSH_DUTY) of the loop's time broadcasting, and the rest

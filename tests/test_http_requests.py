@@ -62,7 +62,28 @@ async def test_healthz_reports_open_streams_and_uptime(server: Server) -> None:
     assert health["streams"] == 1
     assert health["connections"] == 2
     assert health["uptime_s"] >= 0
+    assert health["broadcast_ms"]["count"] == 1  # the join announcement
     await stream.close()
+
+
+async def test_healthz_reports_how_long_broadcasts_took(make_server: MakeServer) -> None:
+    server = await make_server(join_announcement=False)
+    health = (await request(server.address, "GET", "/healthz")).json()
+    assert health["broadcast_ms"] == {"count": 0}
+    streams = [await EventStream.open(server.address) for _ in range(3)]
+    await wait_until(lambda: len(server.streams) == 3)
+    for text in ("one", "two"):
+        assert (await post_message(server.address, text)).status == 200
+        for stream in streams:
+            assert (await stream.next_event()).data == text
+    took = (await request(server.address, "GET", "/healthz")).json()["broadcast_ms"]
+    assert isinstance(took, dict)
+    # Each POST was answered before the next was sent: two broadcasts.
+    assert took["count"] == 2
+    assert 0 <= took["p50"] <= took["max"]
+    assert 0 <= took["last"] <= took["max"]
+    for stream in streams:
+        await stream.close()
 
 
 async def test_page_is_served_at_root_with_its_assets(server: Server) -> None:
