@@ -969,6 +969,14 @@ _S6_PUBLISH_METRICS: list[Metric] = [
     ),
 ]
 
+# What a scenario publishing at a fixed rate (S3, S5) delivered, and how fast.
+_RATE_DELIVERY_METRICS: list[Metric] = [
+    ("delivered events/s", lambda r: _get(r, "delivery.events_per_s"), ",.0f"),
+    ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
+    ("latency p50 (ms)", lambda r: _get(r, "latency_ms.p50"), ".1f"),
+    ("latency p99 (ms)", lambda r: _get(r, "latency_ms.p99"), ".1f"),
+]
+
 METRICS: dict[str, list[Metric]] = {
     "S0": [
         ("time to first event p50 (ms)", lambda r: _get(r, "first_event_ms.p50"), ".2f"),
@@ -998,10 +1006,7 @@ METRICS: dict[str, list[Metric]] = {
     "S3": [
         # Answered messages over the scheduled window: below 20, the rate was not kept.
         ("messages/s achieved (20 wanted)", _rate_achieved, ".1f"),
-        ("delivered events/s", lambda r: _get(r, "delivery.events_per_s"), ",.0f"),
-        ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
-        ("latency p50 (ms)", lambda r: _get(r, "latency_ms.p50"), ".1f"),
-        ("latency p99 (ms)", lambda r: _get(r, "latency_ms.p99"), ".1f"),
+        *_RATE_DELIVERY_METRICS,
         (
             "one broadcast to every stream, timed by the server: p50 / max (ms)",
             lambda r: (
@@ -1015,10 +1020,7 @@ METRICS: dict[str, list[Metric]] = {
     ],
     "S5": [
         ("messages/s achieved (100 wanted)", _rate_achieved, ".1f"),
-        ("delivered events/s", lambda r: _get(r, "delivery.events_per_s"), ",.0f"),
-        ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
-        ("latency p50 (ms)", lambda r: _get(r, "latency_ms.p50"), ".1f"),
-        ("latency p99 (ms)", lambda r: _get(r, "latency_ms.p99"), ".1f"),
+        *_RATE_DELIVERY_METRICS,
         ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
     ],
     "S6": [
