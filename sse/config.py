@@ -1,69 +1,347 @@
-"""Every setting and limit of the server, in one frozen value built by `server.py`."""
+"""Every setting and limit of the server, in one frozen value.
+
+Each field that a user may set carries its command-line flag, help text and
+group as metadata (`Option`), so an option is declared once: `sse.cli` builds
+the parser and the `Config` from these fields.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sse.errors import ConfigError
 
-__all__ = ["CLIENT_DIR", "MODELS", "WS_COMPRESSION", "Config"]
+__all__ = ["CLIENT_DIR", "GROUPS", "MODELS", "WS_COMPRESSION", "Config", "Option"]
 
 MODELS = ("echo", "openai")
 # permessage-deflate (RFC 7692) on WebSockets: not offered; offered without
 # server context takeover, so each event is compressed once for every client;
-# or with it, so each connection keeps its own compressor (see sse.ws).
+# or with it, so each connection keeps its own compressor (see sse.io.websocket).
 WS_COMPRESSION = ("off", "shared", "per-connection")
+LOOPS = ("auto", "uvloop", "asyncio")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
+
+# The sections of --help, in order; "" is the parser's own (ungrouped) section.
+GROUPS = (
+    "listening",
+    "several processes and machines",
+    "event streams",
+    "WebSockets (GET /ws, /conversations/{id}/ws)",
+    "request limits",
+    "conversations and models",
+    "",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """How a `Config` field is set from the command line."""
+
+    flag: str
+    help: str
+    group: str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    # For a bool: the flag turns the setting off (--no-...) instead of on.
+    negates: bool = False
+    # How the flag's value becomes fields, when it is not just this one field.
+    to_fields: Callable[[Any], Mapping[str, object]] | None = None
+    # What --help says the default is, when the field's own default would mislead.
+    shown_default: str | None = None
+
+
+def _opt(default: Any, flag: str, help: str, group: str, **more: Any) -> Any:
+    """A field with its `Option`; `repr=False` for secrets."""
+    secret = more.pop("secret", False)
+    return field(
+        default=default, metadata={"option": Option(flag, help, group, **more)}, repr=not secret
+    )
+
+
+def _db_fields(value: str) -> Mapping[str, object]:
+    if value.startswith(_POSTGRES_SCHEMES):
+        return {"db_url": value}
+    return {"db_path": Path(value)}
+
+
+_NET = "listening"
+_SCALE = "several processes and machines"
+_STREAMS = "event streams"
+_WS = "WebSockets (GET /ws, /conversations/{id}/ws)"
+_LIMITS = "request limits"
+_CHAT = "conversations and models"
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
     """Settings of one server; defaults are the embedded ones `make run` uses."""
 
-    host: str = "127.0.0.1"
-    port: int = 3000
-    cors_origins: tuple[str, ...] = ("*",)
-    history_size: int = 1000
-    max_channels: int = 1000
-    ping_interval_s: float = 15.0
-    max_flush_delay_s: float = 0.05
-    retry_ms: int = 3000
-    retry_jitter_ms: int = 2000
-    overload_retry_ms: int = 10_000
-    backlog_limit_bytes: int = 256 * 1024
-    max_body_bytes: int = 64 * 1024
-    max_header_bytes: int = 16 * 1024
-    header_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
-    max_connections: int = 10_000
-    shutdown_timeout_s: float = 10.0
-    join_announcement: bool = True
-    client_dir: Path = field(default=CLIENT_DIR)
-    db_path: Path = Path("ssechat.sqlite3")
-    # postgresql://... : conversations in PostgreSQL instead of the SQLite file.
-    db_url: str | None = field(default=None, repr=False)
+    host: str = _opt("127.0.0.1", "--host", "address to listen on", _NET)
+    port: int = _opt(
+        3000,
+        "--port",
+        "TCP port (also from the PORT environment variable; 0 picks a free one)",
+        _NET,
+    )
+    cors_origins: tuple[str, ...] = _opt(
+        ("*",),
+        "--cors-origin",
+        "origin allowed to read responses from another site, e.g. "
+        "https://chat.example.com; repeat for several; '*' allows any "
+        "(the endpoints carry no credentials) [default: *]",
+        _NET,
+        metavar="ORIGIN",
+    )
+    client_dir: Path = _opt(
+        CLIENT_DIR, "--client-dir", "folder with the browser page served at /", _NET
+    )
     # redis://... : events fan out through Redis Streams, across processes and machines.
-    redis_url: str | None = field(default=None, repr=False)
+    redis_url: str | None = _opt(
+        None,
+        "--redis-url",
+        "fan events out through Redis Streams, e.g. redis://127.0.0.1:6379/0, so "
+        "that every process and machine pointed at the same Redis serves the same "
+        "rooms; history and resuming by Last-Event-ID then live in Redis "
+        "[default: in this process only]",
+        _SCALE,
+        secret=True,
+    )
     # Processes serving the port together (SO_REUSEPORT); more than one needs Redis.
-    workers: int = 1
-    reuse_port: bool = False
-    max_content_chars: int = 32_000
-    model: str = "echo"
-    model_url: str | None = None
-    model_name: str | None = None
+    workers: int = _opt(
+        1,
+        "--workers",
+        "processes serving the port together (SO_REUSEPORT), each on its own "
+        "core, restarted when one dies; more than 1 needs --redis-url",
+        _SCALE,
+    )
+    history_size: int = _opt(
+        1000,
+        "--history-size",
+        "events kept per channel for clients that resume with Last-Event-ID",
+        _STREAMS,
+    )
+    max_channels: int = _opt(
+        1000,
+        "--max-channels",
+        "channels (the room, each conversation) kept in memory with their history; "
+        "past it, the least recently used one without listeners is forgotten (its "
+        "clients then get a gap event and reload the transcript)",
+        _STREAMS,
+    )
+    max_flush_delay_s: float = _opt(
+        0.05,
+        "--max-flush-delay",
+        "events published together go to each stream in one write; while "
+        "broadcasts are costly (many streams), the next one waits up to 4x as long as "
+        "the last took, at most this long, so bursts batch (0: never wait). An event "
+        "after a quiet spell goes out at once",
+        _STREAMS,
+        metavar="SECONDS",
+    )
+    ping_interval_s: float = _opt(
+        15.0,
+        "--ping-interval",
+        "an idle stream gets a comment line this often, so proxies keep it open",
+        _STREAMS,
+        metavar="SECONDS",
+    )
+    retry_ms: int = _opt(
+        3000,
+        "--retry-ms",
+        "reconnection delay sent to browsers in the stream's retry: field",
+        _STREAMS,
+    )
+    retry_jitter_ms: int = _opt(
+        2000,
+        "--retry-jitter-ms",
+        "up to this much is added at random to every retry: value, so that a "
+        "restart does not make every browser reconnect at the same moment",
+        _STREAMS,
+    )
+    overload_retry_ms: int = _opt(
+        10_000,
+        "--overload-retry-ms",
+        "retry: sent with a stream refused because the server is full",
+        _STREAMS,
+    )
+    backlog_limit_bytes: int = _opt(
+        256 * 1024,
+        "--backlog-limit-bytes",
+        "bytes that may wait unsent for one stream; a client that falls further "
+        "behind is disconnected and resumes by Last-Event-ID when it reconnects",
+        _STREAMS,
+    )
+    join_announcement: bool = _opt(
+        True,
+        "--no-join-announcement",
+        "do not broadcast 'A new user joined!' when a stream opens",
+        _STREAMS,
+        negates=True,
+    )
+    ws_max_message_bytes: int = _opt(
+        64 * 1024,
+        "--ws-max-message-bytes",
+        "largest message a WebSocket client may send (after decompression); a "
+        "larger one closes the connection with code 1009",
+        _WS,
+    )
+    ws_ping_interval_s: float = _opt(
+        20.0,
+        "--ws-ping-interval",
+        "a WebSocket gets a ping this often, so proxies keep it open and dead peers are found",
+        _WS,
+        metavar="SECONDS",
+    )
+    ws_ping_timeout_s: float = _opt(
+        20.0,
+        "--ws-ping-timeout",
+        "a WebSocket whose pong (or, when closing, whose Close) does not come "
+        "within this long is cut",
+        _WS,
+        metavar="SECONDS",
+    )
+    ws_compression: str = _opt(
+        "off",
+        "--ws-compression",
+        "offer permessage-deflate: 'shared' compresses each event once for every "
+        "client (no context takeover); 'per-connection' keeps a compressor per client "
+        "(smaller frames, more CPU and memory); see README 'SSE or WebSocket?'",
+        _WS,
+        choices=WS_COMPRESSION,
+    )
+    max_body_bytes: int = _opt(
+        64 * 1024,
+        "--max-body-bytes",
+        "largest request body accepted; larger ones get 413",
+        _LIMITS,
+    )
+    max_header_bytes: int = _opt(
+        16 * 1024,
+        "--max-header-bytes",
+        "largest request line plus headers; larger ones get 431",
+        _LIMITS,
+    )
+    header_timeout_s: float = _opt(
+        10.0,
+        "--header-timeout",
+        "a connection that has not sent a whole request head this long after "
+        "opening (or after its previous reply) is closed; also the keep-alive idle time",
+        _LIMITS,
+        metavar="SECONDS",
+    )
+    body_timeout_s: float = _opt(
+        30.0,
+        "--body-timeout",
+        "a request body not received this long after its head gets 408",
+        _LIMITS,
+        metavar="SECONDS",
+    )
+    max_connections: int = _opt(
+        10_000,
+        "--max-connections",
+        "open connections; past it a stream gets 200 with a long retry: and is "
+        "closed (browsers then retry later), other requests get 503",
+        _LIMITS,
+    )
+    shutdown_timeout_s: float = _opt(
+        10.0,
+        "--shutdown-timeout",
+        "on SIGINT/SIGTERM, how long requests in flight may take before connections are cut",
+        _LIMITS,
+        metavar="SECONDS",
+    )
+    db_path: Path = _opt(
+        Path("ssechat.sqlite3"),
+        "--db",
+        "where conversations are kept: a SQLite file (created if missing), or a "
+        "PostgreSQL URL, postgresql://user:password@host:5432/dbname, for several "
+        "nodes (tables are created on start)",
+        _CHAT,
+        metavar="DB",
+        to_fields=_db_fields,
+    )
+    # postgresql://... : conversations in PostgreSQL instead of the SQLite file (set by --db).
+    db_url: str | None = field(default=None, repr=False)
+    model: str = _opt(
+        "echo",
+        "--model",
+        "who writes the replies: 'echo' is built in and needs nothing; 'openai' "
+        "calls any OpenAI-compatible Chat Completions endpoint (key from OPENAI_API_KEY)",
+        _CHAT,
+        choices=MODELS,
+    )
+    model_url: str | None = _opt(
+        None,
+        "--model-url",
+        "base URL of the OpenAI-compatible API, e.g. https://api.openai.com/v1 or "
+        "http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama, LiteLLM)",
+        _CHAT,
+    )
+    model_name: str | None = _opt(None, "--model-name", "model to ask for, e.g. gpt-4o-mini", _CHAT)
+    # From OPENAI_API_KEY only: a key on the command line would show in `ps`.
     model_api_key: str | None = field(default=None, repr=False)
-    model_connect_timeout_s: float = 10.0
-    model_read_timeout_s: float = 60.0
-    context_messages: int = 50
-    echo_delay_s: float = 0.05
-    echo_max_pieces: int = 1000
-    ws_max_message_bytes: int = 64 * 1024
-    ws_ping_interval_s: float = 20.0
-    ws_ping_timeout_s: float = 20.0
-    ws_compression: str = "off"
+    model_connect_timeout_s: float = _opt(
+        10.0,
+        "--model-connect-timeout",
+        "give up connecting to the model's API after this long",
+        _CHAT,
+        metavar="SECONDS",
+    )
+    model_read_timeout_s: float = _opt(
+        60.0,
+        "--model-read-timeout",
+        "give up on a reply when the model sends nothing for this long",
+        _CHAT,
+        metavar="SECONDS",
+    )
+    context_messages: int = _opt(
+        50,
+        "--context-messages",
+        "how many of the latest messages of a conversation the model is sent",
+        _CHAT,
+    )
+    max_content_chars: int = _opt(
+        32_000,
+        "--max-content-chars",
+        "longest user message accepted in a conversation; longer ones get 413",
+        _CHAT,
+    )
+    echo_delay_s: float = _opt(
+        0.05,
+        "--echo-delay",
+        "pause of the echo model before each word, to look like a model typing",
+        _CHAT,
+        metavar="SECONDS",
+    )
+    echo_max_pieces: int = _opt(
+        1000,
+        "--echo-max-pieces",
+        "the echo model stops with finish reason 'length' after this many words",
+        _CHAT,
+    )
+    loop: str = _opt(
+        "auto",
+        "--loop",
+        "event loop: uvloop is used when installed ('auto'); it writes to sockets "
+        "in C, which is most of the work of a broadcast",
+        "",
+        choices=LOOPS,
+    )
+    log_level: str = _opt(
+        "info",
+        "--log-level",
+        "logging level; info logs one line per request and per stream opened/closed",
+        "",
+        choices=LOG_LEVELS,
+    )
+    # Set for each worker of --workers, never by hand.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot work.
