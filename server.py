@@ -2,7 +2,7 @@
 
 Builds a `Config` from the command line (`sse.cli`) and runs the server until SIGINT or
 SIGTERM, then shuts down gracefully and exits 0. With `--workers N` it
-supervises N such servers sharing the port instead (`sse.workers`).
+supervises N such servers sharing the port instead (`sse.io.workers`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any
 from sse.cli import parse_config
 from sse.config import Config
 from sse.errors import StartError
-from sse.http import Server
-from sse.workers import Lifeline, WorkerSlot, supervise, worker_slot_from_env
+from sse.io.http import Server
+from sse.io.workers import Lifeline, WorkerSlot, supervise, worker_slot_from_env
 
 log = logging.getLogger("ssechat")
 

@@ -68,7 +68,7 @@ class CountingTransport:
 async def feed_server(n: int) -> None:
     sys.path.insert(0, str(ROOT))
     from sse.config import Config
-    from sse.http import HttpConnection, Server
+    from sse.io.http import HttpConnection, Server
 
     conn = HttpConnection(Server(Config(join_announcement=False)))
     transport = CountingTransport()

@@ -1,4 +1,4 @@
-"""Exceptions of ssechat; the class name says whose fault it is."""
+"""Every exception ssechat raises on purpose, under one base; its name says whose fault it is."""
 
 from __future__ import annotations
 
@@ -22,3 +22,19 @@ class ConfigError(SSEChatError):
 
 class StartError(SSEChatError):
     """The server cannot start: a service it needs (Redis, the database) is not there."""
+
+
+class EncodeError(SSEChatError):
+    """A caller tried to put a value on the wire that the event-stream format cannot carry."""
+
+
+class BrokerUnavailable(SSEChatError):
+    """The broker cannot take or give events now (Redis is unreachable)."""
+
+
+class ModelError(SSEChatError):
+    """The model (or the service behind it) failed; the message is for a person to read."""
+
+
+class StoreError(SSEChatError):
+    """The store was used in a way it does not allow (a bug of ours)."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import h11
 
-from sse.wire import Comment, DecodedEvent, Decoder
+from sse.protocol.sse import Comment, DecodedEvent, Decoder
 
 Headers = Sequence[tuple[str, str]]
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from sse.http import Server
-from sse.wire import DecodedEvent
+from sse.io.http import Server
+from sse.protocol.sse import DecodedEvent
 from tests.client import EventStream, Response, events_until, json_object, request
 from tests.conftest import MakeServer, ServerProcess
 

@@ -9,8 +9,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from sse.http import Server
-from sse.wire import DecodedEvent
+from sse.io.http import Server
+from sse.protocol.sse import DecodedEvent
 from tests.client import EventStream, request
 from tests.conftest import MakeServer
 from tests.fake_openai import FakeOpenAI, Script

@@ -8,8 +8,10 @@ from uuid import uuid4
 
 import pytest
 
-from sse.hub import Frame, Hub
-from sse.wire import Decoder, EncodeError
+from sse.errors import EncodeError
+from sse.protocol.frame import Frame
+from sse.protocol.sse import Decoder
+from sse.pubsub.hub import Hub
 
 
 class Collect:

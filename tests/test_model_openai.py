@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from sse.errors import ConfigError
-from sse.models.base import ChatTurn, Finish, ModelError, Piece
-from sse.models.openai import OpenAIModel, _StreamParser
+from sse.chat.models.base import ChatTurn, Finish, Piece
+from sse.chat.models.openai import OpenAIModel, _StreamParser
+from sse.errors import ConfigError, ModelError
 from tests.fake_openai import GREETING, FakeOpenAI, Script
 
 HISTORY = (

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import websockets
 
-from sse.wire import DecodedEvent
+from sse.protocol.sse import DecodedEvent
 from tests.client import EventStream, post_message, request, wait_until
 from tests.conftest import MakeServer, ServerProcess
 from tests.redis_server import RedisServer

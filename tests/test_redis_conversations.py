@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sse.wire import DecodedEvent
+from sse.protocol.sse import DecodedEvent
 from tests.client import EventStream, Response, events_until, json_object, request
 from tests.conftest import MakeServer, ServerProcess
 from tests.redis_server import RedisServer

@@ -15,10 +15,12 @@ from typing import Any
 import asyncpg
 import pytest
 
+from sse.chat.store.base import NEW_TITLE, Store, StoredMessage
+from sse.chat.store.factory import build_store
+from sse.chat.store.postgres import PostgresStore
+from sse.chat.store.sqlite import SqliteStore
 from sse.config import Config
-from sse.store import NEW_TITLE, SqliteStore, StoredMessage, StoreError
-from sse.store_pg import PostgresStore
-from sse.stores import Store, build_store
+from sse.errors import StoreError
 from tests.client import Response, request, wait_until
 from tests.conftest import ROOT, ServerProcess
 
@@ -387,8 +389,8 @@ async def test_a_reply_left_by_a_cleanly_closed_store_is_recovered_at_the_next_o
 _CRASH = """
 import asyncio, os, signal, sys
 from pathlib import Path
-from sse.store import SqliteStore
-from sse.store_pg import PostgresStore
+from sse.chat.store.sqlite import SqliteStore
+from sse.chat.store.postgres import PostgresStore
 
 async def main() -> None:
     kind, target = sys.argv[1:]

@@ -1,4 +1,4 @@
-"""Tests of sse.wire against WHATWG HTML "Server-sent events" 9.2.5 and 9.2.6."""
+"""Tests of sse.protocol.sse against WHATWG HTML "Server-sent events" 9.2.5 and 9.2.6."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sse.errors import SSEChatError
-from sse.wire import (
+from sse.protocol.sse import (
     Comment,
     DecodedEvent,
     Decoder,

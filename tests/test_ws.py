@@ -29,13 +29,13 @@ from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection, Event, Ping, TextMessage
 from wsproto.frame_protocol import FrameDecoder
 
-from sse.app import Request
+from sse.app.router import Request
 from sse.config import Config
 from sse.errors import ClientError, ConfigError
-from sse.http import Server
-from sse.hub import Frame
-from sse.wire import Event as SseEvent
-from sse.ws_protocol import (
+from sse.io.http import Server
+from sse.protocol.frame import Frame
+from sse.protocol.sse import Event as SseEvent
+from sse.protocol.websocket import (
     PostCommand,
     SendCommand,
     check_handshake,

@@ -15,13 +15,12 @@ import contextlib
 import re
 from dataclasses import dataclass
 
-from sse.errors import SSEChatError
+from sse.errors import EncodeError
 
 __all__ = [
     "Comment",
     "DecodedEvent",
     "Decoder",
-    "EncodeError",
     "Event",
     "encode",
     "encode_comment",
@@ -40,10 +39,6 @@ _BAD_FIELD = re.compile("[\r\n\x00\ud800-\udfff]")
 # 9.2.6 "retry": "If the field value consists of only ASCII digits". Not
 # str.isdigit(), which also accepts e.g. Arabic-Indic digits and superscripts.
 _ASCII_DIGITS = re.compile(r"[0-9]+")
-
-
-class EncodeError(SSEChatError):
-    """A caller tried to put a value on the wire that the event-stream format cannot carry."""
 
 
 def _check_field(name: str, value: str | None) -> None:

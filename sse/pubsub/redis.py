@@ -33,9 +33,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from sse.broker import BrokerUnavailable, ControlHandler
-from sse.hub import Frame, Hub, Resume, Sink
-from sse.wire import EncodeError, Event, encode
+from sse.errors import BrokerUnavailable, EncodeError
+from sse.protocol.frame import Frame
+from sse.protocol.sse import Event, encode
+from sse.pubsub.broker import ControlHandler
+from sse.pubsub.hub import Hub, Resume, Sink
 
 __all__ = ["RedisBroker", "parse_entry_id"]
 

@@ -2,10 +2,10 @@
 
 A WebSocket client gets the same events as an event stream on the same topic,
 one JSON text message per event, and may send commands over the same socket.
-`sse.http` parses the upgrade request with h11, the routes here decide whether
+`sse.io.http` parses the upgrade request with h11, the routes here decide whether
 it may be upgraded, and `accept` takes the transport over: wsproto reads what
 the client sends, while the events we broadcast are framed once for everyone
-by `sse.ws_protocol`.
+by `sse.protocol.websocket`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
 from wsproto.handshake import server_extensions_handshake
 
-from sse.app import (
+from sse.app.router import (
     JOIN_ANNOUNCEMENT,
     ROOM,
     OpenSocket,
@@ -43,13 +43,11 @@ from sse.app import (
     Route,
     json_reply,
 )
-from sse.broker import BrokerUnavailable
-from sse.chat import ChatService, topic_of
+from sse.chat.service import ChatService, topic_of
 from sse.config import Config
-from sse.errors import ClientError
-from sse.hub import Frame, Resume
-from sse.wire import EncodeError
-from sse.ws_protocol import (
+from sse.errors import BrokerUnavailable, ClientError, EncodeError
+from sse.protocol.frame import Frame
+from sse.protocol.websocket import (
     TEXT_ENCODING,
     Deflater,
     PostCommand,
@@ -63,9 +61,10 @@ from sse.ws_protocol import (
     parse_command,
     text_frames,
 )
+from sse.pubsub.hub import Resume
 
 if TYPE_CHECKING:
-    from sse.http import Server
+    from sse.io.http import Server
 
 __all__ = ["WebSocket", "accept", "ws_routes"]
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from sse.chat.models.base import Model
+from sse.chat.models.echo import EchoModel
 from sse.config import Config
-from sse.models.base import Model
-from sse.models.echo import EchoModel
 
 __all__ = ["build_model"]
 
@@ -12,7 +12,7 @@ __all__ = ["build_model"]
 def build_model(config: Config) -> Model:
     """The model for `config.model`; the OpenAI client is imported only when chosen."""
     if config.model == "openai":
-        from sse.models.openai import OpenAIModel
+        from sse.chat.models.openai import OpenAIModel
 
         assert config.model_url is not None, "Config checks it"
         assert config.model_name is not None, "Config checks it"

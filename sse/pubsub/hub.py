@@ -15,44 +15,11 @@ from itertools import islice
 from typing import Protocol
 from uuid import UUID
 
-from sse.wire import Event, encode
+from sse.protocol.frame import Frame
+from sse.protocol.http1 import chunk
+from sse.protocol.sse import Event
 
-__all__ = ["Frame", "Hub", "Resume", "Sink"]
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One encoded event, in both framings a stream may need, built once per publish."""
-
-    seq: int
-    id: str
-    raw: bytes
-    chunked: bytes
-    # For transports that frame each event on its own (sse.ws sends one WebSocket
-    # message per event): the event of a one-event frame, or the one-event frames
-    # a batch carries, in order.
-    event: Event | None = None
-    parts: tuple[Frame, ...] = ()
-    # Those transports' encodings of the frame, built on first use and then shared
-    # by all their connections: a broadcast encodes once, not once per client, and
-    # a batch is the join of its parts' encodings.
-    encodings: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
-
-    @classmethod
-    def of(cls, event: Event, seq: int) -> Frame:
-        """Encode `event` once, for every reader.
-
-        Raises:
-            EncodeError: the event cannot be carried by the event-stream format.
-        """
-        raw = encode(event)
-        # RFC 9112 section 7.1: chunk-size in hex, CRLF, data, CRLF. Precomputed
-        # here so each stream's write is a single call with no per-stream work.
-        return cls(seq, event.id or "", raw, b"%x\r\n%b\r\n" % (len(raw), raw), event)
-
-    def singles(self) -> tuple[Frame, ...]:
-        """The one-event frames this frame carries, in order."""
-        return self.parts or (self,)
+__all__ = ["Hub", "Resume", "Sink"]
 
 
 class Sink(Protocol):
@@ -102,7 +69,7 @@ def _batch(frames: list[Frame]) -> Frame:
     raw = b"".join(f.raw for f in frames)
     last = frames[-1]
     parts = tuple(p for f in frames for p in f.singles())
-    return Frame(last.seq, last.id, raw, b"%x\r\n%b\r\n" % (len(raw), raw), parts=parts)
+    return Frame(last.seq, last.id, raw, chunk(raw), parts=parts)
 
 
 class Hub:

@@ -1,8 +1,8 @@
 """The I/O edge: asyncio transports, one `h11.Connection` each, and open event streams.
 
 Everything that touches a socket lives here. Request meaning comes from
-`sse.app`, fan-out from `sse.hub`, bytes of the event-stream format from
-`sse.wire`.
+`sse.app.router`, fan-out from `sse.pubsub.hub`, bytes of the event-stream format from
+`sse.protocol.sse`.
 """
 
 from __future__ import annotations
@@ -22,19 +22,21 @@ from uuid import UUID, uuid4
 
 import h11
 
-from sse.app import App, OpenSocket, OpenStream, Reply, Request, json_reply, status_phrase
-from sse.broker import Broker, BrokerUnavailable, MemoryBroker
-from sse.broker_redis import RedisBroker
-from sse.chat import ChatService
-from sse.chat_api import chat_routes
+from sse.app.conversations import chat_routes
+from sse.app.router import App, OpenSocket, OpenStream, Reply, Request, json_reply
+from sse.app.static import load_static
+from sse.chat.models.factory import build_model
+from sse.chat.service import ChatService
+from sse.chat.store.factory import build_store
 from sse.config import Config
-from sse.errors import StartError
-from sse.hub import Frame, Hub, Resume
-from sse.models.factory import build_model
-from sse.static import load_static
-from sse.stores import build_store
-from sse.wire import encode_comment, encode_retry
-from sse.ws import WebSocket, accept, ws_routes
+from sse.errors import BrokerUnavailable, StartError
+from sse.io.websocket import WebSocket, accept, ws_routes
+from sse.protocol.frame import Frame
+from sse.protocol.http1 import LAST_CHUNK, chunk, status_phrase
+from sse.protocol.sse import encode_comment, encode_retry
+from sse.pubsub.broker import Broker, MemoryBroker
+from sse.pubsub.hub import Hub, Resume
+from sse.pubsub.redis import RedisBroker
 
 __all__ = ["HttpConnection", "Server", "Stream", "running"]
 
@@ -69,10 +71,6 @@ _responses: dict[tuple[object, ...], h11.Response] = {}
 # Stand-ins held by open streams instead of their own parser state and buffers.
 _SPENT = h11.Connection(h11.SERVER)
 _NO_BODY = bytearray()
-
-
-def _chunk(data: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 class Phase(Enum):
@@ -158,11 +156,11 @@ class Stream:
 
     def last_bytes(self) -> bytes:
         """What ends the body: the last chunk (RFC 9112 section 7.1), or nothing for 1.0."""
-        return b"0\r\n\r\n" if self._chunked else b""
+        return LAST_CHUNK if self._chunked else b""
 
     def frame_bytes(self, raw: bytes) -> bytes:
         """`raw` in this stream's body framing."""
-        return _chunk(raw) if self._chunked else raw
+        return chunk(raw) if self._chunked else raw
 
     def frame_data(self, frame: Frame) -> bytes:
         """`frame` in this stream's body framing, as `push` writes it."""
@@ -577,7 +575,7 @@ class HttpConnection(asyncio.Protocol):
         if opening.announce is not None:
             server.publish_soon(opening.topic, opening.announce)
 
-    # -- WebSocket hand-off (sse.ws) ----------------------------------------
+    # -- WebSocket hand-off (sse.io.websocket) ----------------------------------------
 
     def _open_socket(self, request: Request, opening: OpenSocket) -> None:
         transport = self._transport

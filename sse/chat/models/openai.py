@@ -22,9 +22,9 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import httpx
 
-from sse.errors import ConfigError
-from sse.models.base import ChatTurn, Finish, ModelError, Piece
-from sse.wire import DecodedEvent, Decoder
+from sse.chat.models.base import ChatTurn, Finish, Piece
+from sse.errors import ConfigError, ModelError
+from sse.protocol.sse import DecodedEvent, Decoder
 
 __all__ = ["OpenAIModel"]
 

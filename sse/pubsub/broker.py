@@ -15,17 +15,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 from uuid import UUID
 
-from sse.hub import Hub, Resume, Sink
+from sse.pubsub.hub import Hub, Resume, Sink
 
-__all__ = ["Broker", "BrokerUnavailable", "ControlHandler", "MemoryBroker", "settle"]
+__all__ = ["Broker", "ControlHandler", "MemoryBroker", "settle"]
 
 T = TypeVar("T")
 # Receives each control message between nodes (e.g. "stop that reply").
 ControlHandler = Callable[[Mapping[str, str]], None]
-
-
-class BrokerUnavailable(Exception):
-    """The broker cannot take or give events now (Redis is unreachable)."""
 
 
 async def settle(value: T | Awaitable[T]) -> T:

@@ -20,19 +20,19 @@ from uuid import uuid4
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
 
-from sse.store import (
+from sse.chat.store.base import (
     DEFAULT_LEASE_INTERVAL_S,
     DEFAULT_STALE_AFTER_S,
     NEW_TITLE,
     ConversationSummary,
     StoredMessage,
-    StoreError,
     Transcript,
     check_lease_timing,
     start_lease_task,
     stop_lease_task,
     title_from,
 )
+from sse.errors import StoreError
 
 __all__ = ["PostgresStore", "redact_url"]
 

@@ -18,11 +18,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import uuid4
 
-from sse.broker import Broker, BrokerUnavailable, settle
-from sse.errors import ClientError
-from sse.models import ChatTurn, Finish, Model, ModelError
-from sse.store import ConversationSummary, StoredMessage, Transcript
-from sse.stores import Store
+from sse.chat.models import ChatTurn, Finish, Model
+from sse.chat.store.base import ConversationSummary, Store, StoredMessage, Transcript
+from sse.errors import BrokerUnavailable, ClientError, ModelError
+from sse.pubsub.broker import Broker, settle
 
 __all__ = ["ChatService", "Snapshot", "topic_of"]
 

@@ -6,7 +6,7 @@ import asyncio
 import re
 from collections.abc import AsyncGenerator, Sequence
 
-from sse.models.base import ChatTurn, Finish, Piece
+from sse.chat.models.base import ChatTurn, Finish, Piece
 
 __all__ = ["EchoModel"]
 

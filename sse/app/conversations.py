@@ -5,12 +5,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 
-from sse.app import OpenStream, Reply, Request, Route, json_reply, parse_json_object, require_text
-from sse.broker import BrokerUnavailable
-from sse.chat import ChatService, topic_of
+from sse.app.router import (
+    OpenStream,
+    Reply,
+    Request,
+    Route,
+    json_reply,
+    parse_json_object,
+    require_text,
+)
+from sse.chat.service import ChatService, topic_of
+from sse.chat.store.base import ConversationSummary, StoredMessage
 from sse.config import Config
-from sse.errors import ClientError
-from sse.store import ConversationSummary, StoredMessage
+from sse.errors import BrokerUnavailable, ClientError
 
 __all__ = ["chat_routes"]
 

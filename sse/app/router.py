@@ -1,6 +1,6 @@
 """What each request means: routing, validation and replies, with no I/O.
 
-The transport layer (`sse.http`) parses bytes into a `Request`, asks `App.handle`
+The transport layer (`sse.io.http`) parses bytes into a `Request`, asks `App.handle`
 what to do, and either writes the `Reply` or opens the `OpenStream`.
 """
 
@@ -10,14 +10,12 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from http import HTTPStatus
 
-from sse.broker import Broker, BrokerUnavailable
+from sse.app.cors import cors_headers, preflight_headers
+from sse.app.static import StaticFile
 from sse.config import Config
-from sse.cors import cors_headers, preflight_headers
-from sse.errors import ClientError
-from sse.static import StaticFile
-from sse.wire import EncodeError
+from sse.errors import BrokerUnavailable, ClientError, EncodeError
+from sse.pubsub.broker import Broker
 
 __all__ = [
     "JOIN_ANNOUNCEMENT",
@@ -75,7 +73,7 @@ class OpenStream:
 
 @dataclass(frozen=True, slots=True)
 class OpenSocket:
-    """Upgrade to a WebSocket carrying `topic` (sse.ws), replaying after `last_event_id`.
+    """Upgrade to a WebSocket carrying `topic` (sse.io.websocket), replaying after `last_event_id`.
 
     `conversation_id` says what the client may send over it: None for the room.
     """
@@ -276,7 +274,7 @@ async def _sent(published: Awaitable[str]) -> Reply:
 
 def _with_cors(result: Result, cors: tuple[tuple[str, str], ...]) -> Result:
     if not cors or isinstance(result, OpenSocket):
-        return result  # a 101 has no body to share; sse.ws checks Origin instead
+        return result  # a 101 has no body to share; sse.io.websocket checks Origin instead
     if isinstance(result, OpenStream):
         return OpenStream(result.topic, result.last_event_id, result.announce, cors)
     return Reply(result.status, result.body, result.content_type, (*cors, *result.headers))
@@ -288,11 +286,3 @@ async def _finish(pending: Awaitable[Result], cors: tuple[tuple[str, str], ...])
     except ClientError as exc:
         return _error(exc.status, exc.message, cors)
     return _with_cors(result, cors)
-
-
-def status_phrase(status: int) -> bytes:
-    """The standard reason phrase for `status`, for the status line."""
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b""

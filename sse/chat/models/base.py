@@ -6,9 +6,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from sse.errors import SSEChatError
-
-__all__ = ["ChatTurn", "Finish", "FinishReason", "Model", "ModelError", "Piece"]
+__all__ = ["ChatTurn", "Finish", "FinishReason", "Model", "Piece"]
 
 FinishReason = Literal["stop", "length"]
 
@@ -29,10 +27,6 @@ class Finish:
 
 
 Piece = str | Finish
-
-
-class ModelError(SSEChatError):
-    """The model (or the service behind it) failed; the message is for a person to read."""
 
 
 class Model(Protocol):

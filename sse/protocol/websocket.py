@@ -20,10 +20,10 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from sse.app import Reply, Request, json_reply, require_text
+from sse.app.router import Reply, Request, json_reply, require_text
 from sse.errors import ClientError
-from sse.hub import Frame
-from sse.wire import Event
+from sse.protocol.frame import Frame
+from sse.protocol.sse import Event
 
 __all__ = [
     "OP_BINARY",

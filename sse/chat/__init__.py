@@ -1,0 +1,1 @@
+"""The chat application: conversations, their store, and the models that write the replies."""
