@@ -22,7 +22,7 @@ from typing import Any
 from sse.cli import parse_config
 from sse.config import Config
 from sse.errors import StartError
-from sse.io.http import Server
+from sse.io.server import Server
 from sse.io.workers import Lifeline, WorkerSlot, supervise, worker_slot_from_env
 
 log = logging.getLogger("ssechat")

@@ -68,7 +68,8 @@ class CountingTransport:
 async def feed_server(n: int) -> None:
     sys.path.insert(0, str(ROOT))
     from sse.config import Config
-    from sse.io.http import HttpConnection, Server
+    from sse.io.http import HttpConnection
+    from sse.io.server import Server
 
     conn = HttpConnection(Server(Config(join_announcement=False)))
     transport = CountingTransport()

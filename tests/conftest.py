@@ -18,7 +18,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from sse.config import Config
-from sse.io.http import Server
+from sse.io.server import Server
 from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
 

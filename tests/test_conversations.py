@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from sse.io.http import Server
+from sse.io.server import Server
 from sse.protocol.sse import DecodedEvent
 from tests.client import EventStream, Response, events_until, json_object, request
 from tests.conftest import MakeServer, ServerProcess

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from sse.io.http import Server
+from sse.io.server import Server
 from sse.protocol.sse import DecodedEvent
 from tests.client import EventStream, request
 from tests.conftest import MakeServer

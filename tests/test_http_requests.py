@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from sse.io.http import Server
+from sse.io.server import Server
 from tests.client import Connection, EventStream, post_message, raw_exchange, request, wait_until
 from tests.conftest import MakeServer
 

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from sse.app.router import JOIN_ANNOUNCEMENT
-from sse.io.http import Server
+from sse.app.room import JOIN_ANNOUNCEMENT
+from sse.io.server import Server
 from sse.protocol.sse import Comment
 from tests.client import EventStream, post_message, raw_exchange, request, wait_until
 from tests.conftest import MakeServer

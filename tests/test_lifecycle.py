@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sse.cli import build_parser
-from sse.io.http import Server
+from sse.io.server import Server
 from tests.client import Connection, EventStream, post_message, request, wait_until
 from tests.conftest import ROOT, MakeServer, ServerProcess
 

@@ -29,22 +29,20 @@ from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection, Event, Ping, TextMessage
 from wsproto.frame_protocol import FrameDecoder
 
-from sse.app.router import Request
+from sse.app.commands import PostCommand, SendCommand, parse_command
+from sse.app.handshake import check_handshake
+from sse.app.values import Request
 from sse.config import Config
 from sse.errors import ClientError, ConfigError
-from sse.io.http import Server
+from sse.io.server import Server
 from sse.protocol.frame import Frame
 from sse.protocol.sse import Event as SseEvent
 from sse.protocol.websocket import (
-    PostCommand,
-    SendCommand,
-    check_handshake,
     deflate_message,
     deflated_frames,
     encode_frame,
     event_payload,
     handshake_response,
-    parse_command,
     payloads,
     text_frames,
 )

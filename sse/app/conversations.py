@@ -1,25 +1,19 @@
-"""The conversation endpoints: JSON in, JSON or an event stream out."""
+"""The conversation endpoints: JSON in; JSON, an event stream or a WebSocket out."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 
-from sse.app.router import (
-    OpenStream,
-    Reply,
-    Request,
-    Route,
-    json_reply,
-    parse_json_object,
-    require_text,
-)
+from sse.app.commands import conversation_commands
+from sse.app.handshake import check_handshake
+from sse.app.inputs import last_event_id, parse_json_object, path_conversation_id, require_text
+from sse.app.values import OpenSocket, OpenStream, Reply, Request, Route, json_reply
 from sse.chat.service import ChatService, topic_of
 from sse.chat.store.base import ConversationSummary, StoredMessage
 from sse.config import Config
 from sse.errors import BrokerUnavailable, ClientError
 
-__all__ = ["chat_routes"]
+__all__ = ["conversation_routes"]
 
 _LIST_LIMIT_MAX = 200
 _NO_STORE = (("cache-control", "no-store"),)
@@ -43,19 +37,6 @@ def _message(m: StoredMessage, labels: Mapping[str, str]) -> dict[str, object]:
     }
 
 
-def _conversation_id(params: Mapping[str, str]) -> str:
-    """The id from the path, in canonical form.
-
-    Raises:
-        ClientError: 404 when it is not a UUID (so it cannot name a conversation).
-    """
-    raw = params["id"]
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise ClientError(404, f"no conversation {raw}") from None
-
-
 class _ChatApi:
     def __init__(self, service: ChatService, config: Config) -> None:
         self._service = service
@@ -74,7 +55,7 @@ class _ChatApi:
         return json_reply(200, {"conversations": [_summary(c) for c in items]}, _NO_STORE)
 
     async def transcript(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
-        conversation_id = _conversation_id(params)
+        conversation_id = path_conversation_id(params)
         try:
             snapshot = await self._service.snapshot(conversation_id)
         except BrokerUnavailable as exc:
@@ -92,14 +73,13 @@ class _ChatApi:
         return json_reply(200, payload, _NO_STORE)
 
     async def events(self, req: Request, body: bytes, params: Mapping[str, str]) -> OpenStream:
-        conversation_id = _conversation_id(params)
+        conversation_id = path_conversation_id(params)
         if not await self._service.store.exists(conversation_id):
             raise ClientError(404, f"no conversation {conversation_id}")
-        last_id = req.headers.get("last-event-id", req.query.get("last_event_id"))
-        return OpenStream(topic_of(conversation_id), last_id or None)
+        return OpenStream(topic_of(conversation_id), last_event_id(req))
 
     async def post(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
-        conversation_id = _conversation_id(params)
+        conversation_id = path_conversation_id(params)
         content = require_text(parse_json_object(req, body), "content")
         if not content.strip():
             raise ClientError(400, '"content" must not be empty')
@@ -109,16 +89,30 @@ class _ChatApi:
         user, reply_id = await self._service.post(conversation_id, content)
         return json_reply(202, {"message_id": user.id, "reply_id": reply_id})
 
+    async def socket(
+        self, req: Request, body: bytes, params: Mapping[str, str]
+    ) -> Reply | OpenSocket:
+        refused = check_handshake(req, self._config.cors_origins)
+        if refused is not None:
+            return refused
+        conversation_id = path_conversation_id(params)
+        if not await self._service.store.exists(conversation_id):
+            raise ClientError(404, f"no conversation {conversation_id}")
+        commands = conversation_commands(
+            self._service, conversation_id, max_content_chars=self._config.max_content_chars
+        )
+        return OpenSocket(topic_of(conversation_id), last_event_id(req), commands)
+
     async def stop(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
-        conversation_id = _conversation_id(params)
+        conversation_id = path_conversation_id(params)
         if not await self._service.store.exists(conversation_id):
             raise ClientError(404, f"no conversation {conversation_id}")
         stopped = await self._service.stop(conversation_id)
         return json_reply(200, {"stopped": stopped is not None, "message_id": stopped})
 
 
-def chat_routes(service: ChatService, config: Config) -> list[Route]:
-    """The conversation routes, for `App(extra_routes=...)`."""
+def conversation_routes(service: ChatService, config: Config) -> list[Route]:
+    """The conversation routes, for `App`."""
     api = _ChatApi(service, config)
     return [
         Route("/conversations", {"GET": api.list, "POST": api.create}),
@@ -126,4 +120,5 @@ def chat_routes(service: ChatService, config: Config) -> list[Route]:
         Route("/conversations/{id}/events", {"GET": api.events}),
         Route("/conversations/{id}/messages", {"POST": api.post}),
         Route("/conversations/{id}/stop", {"POST": api.stop}),
+        Route("/conversations/{id}/ws", {"GET": api.socket}),
     ]

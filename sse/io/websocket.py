@@ -13,13 +13,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 import zlib
-from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from enum import Enum, auto
 from functools import partial
-from typing import TYPE_CHECKING
 from uuid import UUID, uuid4
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -34,39 +31,24 @@ from wsproto.extensions import Extension, PerMessageDeflate
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
 from wsproto.handshake import server_extensions_handshake
 
-from sse.app.router import (
-    JOIN_ANNOUNCEMENT,
-    ROOM,
-    OpenSocket,
-    Reply,
-    Request,
-    Route,
-    json_reply,
-)
-from sse.chat.service import ChatService, topic_of
+from sse.app.commands import error
+from sse.app.values import OpenSocket, Reply, Request, json_reply
 from sse.config import Config
-from sse.errors import BrokerUnavailable, ClientError, EncodeError
+from sse.errors import BrokerUnavailable
+from sse.io.backlog import Backlog
+from sse.io.hooks import ServerState
 from sse.protocol.frame import Frame
 from sse.protocol.websocket import (
     TEXT_ENCODING,
     Deflater,
-    PostCommand,
-    SendCommand,
-    ack,
-    check_handshake,
     deflated_frames,
     encode_frame,
-    error,
     handshake_response,
-    parse_command,
     text_frames,
 )
 from sse.pubsub.hub import Resume
 
-if TYPE_CHECKING:
-    from sse.io.http import Server
-
-__all__ = ["WebSocket", "accept", "ws_routes"]
+__all__ = ["WebSocket", "accept"]
 
 log = logging.getLogger("ssechat")
 
@@ -119,54 +101,6 @@ class _BoundedDeflate(PerMessageDeflate):
         return out
 
 
-def _conversation_id(params: Mapping[str, str]) -> str:
-    """The id from the path, in canonical form.
-
-    Raises:
-        ClientError: 404 when it is not a UUID (so it cannot name a conversation).
-    """
-    try:
-        return str(uuid.UUID(params["id"]))
-    except ValueError:
-        raise ClientError(404, f"no conversation {params['id']}") from None
-
-
-def _last_event_id(req: Request) -> str | None:
-    # A browser's WebSocket cannot send headers: the query parameter is its way.
-    return req.headers.get("last-event-id", req.query.get("last_event_id")) or None
-
-
-def ws_routes(service: ChatService, config: Config) -> list[Route]:
-    """The WebSocket routes, for `App(extra_routes=...)`."""
-
-    def room(req: Request, body: bytes, params: Mapping[str, str]) -> Reply | OpenSocket:
-        refused = check_handshake(req, config.cors_origins)
-        if refused is not None:
-            return refused
-        last_id = _last_event_id(req)
-        # Like an event stream: a resuming client is a returning user, not a new one.
-        announce = JOIN_ANNOUNCEMENT if config.join_announcement and not last_id else None
-        return OpenSocket(ROOM, last_id, announce)
-
-    async def conversation(
-        req: Request, body: bytes, params: Mapping[str, str]
-    ) -> Reply | OpenSocket:
-        refused = check_handshake(req, config.cors_origins)
-        if refused is not None:
-            return refused
-        conversation_id = _conversation_id(params)
-        if not await service.store.exists(conversation_id):
-            raise ClientError(404, f"no conversation {conversation_id}")
-        return OpenSocket(
-            topic_of(conversation_id), _last_event_id(req), conversation_id=conversation_id
-        )
-
-    return [
-        Route("/ws", {"GET": room}),
-        Route("/conversations/{id}/ws", {"GET": conversation}),
-    ]
-
-
 def _extensions(config: Config) -> list[Extension]:
     if config.ws_compression == "off":
         return []
@@ -191,7 +125,7 @@ def _encoder(extensions: list[Extension]) -> tuple[str, Callable[[Frame], bytes]
 
 
 def accept(
-    server: Server,
+    server: ServerState,
     transport: asyncio.Transport,
     request: Request,
     opening: OpenSocket,
@@ -240,7 +174,7 @@ def accept(
     )
     # The broker subscribes and reads the history as for an event stream: the
     # replay and the live events neither overlap nor leave a hole.
-    attached = server.broker.attach(opening.topic, sock.key, sock, opening.last_event_id)
+    attached = server.attach(opening.topic, sock.key, sock, opening.last_event_id)
     server.add_socket(sock)
     transport.set_protocol(sock)
     opened = partial(_opened, server, sock, head, opening, compression, trailing)
@@ -274,7 +208,7 @@ async def _attach(
 
 
 def _opened(
-    server: Server,
+    server: ServerState,
     sock: WebSocket,
     head: bytes,
     opening: OpenSocket,
@@ -304,7 +238,7 @@ def _opened(
         sock.shutdown()
 
 
-class WebSocket(asyncio.Protocol):
+class WebSocket(Backlog, asyncio.Protocol):
     """One upgraded connection: a `Sink` of frames, and a reader of client commands.
 
     Flow control is the event stream's: while the transport is paused, frames
@@ -316,24 +250,18 @@ class WebSocket(asyncio.Protocol):
         "_busy",
         "_close_code",
         "_close_reason",
+        "_commands",
         "_config",
         "_conn",
         "_encode",
         "_encoding",
-        "_limit_bytes",
         "_message",
         "_message_binary",
         "_message_bytes",
-        "_paused",
         "_peer",
-        "_pending",
-        "_pending_bytes",
         "_phase",
         "_server",
         "_timer",
-        "_transport",
-        "_write",
-        "conversation_id",
         "key",
         "opened_at",
         "replayed",
@@ -342,7 +270,7 @@ class WebSocket(asyncio.Protocol):
 
     def __init__(
         self,
-        server: Server,
+        server: ServerState,
         transport: asyncio.Transport,
         conn: Connection,
         opening: OpenSocket,
@@ -352,21 +280,15 @@ class WebSocket(asyncio.Protocol):
         encode: Callable[[Frame], bytes],
         write_paused: bool,
     ) -> None:
+        super().__init__(transport, server.config.backlog_limit_bytes, paused=write_paused)
         self._server = server
         self._config = server.config
-        self._transport = transport
-        self._write = transport.write
+        self._commands = opening.commands
         self._conn = conn
         self._peer = peer
         self._encoding = encoding
         self._encode = encode
         self._phase = _Phase.OPEN
-        self._paused = write_paused
-        # Made when first needed: most sockets never fall behind, and an empty
-        # deque is the size of the rest of this object.
-        self._pending: deque[bytes] | None = None
-        self._pending_bytes = 0
-        self._limit_bytes = server.config.backlog_limit_bytes
         self._timer: asyncio.TimerHandle | None = None
         self._message: list[str] = []
         self._message_bytes = 0
@@ -376,21 +298,13 @@ class WebSocket(asyncio.Protocol):
         self._close_reason = "connection lost"
         self.key: UUID = uuid4()
         self.topic = opening.topic
-        self.conversation_id = opening.conversation_id
         self.replayed = 0
         self.opened_at = time.monotonic()
 
     def start(self, head: bytes, replay: list[bytes]) -> None:
         """Write the 101 response and the replay, and start reading."""
-        self._write(head)
-        replay_bytes = sum(len(b) for b in replay)
-        # The replay is allowed on top of the live limit: the history bounds it.
-        self._limit_bytes += replay_bytes
-        if replay:
-            self._pending = deque(replay)
-        self._pending_bytes = replay_bytes
         self.replayed = len(replay)
-        self._drain()
+        self._begin(head, replay)
         self._arm(self._config.ws_ping_interval_s, self._ping)
         self._transport.resume_reading()  # h11's side paused it while the app worked
 
@@ -419,27 +333,11 @@ class WebSocket(asyncio.Protocol):
         self._enqueue(data)
 
     def _send(self, data: bytes) -> None:
-        if self._phase is not _Phase.OPEN and self._phase is not _Phase.CLOSING:
-            return
-        if not self._paused and not self._pending:
-            self._write(data)
-            return
-        self._enqueue(data)
+        if self._phase is _Phase.OPEN or self._phase is _Phase.CLOSING:
+            super()._send(data)
 
-    def _enqueue(self, data: bytes) -> None:
-        if self._pending is None:
-            self._pending = deque()
-        self._pending.append(data)
-        self._pending_bytes += len(data)
-        if self._pending_bytes + self._transport.get_write_buffer_size() > self._limit_bytes:
-            self.abort_stream("slow client: backlog over the limit")
-
-    def _drain(self) -> None:
-        pending = self._pending
-        while pending and not self._paused:
-            data = pending.popleft()
-            self._pending_bytes -= len(data)
-            self._write(data)  # may call pause_writing() synchronously
+    def heartbeat(self) -> None:
+        """Nothing: a WebSocket keeps itself alive with pings (see `_ping`)."""
 
     # -- asyncio callbacks ---------------------------------------------------
 
@@ -460,7 +358,7 @@ class WebSocket(asyncio.Protocol):
         """The one exit path: unsubscribe, cancel timers, forget the connection."""
         self._cancel_timer()
         self._phase = _Phase.CLOSED
-        self._pending = None
+        self._drop_backlog()
         server = self._server
         server.drop_socket(self)
         log.info(
@@ -476,12 +374,11 @@ class WebSocket(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The client reads slower than we write: queue from now on."""
-        self._paused = True
+        self.pause()
 
     def resume_writing(self) -> None:
         """The client caught up: write what waits."""
-        self._paused = False
-        self._drain()
+        self.resume()
 
     # -- what the client sends -------------------------------------------------
 
@@ -528,59 +425,32 @@ class WebSocket(asyncio.Protocol):
         self._command(text)
 
     def _command(self, text: str) -> None:
-        config = self._config
+        # The app decides what the message means (sse.app.commands); we carry it.
         try:
-            command = parse_command(
-                text,
-                conversation=self.conversation_id is not None,
-                max_content_chars=config.max_content_chars,
-            )
-        except ClientError as exc:
-            self._reply(error(exc.status, exc.message))
+            answer = self._commands(text)
+        except Exception:
+            self._internal_error()
             return
-        if isinstance(command, SendCommand):
-            try:
-                published = self._server.broker.publish(ROOM, command.message)
-            except EncodeError as exc:  # require_text should make this unreachable
-                self._reply(error(400, f'"message" cannot be sent: {exc}'))
-                return
-            if isinstance(published, str):
-                self._reply(ack(id=published))
-                return
-            # Redis: acknowledged once it has the event, commands still in order.
-            self._busy = True
-            self._transport.pause_reading()
-            self._server.spawn(self._send_when_published(published))
+        if isinstance(answer, bytes):
+            self._reply(answer)
             return
-        # Storing the message waits on the database: read nothing more meanwhile,
-        # so that commands are answered in the order they came.
+        # The answer waits on the broker or the database: read nothing more
+        # meanwhile, so that commands are answered in the order they came.
         self._busy = True
         self._transport.pause_reading()
-        self._server.spawn(self._post(command))
+        self._server.spawn(self._reply_when_ready(answer))
 
-    async def _send_when_published(self, published: Awaitable[str]) -> None:
+    async def _reply_when_ready(self, answer: Awaitable[bytes]) -> None:
         try:
-            self._reply(ack(id=await published))
-        except EncodeError as exc:
-            self._reply(error(400, f'"message" cannot be sent: {exc}'))
-        except BrokerUnavailable as exc:
-            self._reply(error(503, f"the message was not sent: {exc}; try again"))
-        self._done_busy()
-
-    async def _post(self, command: PostCommand) -> None:
-        conversation_id = self.conversation_id
-        assert conversation_id is not None, "only a conversation's socket posts"
-        try:
-            user, reply_id = await self._server.chat.post(conversation_id, command.content)
-        except ClientError as exc:
-            self._reply(error(exc.status, exc.message))
+            self._reply(await answer)
         except Exception:
-            # Our bug, not the client's: log it once with its traceback; keep the socket.
-            log.exception("error posting to %s from %s", conversation_id, self._peer)
-            self._reply(error(500, "internal server error"))
-        else:
-            self._reply(ack(message_id=user.id, reply_id=reply_id))
+            self._internal_error()
         self._done_busy()
+
+    def _internal_error(self) -> None:
+        # Our bug, not the client's: log it once with its traceback; keep the socket.
+        log.exception("error answering a message on %s from %s", self.topic, self._peer)
+        self._reply(error(500, "internal server error"))
 
     def _done_busy(self) -> None:
         # The command is answered: read and carry out the next ones.
@@ -676,9 +546,8 @@ class WebSocket(asyncio.Protocol):
     def _write_close(self, code: int, reason: str | None) -> None:
         # No more events for this client: what still waits is dropped (it resumes
         # by id), and the Close goes straight after what the transport holds.
-        self._server.broker.detach(self.topic, self.key)
-        self._pending = None
-        self._pending_bytes = 0
+        self._server.detach(self.topic, self.key)
+        self._drop_backlog()
         if self._conn.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             self._write(self._conn.send(CloseConnection(code, reason)))
 
@@ -706,7 +575,7 @@ class WebSocket(asyncio.Protocol):
             self._close_code = _ABNORMAL
             self._close_reason = reason
         # Now, not when the loop reports the loss: no more pushes to a dead transport.
-        self._server.broker.detach(self.topic, self.key)
+        self._server.detach(self.topic, self.key)
         self._cancel_timer()
         self._phase = _Phase.CLOSED
         self._transport.abort()

@@ -1,4 +1,4 @@
-"""The WebSocket side of the protocol, with no I/O: handshake checks, frames, messages.
+"""The WebSocket side of the protocol, with no I/O: handshake checks and frames.
 
 RFC 6455 (The WebSocket Protocol) and RFC 7692 (permessage-deflate). wsproto
 parses what clients send; what we broadcast is framed here, once per event for
@@ -18,10 +18,7 @@ import re
 import struct
 import zlib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 
-from sse.app.router import Reply, Request, json_reply, require_text
-from sse.errors import ClientError
 from sse.protocol.frame import Frame
 from sse.protocol.sse import Event
 
@@ -29,18 +26,14 @@ __all__ = [
     "OP_BINARY",
     "OP_TEXT",
     "TEXT_ENCODING",
+    "VERSION_HEADER",
     "Deflater",
-    "PostCommand",
-    "SendCommand",
-    "ack",
-    "check_handshake",
     "deflate_message",
     "deflated_frames",
     "encode_frame",
-    "error",
     "event_payload",
+    "handshake_problem",
     "handshake_response",
-    "parse_command",
     "payloads",
     "text_frames",
 ]
@@ -54,6 +47,8 @@ _RSV1 = 0x40  # RFC 7692 section 6: "Per-Message Compressed" bit, on the first f
 # four octets, which the sender removes and the receiver appends again.
 _SYNC_TAIL = b"\x00\x00\xff\xff"
 _VERSION = "13"  # RFC 6455 section 4.1: the only version this server speaks
+# Sent with every refused handshake: the version we speak (RFC 6455 section 4.2.2).
+VERSION_HEADER = ("sec-websocket-version", _VERSION)
 _KEY_BYTES = 16  # RFC 6455 section 4.1: the key is 16 random bytes, base64-encoded
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455 section 1.3
 # An EventSource turns CRLF and lone CR into LF (WHATWG HTML 9.2.6), so an SSE
@@ -178,13 +173,15 @@ def _tokens(value: str) -> set[str]:
     return {token.strip().lower() for token in value.split(",")}
 
 
-def check_handshake(req: Request, allowed_origins: tuple[str, ...]) -> Reply | None:
-    """Why `req` cannot be upgraded to a WebSocket, as the reply to send; None if it can."""
+def handshake_problem(method: str, headers: Mapping[str, str]) -> tuple[int, str] | None:
+    """Why a request cannot be upgraded to a WebSocket, as (status, message); None if it can.
+
+    The reply to a refused handshake carries `VERSION_HEADER` (section 4.2.2).
+    """
     # RFC 6455 section 4.2.1 lists what a client's opening handshake must hold;
     # section 4.2.2 answers anything else with 400.
-    headers = req.headers
     problem = None
-    if req.method != "GET":
+    if method != "GET":
         problem = "the WebSocket handshake must be a GET request"
     elif "websocket" not in _tokens(headers.get("upgrade", "")):
         problem = "expected a WebSocket handshake (Upgrade: websocket)"
@@ -193,22 +190,13 @@ def check_handshake(req: Request, allowed_origins: tuple[str, ...]) -> Reply | N
     elif not _valid_key(headers.get("sec-websocket-key", "")):
         problem = "Sec-WebSocket-Key must be 16 bytes in base64"
     version = headers.get("sec-websocket-version")
-    versions = (("sec-websocket-version", _VERSION),)
     if problem is None and version != _VERSION:
         if version is None:
             problem = "missing Sec-WebSocket-Version"
         else:
             # Section 4.2.2: a version we do not speak gets 426 and the one we do.
-            message = f"WebSocket version {version!r} is not supported; use {_VERSION}"
-            return json_reply(426, {"error": message}, versions)
-    if problem is not None:
-        return json_reply(400, {"error": problem}, versions)
-    origin = headers.get("origin")
-    # Section 10.2: a browser always sends Origin, and a WebSocket is not covered
-    # by CORS, so the allow-list that guards reads by other sites guards it here.
-    if origin is not None and "*" not in allowed_origins and origin not in allowed_origins:
-        return json_reply(403, {"error": f"origin {origin!r} is not allowed"})
-    return None
+            return 426, f"WebSocket version {version!r} is not supported; use {_VERSION}"
+    return None if problem is None else (400, problem)
 
 
 def handshake_response(key: str, extensions: bytes | None = None) -> bytes:
@@ -229,62 +217,3 @@ def _valid_key(key: str) -> bool:
         return len(base64.b64decode(key.strip(), validate=True)) == _KEY_BYTES
     except (binascii.Error, ValueError):
         return False
-
-
-@dataclass(frozen=True, slots=True)
-class SendCommand:
-    """`{"type": "send", "message": ...}` on the room's socket: broadcast `message`."""
-
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class PostCommand:
-    """`{"type": "message", "content": ...}` on a conversation's socket: post it."""
-
-    content: str
-
-
-def parse_command(
-    text: str, *, conversation: bool, max_content_chars: int
-) -> SendCommand | PostCommand:
-    """What a client's text message asks for, checked like the matching POST body.
-
-    Raises:
-        ClientError: 400 for anything but the expected JSON object, 413 for a
-            conversation message longer than `max_content_chars`.
-    """
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
-        raise ClientError(400, f"message is not valid JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise ClientError(400, "message must be a JSON object")
-    expected = "message" if conversation else "send"
-    if value.get("type") != expected:
-        where = "a conversation's" if conversation else "the room's"
-        raise ClientError(400, f'"type" must be "{expected}" on {where} socket')
-    if not conversation:
-        return SendCommand(require_text(value, "message"))
-    content = require_text(value, "content")
-    if not content.strip():
-        raise ClientError(400, '"content" must not be empty')
-    if len(content) > max_content_chars:
-        raise ClientError(
-            413, f'"content" is longer than the limit of {max_content_chars} characters'
-        )
-    return PostCommand(content)
-
-
-def _json(payload: Mapping[str, object]) -> bytes:
-    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def ack(**fields: str) -> bytes:
-    """The JSON text answering a command that was carried out."""
-    return _json({"type": "ack", **fields})
-
-
-def error(status: int, message: str) -> bytes:
-    """The JSON text answering a command that was refused, with the HTTP status it would get."""
-    return _json({"type": "error", "status": status, "error": message})

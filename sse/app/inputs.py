@@ -1,0 +1,78 @@
+"""What a request carries, checked: JSON bodies, their text members, ids from the path and query.
+
+Each raises `ClientError` with the status to answer, so a handler reads as the happy path.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+
+from sse.app.values import Request
+from sse.errors import ClientError
+
+__all__ = ["last_event_id", "parse_json_object", "path_conversation_id", "require_text"]
+
+_JSON = "application/json"
+
+
+def parse_json_object(req: Request, body: bytes) -> dict[str, object]:
+    """The body as a JSON object.
+
+    Raises:
+        ClientError: 415 for a non-JSON media type, 400 for anything not a JSON object.
+    """
+    media = req.headers.get("content-type", _JSON).split(";", 1)[0].strip().lower()
+    if media != _JSON and not media.endswith("+json"):
+        raise ClientError(415, f"expected a JSON body (Content-Type: {_JSON}), got {media!r}")
+    try:
+        value = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ClientError(400, "body is not valid UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise ClientError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:
+        # Deep nesting ("[[[[...") within the size limit would otherwise be a 500.
+        raise ClientError(400, "body is nested too deeply") from None
+    if not isinstance(value, dict):
+        raise ClientError(400, "body must be a JSON object")
+    return value
+
+
+def require_text(obj: Mapping[str, object], name: str) -> str:
+    """The string member `name` of a JSON object.
+
+    Raises:
+        ClientError: 400 when it is missing, not a string, or not encodable text.
+    """
+    if name not in obj:
+        raise ClientError(400, f'missing "{name}"')
+    value = obj[name]
+    if not isinstance(value, str):
+        raise ClientError(400, f'"{name}" must be a string')
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ClientError(400, f'"{name}" holds a lone surrogate, which is not text') from None
+    return value
+
+
+def last_event_id(req: Request) -> str | None:
+    """Where a stream resumes: the Last-Event-ID header, else the `last_event_id` parameter."""
+    # The header wins: EventSource sends it on every reconnect, while the query
+    # parameter is for a first connection (and a WebSocket, which cannot send headers).
+    return req.headers.get("last-event-id", req.query.get("last_event_id")) or None
+
+
+def path_conversation_id(params: Mapping[str, str]) -> str:
+    """The conversation id from the path, in canonical form.
+
+    Raises:
+        ClientError: 404 when it is not a UUID (so it cannot name a conversation).
+    """
+    raw = params["id"]
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise ClientError(404, f"no conversation {raw}") from None

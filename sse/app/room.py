@@ -1,0 +1,92 @@
+"""The seed's room: `GET /events`, `POST /send-message`, and its WebSocket `GET /ws`.
+
+Plain `data:` text events, a join announcement for each new stream, and an
+acknowledgement only once the broker has the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping
+
+from sse.app.commands import room_commands
+from sse.app.handshake import check_handshake
+from sse.app.inputs import last_event_id, parse_json_object, require_text
+from sse.app.values import OpenSocket, OpenStream, Reply, Request, Route
+from sse.config import Config
+from sse.errors import BrokerUnavailable, ClientError, EncodeError
+from sse.pubsub.broker import Broker
+
+__all__ = ["JOIN_ANNOUNCEMENT", "ROOM", "SENT_REPLY", "Room"]
+
+ROOM = "room"
+JOIN_ANNOUNCEMENT = "A new user joined!"
+SENT_REPLY = b"Message sent successfully!"
+_TEXT = "text/plain; charset=utf-8"
+
+
+class Room:
+    """The one room every visitor shares, over an event stream or a WebSocket."""
+
+    def __init__(self, config: Config, broker: Broker) -> None:
+        self._config = config
+        self._broker = broker
+
+    def routes(self) -> list[Route]:
+        """The room's routes, for `App`."""
+        return [
+            Route("/events", {"GET": self._events}),
+            Route("/send-message", {"POST": self._send_message}),
+            Route("/ws", {"GET": self._socket}),
+        ]
+
+    def send(self, message: str) -> str | Awaitable[str]:
+        """Publish `message` to the room; its event id, once the broker has it.
+
+        Raises:
+            ClientError: 400 for text the event stream cannot carry; from the
+                awaitable also 503 when the broker could not take it.
+        """
+        try:
+            published = self._broker.publish(ROOM, message)
+        except EncodeError as exc:  # require_text should make this unreachable
+            raise ClientError(400, f'"message" cannot be sent: {exc}') from None
+        return published if isinstance(published, str) else _published(published)
+
+    def _announce(self, last_id: str | None) -> str | None:
+        # A stream that resumes is a returning user, not a new one: announcing it
+        # would fill the room with joins after every restart or dropped network.
+        return JOIN_ANNOUNCEMENT if self._config.join_announcement and not last_id else None
+
+    def _events(self, req: Request, body: bytes, params: Mapping[str, str]) -> OpenStream:
+        last_id = last_event_id(req)
+        return OpenStream(ROOM, last_id, self._announce(last_id))
+
+    def _send_message(
+        self, req: Request, body: bytes, params: Mapping[str, str]
+    ) -> Reply | Awaitable[Reply]:
+        sent = self.send(require_text(parse_json_object(req, body), "message"))
+        if isinstance(sent, str):
+            return Reply(200, SENT_REPLY, _TEXT)
+        return _sent_reply(sent)
+
+    def _socket(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply | OpenSocket:
+        refused = check_handshake(req, self._config.cors_origins)
+        if refused is not None:
+            return refused
+        last_id = last_event_id(req)
+        return OpenSocket(ROOM, last_id, room_commands(self.send), self._announce(last_id))
+
+
+async def _published(published: Awaitable[str]) -> str:
+    # What we acknowledge is never lost: the id comes only once the broker has the event.
+    try:
+        return await published
+    except EncodeError as exc:
+        raise ClientError(400, f'"message" cannot be sent: {exc}') from None
+    except BrokerUnavailable as exc:
+        raise ClientError(503, f"the message was not sent: {exc}; try again") from None
+
+
+async def _sent_reply(sent: Awaitable[str]) -> Reply:
+    await sent
+    return Reply(200, SENT_REPLY, _TEXT)

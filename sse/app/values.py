@@ -1,0 +1,101 @@
+"""What the app and the I/O edge exchange: a parsed request in; a reply, stream or socket out."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+
+__all__ = [
+    "PATH_PARAM",
+    "Handler",
+    "OpenSocket",
+    "OpenStream",
+    "Reply",
+    "Request",
+    "Result",
+    "Route",
+    "SocketCommands",
+    "error_reply",
+    "json_reply",
+]
+
+_JSON = "application/json"
+# What a socket's text message gets back: an answer now, or once the app has it.
+SocketCommands = Callable[[str], "bytes | Awaitable[bytes]"]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One parsed request head; header names are lower case, repeats joined by ', '."""
+
+    method: str
+    path: str
+    query: Mapping[str, str]
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A complete response to write: status, body and any extra headers."""
+
+    status: int
+    body: bytes = b""
+    content_type: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class OpenStream:
+    """Answer with an event stream of `topic`, replaying after `last_event_id` if set."""
+
+    topic: str
+    last_event_id: str | None
+    announce: str | None = None
+    cors: tuple[tuple[str, str], ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class OpenSocket:
+    """Upgrade to a WebSocket carrying `topic` (sse.io.websocket), replaying after `last_event_id`.
+
+    `commands` answers each text message the client sends (`sse.app.commands`):
+    the app decides what a socket's messages mean, the edge only carries them.
+    """
+
+    topic: str
+    last_event_id: str | None
+    commands: SocketCommands
+    announce: str | None = None
+
+
+def json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    """A reply whose body is `payload` as JSON."""
+    return Reply(status, json.dumps(payload).encode(), _JSON, headers)
+
+
+def error_reply(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
+    """A JSON reply `{"error": message}`."""
+    return json_reply(status, {"error": message}, headers)
+
+
+Result = Reply | OpenStream | OpenSocket
+Handler = Callable[[Request, bytes, Mapping[str, str]], "Result | Awaitable[Result]"]
+PATH_PARAM = re.compile(r"\{(\w+)\}")
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A path pattern such as `/conversations/{id}` and its handlers by method."""
+
+    pattern: str
+    methods: Mapping[str, Handler]
+
+    def compile(self) -> re.Pattern[str]:
+        """The pattern as a regex; each `{name}` matches one path segment."""
+        parts = PATH_PARAM.split(self.pattern)
+        regex = "".join(
+            f"(?P<{part}>[^/]+)" if i % 2 else re.escape(part) for i, part in enumerate(parts)
+        )
+        return re.compile(regex + r"\Z")

@@ -1,0 +1,100 @@
+"""What a connection may ask of the server: a narrow interface, not the server itself.
+
+`HttpConnection` and `WebSocket` hold a `ServerState` (as uvicorn's protocols
+hold theirs): the settings, the app, the registries of open connections and
+streams, and a few services. `sse.io.server.Server` implements it; nothing
+else of the server is reachable from a connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Coroutine
+from typing import Any, Protocol
+from uuid import UUID
+
+from sse.app.router import App
+from sse.config import Config
+from sse.pubsub.hub import Resume, Sink
+
+__all__ = ["Connection", "OpenSink", "ServerState"]
+
+
+class Connection(Protocol):
+    """An open client connection, as the server sees it when it shuts down."""
+
+    def shutdown(self) -> None:
+        """The server is draining: end what can end cleanly."""
+
+    def abort_stream(self, reason: str) -> None:
+        """Drop the connection at once."""
+
+
+class OpenSink(Sink, Protocol):
+    """An open stream or WebSocket: a sink with its subscription key and topic."""
+
+    key: UUID
+    topic: str
+    opened_at: float
+    replayed: int
+
+    def heartbeat(self) -> None:
+        """Show an idle proxy that the connection lives, if the client is not behind."""
+
+
+class ServerState(Protocol):
+    """The part of the server a connection may use."""
+
+    @property
+    def config(self) -> Config:
+        """The server's settings."""
+        ...
+
+    @property
+    def app(self) -> App:
+        """What each request means."""
+        ...
+
+    @property
+    def draining(self) -> bool:
+        """Whether the server is shutting down."""
+        ...
+
+    @property
+    def connections(self) -> set[Connection]:
+        """Every open connection; a connection adds itself and leaves by `connection_closed`."""
+        ...
+
+    def connection_closed(self, conn: Connection) -> None:
+        """Forget a connection."""
+
+    def attach(
+        self, topic: str, key: UUID, sink: Sink, last_event_id: str | None
+    ) -> Resume | Awaitable[Resume]:
+        """Subscribe `sink` to `topic`: what it must receive first (see `Broker.attach`)."""
+        ...
+
+    def detach(self, topic: str, key: UUID) -> None:
+        """Unsubscribe the sink under `key` at once (no more frames for it)."""
+
+    def add_stream(self, stream: OpenSink) -> None:
+        """Register an open event stream (it gets heartbeats)."""
+
+    def drop_stream(self, stream: OpenSink, peer: str, reason: str) -> None:
+        """Unsubscribe and forget a closed event stream."""
+
+    def add_socket(self, sock: OpenSink) -> None:
+        """Register an open WebSocket."""
+
+    def drop_socket(self, sock: OpenSink) -> None:
+        """Unsubscribe and forget a closed WebSocket."""
+
+    def publish_soon(self, topic: str, data: str) -> None:
+        """Publish without waiting for the broker (an announcement)."""
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> object:
+        """Run `coro` as a task the server keeps and waits for when it stops."""
+        ...
+
+    def jittered(self, base_ms: int) -> int:
+        """`base_ms` plus a random part, so reconnects spread out."""
+        ...

@@ -1,0 +1,330 @@
+"""The composition root: builds the hub, broker, store, model, chat and app, and listens.
+
+`Server` holds the state every connection shares and implements the narrow
+`ServerState` that connections see. It also paces broadcasts and beats the
+heartbeat of idle streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
+from typing import Any
+from uuid import UUID, uuid4
+
+from sse.app.conversations import conversation_routes
+from sse.app.room import Room
+from sse.app.router import App
+from sse.app.static import load_static
+from sse.chat.models.factory import build_model
+from sse.chat.service import ChatService
+from sse.chat.store.factory import build_store
+from sse.config import Config
+from sse.errors import BrokerUnavailable, StartError
+from sse.io.hooks import Connection, OpenSink
+from sse.io.http import HttpConnection
+from sse.pubsub.broker import Broker, MemoryBroker
+from sse.pubsub.hub import Hub, Resume, Sink
+from sse.pubsub.redis import RedisBroker
+
+__all__ = ["Server", "running"]
+
+log = logging.getLogger("ssechat")
+
+# How much longer than a broadcast took the next one may wait, while they are costly.
+_FLUSH_DUTY = 4.0
+# How many recent broadcasts /healthz summarises.
+_BROADCASTS_KEPT = 1000
+
+
+class Server:
+    """The shared state of all connections: the hub, the app, the open streams."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.started_at = time.monotonic()
+        # The epoch makes event ids from before a restart recognisably foreign.
+        self.node = uuid4().hex
+        self.hub = Hub(
+            # With Redis the history lives there; the hub only fans out.
+            history_size=1 if config.redis_url else config.history_size,
+            epoch=str(time.time_ns() // 1_000_000),
+            max_topics=config.max_channels,
+            schedule=self._schedule_flush,
+        )
+        self.broker: Broker = (
+            MemoryBroker(self.hub)
+            if config.redis_url is None
+            else RedisBroker(
+                self.hub, config.redis_url, history_size=config.history_size, node=self.node
+            )
+        )
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.store = build_store(config)
+        self.chat = ChatService(
+            self.broker,
+            self.store,
+            build_model(config),
+            context_messages=config.context_messages,
+            spawn=self.spawn,
+        )
+        self.app = App(
+            config,
+            [*Room(config, self.broker).routes(), *conversation_routes(self.chat, config)],
+            load_static(config.client_dir),
+            self.health,
+        )
+        self.connections: set[Connection] = set()
+        self.streams: dict[UUID, OpenSink] = {}
+        self.sockets: dict[UUID, OpenSink] = {}
+        self.draining = False
+        self._last_flush = 0.0
+        self._flush_gap = 0.0
+        # Seconds each recent broadcast spent writing: what one more stream or one
+        # more message costs here, reported by /healthz.
+        self._broadcast_s: deque[float] = deque(maxlen=_BROADCASTS_KEPT)
+        self._idle = asyncio.Event()
+        self._heartbeat: asyncio.TimerHandle | None = None
+        self._listener: asyncio.Server | None = None
+        self.address: tuple[str, int] = (config.host, config.port)
+        self._random = random.Random()
+
+    def health(self) -> Mapping[str, object]:
+        """The numbers `GET /healthz` reports."""
+        return {
+            "status": "draining" if self.draining else "ok",
+            "streams": len(self.streams),
+            "websockets": len(self.sockets),
+            "connections": len(self.connections),
+            "uptime_s": round(time.monotonic() - self.started_at, 3),
+            # Which process answered, when --workers share the port.
+            "pid": os.getpid(),
+            **self.broker.health(),
+            "broadcast_ms": self._broadcast_summary(),
+        }
+
+    def _broadcast_summary(self) -> dict[str, float | int]:
+        took = sorted(self._broadcast_s)
+        if not took:
+            return {"count": 0}
+        return {
+            "count": len(took),
+            "last": round(self._broadcast_s[-1] * 1000, 2),
+            "p50": round(took[len(took) // 2] * 1000, 2),
+            "max": round(took[-1] * 1000, 2),
+        }
+
+    def _schedule_flush(self, flush: Callable[[], int]) -> None:
+        # At the earliest after the callbacks of this loop iteration, so every
+        # event published by the requests read in one iteration goes out in one
+        # write per stream. And while broadcasts are expensive, no sooner than
+        # `_flush_gap` after the last one: see `_flush`.
+        loop = asyncio.get_running_loop()
+        wait = self._last_flush + self._flush_gap - loop.time()
+        if wait <= 0:
+            loop.call_soon(self._flush, flush, False)
+        else:
+            loop.call_later(wait, self._flush, flush, True)
+
+    def _flush(self, flush: Callable[[], int], delayed: bool) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        events = flush()
+        self._last_flush = end = loop.time()
+        if events:
+            self._broadcast_s.append(end - start)
+        # In a burst, a flush that took d seconds delays the next by up to
+        # _FLUSH_DUTY * d (capped): the burst then spends at most about
+        # 1/(1 + _FLUSH_DUTY) of the loop's time broadcasting, and the rest
+        # reading the requests that make the next batch bigger. Without it, a
+        # crowd connecting at once (each announcing itself) is broadcast one join
+        # at a time: 2,000 streams cost 2 million writes.
+        # A burst is streams arriving, or several events in a batch that formed
+        # by itself (one grown during a gap would keep the pacing on by its own
+        # doing). A steady trickle of single messages is never held back.
+        joined = self.hub.take_joined()
+        busy = joined > 0 or (events > 1 and not delayed)
+        self._flush_gap = (
+            min(self.config.max_flush_delay_s, _FLUSH_DUTY * (end - start)) if busy else 0.0
+        )
+
+    def publish_soon(self, topic: str, data: str) -> None:
+        """Publish without waiting for the broker; a failure is logged, not raised."""
+        published = self.broker.publish(topic, data)
+        if not isinstance(published, str):
+            self.spawn(self._await_publish(topic, published))
+
+    async def _await_publish(self, topic: str, published: Awaitable[str]) -> None:
+        try:
+            await published
+        except BrokerUnavailable as exc:
+            log.warning("an event for %s was not published: %s", topic, exc)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `coro` as a task the server keeps, and waits for when it stops."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task failed", exc_info=task.exception())
+
+    def jittered(self, base_ms: int) -> int:
+        """`base_ms` plus up to `retry_jitter_ms`, so reconnects spread out."""
+        return base_ms + self._random.randint(0, self.config.retry_jitter_ms)
+
+    def attach(
+        self, topic: str, key: UUID, sink: Sink, last_event_id: str | None
+    ) -> Resume | Awaitable[Resume]:
+        """Subscribe `sink` through the broker."""
+        return self.broker.attach(topic, key, sink, last_event_id)
+
+    def detach(self, topic: str, key: UUID) -> None:
+        """Unsubscribe through the broker."""
+        self.broker.detach(topic, key)
+
+    def add_stream(self, stream: OpenSink) -> None:
+        """Register a stream the broker attached in the dict of writers."""
+        self.streams[stream.key] = stream
+
+    def drop_stream(self, stream: OpenSink, peer: str, reason: str) -> None:
+        """Forget a closed stream; it gets no further frames."""
+        self.broker.detach(stream.topic, stream.key)
+        self.streams.pop(stream.key, None)
+        took = time.monotonic() - stream.opened_at
+        log.info(
+            "stream %s closed for %s after %.1fs (%d replayed): %s",
+            stream.key,
+            peer,
+            took,
+            stream.replayed,
+            reason,
+        )
+
+    def add_socket(self, sock: OpenSink) -> None:
+        """Register a WebSocket the broker attached in the dict of sockets."""
+        self.sockets[sock.key] = sock
+
+    def drop_socket(self, sock: OpenSink) -> None:
+        """Forget a closed WebSocket; it gets no further frames."""
+        self.broker.detach(sock.topic, sock.key)
+        self.sockets.pop(sock.key, None)
+
+    def connection_closed(self, conn: Connection) -> None:
+        """Forget a connection; wake the shutdown when it was the last one."""
+        self.connections.discard(conn)
+        if self.draining and not self.connections:
+            self._idle.set()
+
+    async def start(self) -> tuple[str, int]:
+        """Listen on the configured address; returns the bound host and port."""
+        loop = asyncio.get_running_loop()
+        try:
+            await self.broker.start()
+        except BrokerUnavailable as exc:
+            raise StartError(str(exc)) from exc
+        try:
+            try:
+                recovered = await self.store.open()
+            except Exception as exc:
+                where = self.store.describe()
+                raise StartError(f"cannot open the conversations in {where}: {exc}") from exc
+            if recovered:
+                log.warning("%d replies were cut short by a crash; marked interrupted", recovered)
+            log.info(
+                "conversations in %s; model %s (%s)",
+                self.store.describe(),
+                self.chat.model.name,
+                self.chat.model.label,
+            )
+            self._listener = await loop.create_server(
+                lambda: HttpConnection(self),
+                self.config.host,
+                self.config.port,
+                reuse_address=True,
+                reuse_port=self.config.reuse_port,
+                backlog=1024,
+            )
+        except BaseException:
+            # A start that fails half-way must not leave the broker's reader
+            # running: the process would never exit.
+            await self.broker.close()
+            with contextlib.suppress(Exception):
+                await self.store.close()
+            raise
+        self._heartbeat = loop.call_later(self.config.ping_interval_s, self._beat)
+        sock = self._listener.sockets[0]
+        host, port = sock.getsockname()[:2]
+        self.address = (host, port)
+        log.info("ssechat listening on http://%s:%d", _url_host(host), port)
+        return host, port
+
+    def _beat(self) -> None:
+        # A stream whose topic carried an event since the last beat is not idle.
+        active = self.hub.take_active()
+        for stream in tuple(self.streams.values()):
+            if stream.topic not in active:
+                stream.heartbeat()
+        self._heartbeat = asyncio.get_running_loop().call_later(
+            self.config.ping_interval_s, self._beat
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, end every stream, let requests in flight finish, then close."""
+        if self._listener is None:
+            return
+        log.info(
+            "shutting down: %d connections, %d streams", len(self.connections), len(self.streams)
+        )
+        self.draining = True
+        self._listener.close()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        # Replies first: each publishes its last event and is saved as far as it
+        # got, and only then do the streams that carry those events end.
+        await self.chat.shutdown()
+        for conn in tuple(self.connections):
+            conn.shutdown()
+        if self.connections:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.config.shutdown_timeout_s)
+        for conn in tuple(self.connections):
+            log.warning(
+                "connection still open after %.1fs: aborting", self.config.shutdown_timeout_s
+            )
+            conn.abort_stream("shutdown timeout")
+        # connection_lost runs on the next loop iteration after an abort.
+        await asyncio.sleep(0)
+        for task in tuple(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.chat.model.aclose()
+        await self.broker.close()
+        await self.store.close()
+        self._listener = None
+        log.info("stopped")
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Server]:
+    """A started server, stopped gracefully on exit; for tests and embedding."""
+    server = Server(config)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
