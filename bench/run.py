@@ -22,12 +22,9 @@ import datetime
 import json
 import os
 import platform
-import resource
 import selectors
 import shlex
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,11 +36,30 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import IO
 
+from launch import (
+    REDIS_PACKAGE,
+    BenchError,
+    Started,
+    free_port,
+    raise_open_files,
+    redis_server_path,
+    start,
+    start_redis,
+    stop_all,
+    wait_listening,
+)
 from paths import LOADGEN, OUT, REPO
+from procfs import (
+    CLK_TCK,
+    QUIET_CORES,
+    cpu_s,
+    machine_jiffies,
+    peak_rss_kb,
+    rss_kb,
+    wait_for_quiet,
+)
 from scenarios import GROUPS, S6_RATE, SCENARIOS, Scenario
 from server_specs import BUILTIN_SERVERS, DEFAULT_SERVERS, ServerSpec
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # Join announcements cost N(N+1)/2 deliveries. A server that cannot turn them off
 # runs a scenario that wants them off only if that many fit in this budget, and
@@ -52,247 +68,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 DEFAULT_JOIN_BUDGET = 3_000_000
 
 
-# ----------------------------------------------------------------- /proc
-
-
-def _descendants(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found, todo = [pid], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def rss_kb(pid: int) -> int:
-    """Resident memory (VmRSS) of `pid` and its descendants, in KiB."""
-    return sum(_status_kb(p, "VmRSS:") for p in _descendants(pid))
-
-
-def peak_rss_kb(pid: int) -> int:
-    """VmHWM of `pid` (its own high-water mark), in KiB."""
-    return _status_kb(pid, "VmHWM:")
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of `pid`, its reaped children and live descendants."""
-    total = 0.0
-    for i, p in enumerate(_descendants(pid)):
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        # proc(5) fields 14-17: utime, stime, cutime, cstime; after the ')' the
-        # first item is field 3, so field n is at index n - 3.
-        ticks = int(fields[11]) + int(fields[12])
-        if i == 0:
-            ticks += int(fields[13]) + int(fields[14])
-        total += ticks / CLK_TCK
-    return total
-
-
-def machine_jiffies() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs together, from /proc/stat."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    total = sum(fields[:8])  # guest time is already inside user
-    return total - idle, total
-
-
-QUIET_CORES = 0.3
-
-
-def wait_for_quiet(max_wait_s: float, log: Callable[[str], None]) -> float:
-    """Wait (bounded) until the machine is nearly idle; returns the last busy cores seen.
-
-    Other programs sharing the machine skew every figure, so a run starts in a
-    quiet second when there is one within `max_wait_s`.
-    """
-    deadline = time.monotonic() + max_wait_s
-    said = False
-    while True:
-        busy0, total0 = machine_jiffies()
-        time.sleep(1.0)
-        busy1, total1 = machine_jiffies()
-        cores = (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
-        if cores < QUIET_CORES or time.monotonic() >= deadline:
-            if said:
-                log(f"  machine at {cores:.2f} busy cores; starting")
-            return cores
-        if not said:
-            log(f"  machine busy ({cores:.2f} cores in use by others): waiting for quiet")
-            said = True
-
-
 # ----------------------------------------------------------------- running
-
-
-class BenchError(Exception):
-    """A run could not be carried out (server would not start, loadgen broke)."""
-
-
-def free_port(avoid: frozenset[int] | set[int] = frozenset()) -> int:
-    """A loopback TCP port nobody listens on right now, and not in `avoid`."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if port not in avoid:
-            return port
-    raise BenchError("no free loopback port")
-
-
-def raise_open_files() -> int:
-    """Raise RLIMIT_NOFILE to its hard limit (children inherit it); returns the limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def wait_listening(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
-    """Poll until something accepts on `port`.
-
-    Raises:
-        BenchError: the server exited or did not listen in time.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"the server exited with status {proc.returncode} before listening")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchError(f"the server did not listen on port {port} within {timeout_s:.0f} s")
-
-
-def stop(proc: subprocess.Popen[bytes], grace_s: float = 15.0) -> None:
-    """SIGTERM the process we started, then SIGKILL it if it lingers."""
-    stop_all([proc], grace_s)
-
-
-def stop_all(procs: Sequence[subprocess.Popen[bytes]], grace_s: float = 15.0) -> None:
-    """SIGTERM every process we started (by PID), together; SIGKILL those that linger."""
-    live = [p for p in procs if p.poll() is None]
-    for proc in live:
-        proc.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    for proc in live:
-        try:
-            proc.wait(max(deadline - time.monotonic(), 0.01))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-@dataclass
-class Started:
-    """A process the runner started and must stop: a server, one of its nodes, Redis."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-
-def start(name: str, argv: list[str], port: int, log_path: Path, cwd: Path) -> Started:
-    """Start `argv` with stdout and stderr to `log_path` and PORT in its environment."""
-    env = dict(os.environ, PORT=str(port))
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    return Started(name, proc, port, log_path)
-
-
-REDIS_PACKAGE = "redis-server"  # Debian's package; it installs /usr/bin/redis-server
-
-
-def redis_server_path() -> str | None:
-    """Where redis-server is, or None."""
-    return shutil.which("redis-server") or (
-        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
-    )
-
-
-def start_redis(log_path: Path, workdir: str) -> Started:
-    """A throwaway redis-server on a free loopback port, working in `workdir`, answering PING.
-
-    Raises:
-        BenchError: redis-server is missing, exited, or does not answer.
-    """
-    path = redis_server_path()
-    if path is None:
-        raise BenchError(
-            f"redis-server is missing: install Debian's {REDIS_PACKAGE} package "
-            f"(apt-get install {REDIS_PACKAGE})"
-        )
-    port = free_port()
-    argv = [
-        path,
-        "--port", str(port),
-        "--bind", "127.0.0.1",
-        "--dir", workdir,
-        "--save", "",  # memory only: no snapshots, no append-only file
-        "--appendonly", "no",
-        "--daemonize", "no",
-        "--loglevel", "warning",
-    ]  # fmt: skip
-    started = start("redis", argv, port, log_path, Path(workdir))
-    try:
-        wait_redis(started.proc, port, 10.0)
-    except BenchError:
-        stop(started.proc)
-        raise
-    return started
-
-
-def wait_redis(proc: subprocess.Popen[bytes], port: int, timeout_s: float) -> None:
-    """Poll until Redis on `port` answers PING with PONG.
-
-    Raises:
-        BenchError: Redis exited or did not answer in time.
-    """
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"redis-server exited with status {proc.returncode} at start")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                if s.recv(64).startswith(b"+PONG"):
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise BenchError(f"redis-server did not answer PING on port {port} within {timeout_s:.0f} s")
 
 
 class LineReader:
