@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import platform
-import selectors
 import shlex
 import shutil
 import statistics
@@ -32,9 +31,8 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import IO
 
 from launch import (
     REDIS_PACKAGE,
@@ -48,6 +46,7 @@ from launch import (
     stop_all,
     wait_listening,
 )
+from loadgen import LineReader, loadgen_argv
 from paths import LOADGEN, OUT, REPO
 from procfs import (
     CLK_TCK,
@@ -58,6 +57,7 @@ from procfs import (
     rss_kb,
     wait_for_quiet,
 )
+from results import RunResult, as_number, figure, join_notes
 from scenarios import GROUPS, S6_RATE, SCENARIOS, Scenario
 from server_specs import BUILTIN_SERVERS, DEFAULT_SERVERS, ServerSpec
 
@@ -69,102 +69,6 @@ DEFAULT_JOIN_BUDGET = 3_000_000
 
 
 # ----------------------------------------------------------------- running
-
-
-class LineReader:
-    """Lines of a child's stdout with a deadline, without threads."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._fd = stream.fileno()
-        self._buf = b""
-        self._sel = selectors.DefaultSelector()
-        self._sel.register(self._fd, selectors.EVENT_READ)
-        self.eof = False
-
-    def readline(self, deadline: float) -> str | None:
-        """The next line, or None at EOF or when the deadline passes."""
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if self.eof or left <= 0 or not self._sel.select(left):
-                return None
-            chunk = os.read(self._fd, 65536)
-            if not chunk:
-                self.eof = True
-                if not self._buf:
-                    return None
-                chunk = b"\n"
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line.decode(errors="replace")
-
-    def close(self) -> None:
-        """Forget the selector."""
-        self._sel.close()
-
-
-@dataclass
-class RunResult:
-    """One server x scenario x run: the loadgen's JSON and the server's own figures."""
-
-    server: str
-    scenario: str
-    run: int
-    status: str  # ok, failed, n/a
-    note: str = ""
-    joins_on: bool = False
-    loadgen: dict[str, object] = field(default_factory=dict)
-    server_metrics: dict[str, float] = field(default_factory=dict)
-    server_log_problems: list[str] = field(default_factory=list)
-
-
-def loadgen_argv(
-    sc: Scenario,
-    ports: Sequence[int],
-    wait_joins: bool,
-    label: str,
-    spec: ServerSpec | None = None,
-) -> list[str]:
-    """The loadgen command line for one scenario (against `spec`'s transport).
-
-    With several ports the streams are split evenly over them and every message
-    is published to the first.
-    """
-    where = ["--port", str(ports[0])]
-    if len(ports) > 1:
-        where = ["--ports", ",".join(map(str, ports)), "--publish-ports", str(ports[0])]
-    argv = [
-        str(LOADGEN),
-        *where,
-        "--streams",
-        str(sc.streams),
-        "--inflight",
-        str(sc.inflight),
-        "--transport",
-        spec.transport if spec else "sse",
-        *(spec.loadgen_args if spec else ()),
-        "--connect-timeout",
-        str(sc.connect_timeout_s),
-        "--drain-timeout",
-        str(sc.drain_timeout_s),
-        "--max-seconds",
-        str(sc.budget_s),
-        "--sync",
-        "--label",
-        label,
-    ]
-    if wait_joins:
-        argv.append("--expect-joins")
-    if sc.messages:
-        argv += ["--messages", str(sc.messages), "--publishers", str(sc.publishers)]
-    if sc.rate:
-        argv += ["--rate", str(sc.rate)]
-    if sc.duration_s:
-        argv += ["--duration", str(sc.duration_s)]
-    return argv
-
-
-def _join(*parts: str) -> str:
-    return "; ".join(p for p in parts if p)
 
 
 def _log_problems(path: Path) -> list[str]:
@@ -237,7 +141,7 @@ def run_one(
     except BenchError as exc:
         result.status = "failed"
         logs_named = ", ".join(str(s.log_path) for s in (*servers.values(), *helpers.values()))
-        result.note = _join(result.note, f"{exc} (logs: {logs_named})")
+        result.note = join_notes(result.note, f"{exc} (logs: {logs_named})")
     finally:
         # The servers first: they would log Redis going away.
         stop_all([s.proc for s in servers.values()])
@@ -346,7 +250,7 @@ def _drive(
     # charges to no process): a noise gauge for this run's numbers.
     machine_cpu_s = (busy1 - busy0) / CLK_TCK
     gen_cpu = final.get("gen_cpu") if final else None
-    gen_s = _num(gen_cpu.get("cpu_s")) if isinstance(gen_cpu, dict) else 0.0
+    gen_s = as_number(gen_cpu.get("cpu_s")) if isinstance(gen_cpu, dict) else 0.0
     m["other_cpu_cores"] = (
         max(machine_cpu_s - m["cpu_total_s"] - helpers_cpu_s - gen_s, 0.0) / m["wall_s"]
     )
@@ -360,27 +264,27 @@ def _drive(
     result.loadgen = final
     if not final.get("ok"):
         result.status = "failed"
-        result.note = _join(result.note, str(final.get("error")))
-    closed = _num(final.get("streams_closed"))
+        result.note = join_notes(result.note, str(final.get("error")))
+    closed = as_number(final.get("streams_closed"))
     if closed:
-        result.note = _join(
+        result.note = join_notes(
             result.note, f"the server closed {closed:,.0f} stream(s) during the run"
         )
     publish = final.get("publish")
     if isinstance(publish, dict) and (publish.get("post_errors") or publish.get("post_bad_status")):
-        result.note = _join(
+        result.note = join_notes(
             result.note,
-            f"{_num(publish.get('post_errors')):,.0f} POSTs cut off, "
-            f"{_num(publish.get('post_bad_status')):,.0f} answered "
+            f"{as_number(publish.get('post_errors')):,.0f} POSTs cut off, "
+            f"{as_number(publish.get('post_bad_status')):,.0f} answered "
             f"{publish.get('first_bad_status')} ({publish.get('first_bad_body')})",
         )
-    acked = _num(publish.get("acked")) if isinstance(publish, dict) else 0.0
+    acked = as_number(publish.get("acked")) if isinstance(publish, dict) else 0.0
     if sc.messages and not acked:
         result.status = "failed"
     # S4 stops at its duration by design; elsewhere every message should go out.
     if sc.messages and acked < sc.messages and (sc.rate or not sc.duration_s):
         stopped = publish.get("stopped_by") if isinstance(publish, dict) else "?"
-        result.note = _join(
+        result.note = join_notes(
             result.note,
             f"only {acked:,.0f} of {sc.messages:,} messages published (stopped by {stopped}); "
             "delivered events/s and loss cover those",
@@ -443,28 +347,17 @@ def _noise(r: RunResult) -> float:
 # ----------------------------------------------------------------- table
 
 
-def _num(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else 0.0
-
-
-def _get(r: RunResult, path: str) -> float:
-    node: object = r.loadgen
-    for part in path.split("."):
-        node = node.get(part) if isinstance(node, dict) else None
-    return _num(node)
-
-
 def _kb_per_stream(r: RunResult) -> float:
     m = r.server_metrics
-    streams = _get(r, "streams")
+    streams = figure(r, "streams")
     if "rss_connected_kb" not in m or not streams:
         return float("nan")
     return (m["rss_connected_kb"] - m["rss_before_kb"]) / streams
 
 
 def _rate_achieved(r: RunResult) -> float:
-    duration = _get(r, "publish.duration_s")
-    return _get(r, "publish.acked") / duration if duration else float("nan")
+    duration = figure(r, "publish.duration_s")
+    return figure(r, "publish.acked") / duration if duration else float("nan")
 
 
 def _server_pct(r: RunResult, phase: str, proc: str = "") -> float:
@@ -481,7 +374,7 @@ def _port_latency(r: RunResult, index: int, quantile: str) -> float:
     if not isinstance(per_port, list) or index >= len(per_port):
         return float("nan")
     latency = per_port[index].get("latency_ms") if isinstance(per_port[index], dict) else None
-    return _num(latency.get(quantile)) if isinstance(latency, dict) else float("nan")
+    return as_number(latency.get(quantile)) if isinstance(latency, dict) else float("nan")
 
 
 # A metric's value: one number, or several shown as "a / b / c" (each the median
@@ -497,47 +390,47 @@ _MACHINE_RUN: Metric = (
 # "{rate}" in a label is the scenario's rate (S6's can be set with --s6-rate).
 _S6_PUBLISH_METRICS: list[Metric] = [
     ("messages/s achieved ({rate} wanted)", _rate_achieved, ".1f"),
-    ("delivered events/s", lambda r: _get(r, "delivery.events_per_s"), ",.0f"),
-    ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
+    ("delivered events/s", lambda r: figure(r, "delivery.events_per_s"), ",.0f"),
+    ("lost events", lambda r: figure(r, "delivery.lost"), ",.0f"),
     (
         "latency p50 / p99 / max (ms), all streams",
-        lambda r: tuple(_get(r, f"latency_ms.{q}") for q in ("p50", "p99", "max")),
+        lambda r: tuple(figure(r, f"latency_ms.{q}") for q in ("p50", "p99", "max")),
         ".1f",
     ),
 ]
 
 # What a scenario publishing at a fixed rate (S3, S5) delivered, and how fast.
 _RATE_DELIVERY_METRICS: list[Metric] = [
-    ("delivered events/s", lambda r: _get(r, "delivery.events_per_s"), ",.0f"),
-    ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
-    ("latency p50 (ms)", lambda r: _get(r, "latency_ms.p50"), ".1f"),
-    ("latency p99 (ms)", lambda r: _get(r, "latency_ms.p99"), ".1f"),
+    ("delivered events/s", lambda r: figure(r, "delivery.events_per_s"), ",.0f"),
+    ("lost events", lambda r: figure(r, "delivery.lost"), ",.0f"),
+    ("latency p50 (ms)", lambda r: figure(r, "latency_ms.p50"), ".1f"),
+    ("latency p99 (ms)", lambda r: figure(r, "latency_ms.p99"), ".1f"),
 ]
 
 METRICS: dict[str, list[Metric]] = {
     "S0": [
-        ("time to first event p50 (ms)", lambda r: _get(r, "first_event_ms.p50"), ".2f"),
-        ("time to first event p99 (ms)", lambda r: _get(r, "first_event_ms.p99"), ".2f"),
-        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
+        ("time to first event p50 (ms)", lambda r: figure(r, "first_event_ms.p50"), ".2f"),
+        ("time to first event p99 (ms)", lambda r: figure(r, "first_event_ms.p99"), ".2f"),
+        ("all streams up (s)", lambda r: figure(r, "connect.all_up_s"), ".2f"),
     ],
     "S1a": [
-        ("all up and every join delivered (s)", lambda r: _get(r, "connect.joins_done_s"), ".1f"),
-        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".1f"),
-        ("joins delivered", lambda r: _get(r, "connect.joins_received"), ",.0f"),
+        ("all up and every join delivered (s)", lambda r: figure(r, "connect.joins_done_s"), ".1f"),
+        ("all streams up (s)", lambda r: figure(r, "connect.all_up_s"), ".1f"),
+        ("joins delivered", lambda r: figure(r, "connect.joins_received"), ",.0f"),
         ("server memory per stream (KB)", _kb_per_stream, ".1f"),
         ("server CPU while connecting (% of a core)", lambda r: _server_pct(r, "connect"), ".0f"),
     ],
     "S1b": [
-        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
+        ("all streams up (s)", lambda r: figure(r, "connect.all_up_s"), ".2f"),
         ("server memory per idle stream (KB)", _kb_per_stream, ".1f"),
     ],
     "S2": [
-        ("delivered events/s", lambda r: _get(r, "delivery.events_per_s"), ",.0f"),
-        ("latency p50 (ms)", lambda r: _get(r, "latency_ms.p50"), ".1f"),
-        ("latency p99 (ms)", lambda r: _get(r, "latency_ms.p99"), ".1f"),
-        ("latency max (ms)", lambda r: _get(r, "latency_ms.max"), ".1f"),
-        ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
-        ("sends/s answered", lambda r: _get(r, "publish.posts_per_s"), ",.0f"),
+        ("delivered events/s", lambda r: figure(r, "delivery.events_per_s"), ",.0f"),
+        ("latency p50 (ms)", lambda r: figure(r, "latency_ms.p50"), ".1f"),
+        ("latency p99 (ms)", lambda r: figure(r, "latency_ms.p99"), ".1f"),
+        ("latency max (ms)", lambda r: figure(r, "latency_ms.max"), ".1f"),
+        ("lost events", lambda r: figure(r, "delivery.lost"), ",.0f"),
+        ("sends/s answered", lambda r: figure(r, "publish.posts_per_s"), ",.0f"),
         ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
     ],
     "S3": [
@@ -552,7 +445,7 @@ METRICS: dict[str, list[Metric]] = {
             ),
             ".1f",
         ),
-        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
+        ("all streams up (s)", lambda r: figure(r, "connect.all_up_s"), ".2f"),
         ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
     ],
     "S5": [
@@ -572,7 +465,7 @@ METRICS: dict[str, list[Metric]] = {
             lambda r: (_port_latency(r, 1, "p50"), _port_latency(r, 1, "p99")),
             ".1f",
         ),
-        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
+        ("all streams up (s)", lambda r: figure(r, "connect.all_up_s"), ".2f"),
         (
             "CPU while publishing (% of a core): process 1 / process 2 / Redis",
             lambda r: tuple(_server_pct(r, "run", p) for p in ("process1", "process2", "redis")),
@@ -582,14 +475,14 @@ METRICS: dict[str, list[Metric]] = {
     ],
     "S6-1p": [
         *_S6_PUBLISH_METRICS,
-        ("all streams up (s)", lambda r: _get(r, "connect.all_up_s"), ".2f"),
+        ("all streams up (s)", lambda r: figure(r, "connect.all_up_s"), ".2f"),
         ("CPU while publishing (% of a core): the process", lambda r: _server_pct(r, "run"), ".0f"),
         _MACHINE_RUN,
     ],
     "S4": [
-        ("sends/s answered", lambda r: _get(r, "publish.posts_per_s"), ",.0f"),
-        ("send round trip mean (ms)", lambda r: _get(r, "publish.post_rtt_mean_ms"), ".2f"),
-        ("lost events", lambda r: _get(r, "delivery.lost"), ",.0f"),
+        ("sends/s answered", lambda r: figure(r, "publish.posts_per_s"), ",.0f"),
+        ("send round trip mean (ms)", lambda r: figure(r, "publish.post_rtt_mean_ms"), ".2f"),
+        ("lost events", lambda r: figure(r, "delivery.lost"), ",.0f"),
         ("server CPU while publishing (% of a core)", lambda r: _server_pct(r, "run"), ".0f"),
     ],
 }
@@ -603,7 +496,7 @@ def _gen_cpu(r: RunResult) -> str:
     cpu = r.loadgen.get("gen_cpu")
     if not isinstance(cpu, dict):
         return "?"
-    text = f"{_num(cpu.get('connect_pct')):.0f} / {_num(cpu.get('run_pct')):.0f}"
+    text = f"{as_number(cpu.get('connect_pct')):.0f} / {as_number(cpu.get('run_pct')):.0f}"
     return text + (" SATURATED" if r.loadgen.get("saturated") else "")
 
 
