@@ -23,41 +23,18 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from launch import (
-    REDIS_PACKAGE,
-    BenchError,
-    Started,
-    free_port,
-    raise_open_files,
-    redis_server_path,
-    start,
-    start_redis,
-    stop_all,
-    wait_listening,
-)
-from loadgen import LineReader, loadgen_argv
+from launch import REDIS_PACKAGE, raise_open_files, redis_server_path
 from paths import LOADGEN, OUT, REPO
-from procfs import (
-    CLK_TCK,
-    QUIET_CORES,
-    cpu_s,
-    machine_jiffies,
-    peak_rss_kb,
-    rss_kb,
-    wait_for_quiet,
-)
-from results import RunResult, as_number, figure, join_notes
+from procfs import QUIET_CORES
+from results import RunResult, as_number, figure
+from runner import run_least_noisy
 from scenarios import GROUPS, S6_RATE, SCENARIOS, Scenario
 from server_specs import BUILTIN_SERVERS, DEFAULT_SERVERS, ServerSpec
 
@@ -66,282 +43,6 @@ from server_specs import BUILTIN_SERVERS, DEFAULT_SERVERS, ServerSpec
 # then every join is delivered before publishing starts, so joins and messages
 # are not measured together; above it the cell says N/A.
 DEFAULT_JOIN_BUDGET = 3_000_000
-
-
-# ----------------------------------------------------------------- running
-
-
-def _log_problems(path: Path) -> list[str]:
-    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
-    marks = ("Traceback", "ERROR", "Error:", "WARNING", "warning:")
-    bad = [line for line in lines if any(m in line for m in marks)]
-    return bad[:5] + ([f"... {len(bad) - 5} more"] if len(bad) > 5 else [])
-
-
-def run_one(
-    spec: ServerSpec,
-    sc: Scenario,
-    run: int,
-    logs: Path,
-    join_budget: int,
-    log: Callable[[str], None],
-    quiet_wait_s: float = 0.0,
-    attempt: int = 0,
-) -> RunResult:
-    """Start `spec`, run `sc` against it once, stop it."""
-    joins_on = sc.joins or not spec.no_join_args
-    result = RunResult(spec.name, sc.key, run, "ok", joins_on=joins_on)
-    wait_joins = joins_on
-    if sc.ours_only and not spec.ssechat:
-        result.status = "n/a"
-        result.note = (
-            "compares ssechat's multi-process mode (processes sharing a room through Redis) "
-            "with one ssechat process; this server has no such mode"
-        )
-        return result
-    if joins_on and not sc.joins:
-        deliveries = sc.streams * (sc.streams + 1) // 2
-        if deliveries > join_budget:
-            result.status = "n/a"
-            result.note = (
-                f"cannot turn join announcements off: {sc.streams:,} streams would cost "
-                f"{deliveries:,} join deliveries (budget --join-budget {join_budget:,})"
-            )
-            return result
-        result.note = f"announcements on: all {deliveries:,} joins delivered before measuring"
-    if quiet_wait_s:
-        result.server_metrics["machine_busy_at_start_cores"] = wait_for_quiet(quiet_wait_s, log)
-    tag = f"{spec.name}-{sc.key}-run{run}" + (f"-retry{attempt}" if attempt else "")
-    workdir = logs.parent / "work" / tag
-    workdir.mkdir(parents=True, exist_ok=True)
-    servers: dict[str, Started] = {}
-    helpers: dict[str, Started] = {}
-    redis_dir: str | None = None
-    try:
-        extra: list[str] = []
-        if sc.redis:
-            # A folder of its own, which the runner removes: Redis writes nothing to
-            # it (no snapshots, no append-only file), but it is Redis's working dir.
-            redis_dir = tempfile.mkdtemp(prefix="ssechat-bench-redis-")
-            helpers["redis"] = start_redis(logs / f"{tag}-redis.log", redis_dir)
-            extra += ["--redis-url", f"redis://127.0.0.1:{helpers['redis'].port}/0"]
-        if sc.ours_only:
-            # Past the default 10,000: a process's streams, its publishers and slack.
-            per_node = -(-sc.streams // sc.nodes)
-            extra += ["--max-connections", str(per_node + sc.publishers + 64)]
-        for k in range(1, sc.nodes + 1):
-            name = "server" if sc.nodes == 1 else f"process{k}"
-            node_dir = workdir if sc.nodes == 1 else workdir / name
-            node_dir.mkdir(exist_ok=True)
-            port = free_port(avoid={s.port for s in (*servers.values(), *helpers.values())})
-            argv = spec.argv(port, sc.joins, node_dir) + extra
-            log_name = f"{tag}.log" if sc.nodes == 1 else f"{tag}-{name}.log"
-            servers[name] = start(name, argv, port, logs / log_name, spec.cwd)
-        _drive(servers, helpers, spec, sc, wait_joins, result, log)
-    except BenchError as exc:
-        result.status = "failed"
-        logs_named = ", ".join(str(s.log_path) for s in (*servers.values(), *helpers.values()))
-        result.note = join_notes(result.note, f"{exc} (logs: {logs_named})")
-    finally:
-        # The servers first: they would log Redis going away.
-        stop_all([s.proc for s in servers.values()])
-        stop_all([s.proc for s in helpers.values()])
-        if redis_dir is not None:
-            shutil.rmtree(redis_dir, ignore_errors=True)
-    for started in servers.values():
-        result.server_log_problems += _log_problems(started.log_path)
-    return result
-
-
-def _drive(
-    servers: dict[str, Started],
-    helpers: dict[str, Started],
-    spec: ServerSpec,
-    sc: Scenario,
-    wait_joins: bool,
-    result: RunResult,
-    log: Callable[[str], None],
-) -> None:
-    """Run the loadgen against `servers` (one, or the processes of S6), measuring them.
-
-    The `server_metrics` keys without a prefix add up every server process;
-    `<name>_...` keys are each server's and helper's (Redis) own.
-    """
-    for started in servers.values():
-        wait_listening(started.proc, started.port, 30.0)
-    time.sleep(0.3)  # let start-up allocations settle before the baseline
-    everyone = {**servers, **helpers}
-
-    def rss() -> int:
-        return sum(rss_kb(s.proc.pid) for s in servers.values())
-
-    def cpu() -> dict[str, float]:
-        return {name: cpu_s(s.proc.pid) for name, s in everyone.items()}
-
-    def server_cpu(c: dict[str, float]) -> float:
-        return sum(c[name] for name in servers)
-
-    m = result.server_metrics
-    m["rss_before_kb"] = rss()
-    busy0, total0 = machine_jiffies()
-    cpu0, t0 = cpu(), time.monotonic()
-    ports = [s.port for s in servers.values()]
-    argv = loadgen_argv(sc, ports, wait_joins, f"{spec.name}/{sc.key}/{result.run}", spec)
-    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    assert gen.stdin is not None
-    assert gen.stdout is not None
-    reader = LineReader(gen.stdout)
-    deadline = time.monotonic() + sc.budget_s + 30
-    final: dict[str, object] | None = None
-    cpu1, t1 = cpu0, t0
-    run_busy0, run_total0 = busy0, total0
-    try:
-        while final is None:
-            line = reader.readline(deadline)
-            if line is None:
-                break
-            if line.startswith("CONNECTED "):
-                if sc.settle_s:
-                    time.sleep(sc.settle_s)
-                m["rss_connected_kb"] = rss()
-                now = cpu()
-                m["cpu_connect_s"] = server_cpu(now) - server_cpu(cpu0)
-                m["connect_wall_s"] = time.monotonic() - t0
-                for name in everyone:
-                    m[f"{name}_cpu_connect_s"] = now[name] - cpu0[name]
-                cpu1, t1 = cpu(), time.monotonic()
-                run_busy0, run_total0 = machine_jiffies()
-                gen.stdin.write(b"go\n")
-                gen.stdin.flush()
-            elif line.startswith("{"):
-                final = json.loads(line)
-                if "cpu_connect_s" in m:
-                    now = cpu()
-                    m["cpu_run_s"] = server_cpu(now) - server_cpu(cpu1)
-                    m["run_wall_s"] = time.monotonic() - t1
-                    for name in everyone:
-                        m[f"{name}_cpu_run_s"] = now[name] - cpu1[name]
-                    # Every process on the machine, softirq included: how much of the
-                    # machine the run took (S6 shares 2 cores among 5 processes).
-                    run_busy1, run_total1 = machine_jiffies()
-                    m["machine_run_cores"] = (
-                        (run_busy1 - run_busy0)
-                        / max(run_total1 - run_total0, 1)
-                        * (os.cpu_count() or 1)
-                    )
-    finally:
-        reader.close()
-        if gen.poll() is None:
-            try:
-                gen.wait(max(deadline - time.monotonic(), 1))
-            except subprocess.TimeoutExpired:
-                gen.kill()
-                gen.wait(5)
-    if spec.ssechat:
-        m.update(broadcast_ms(next(iter(servers.values())).port))
-    m["rss_after_kb"] = rss()
-    m["rss_peak_kb"] = sum(peak_rss_kb(s.proc.pid) for s in servers.values())
-    cpu_end = cpu()
-    m["cpu_total_s"] = server_cpu(cpu_end) - server_cpu(cpu0)
-    helpers_cpu_s = sum(cpu_end[name] - cpu0[name] for name in helpers)
-    busy1, total1 = machine_jiffies()
-    m["wall_s"] = time.monotonic() - t0
-    # What else kept the machine busy (other programs, and softirq time the kernel
-    # charges to no process): a noise gauge for this run's numbers.
-    machine_cpu_s = (busy1 - busy0) / CLK_TCK
-    gen_cpu = final.get("gen_cpu") if final else None
-    gen_s = as_number(gen_cpu.get("cpu_s")) if isinstance(gen_cpu, dict) else 0.0
-    m["other_cpu_cores"] = (
-        max(machine_cpu_s - m["cpu_total_s"] - helpers_cpu_s - gen_s, 0.0) / m["wall_s"]
-    )
-    m["machine_busy_cores"] = (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
-    for name, started in everyone.items():
-        if started.proc.poll() is not None:
-            what = "the server" if name == "server" else name
-            raise BenchError(f"{what} died during the scenario (status {started.proc.returncode})")
-    if final is None:
-        raise BenchError(f"the loadgen gave no result (exit status {gen.returncode})")
-    result.loadgen = final
-    if not final.get("ok"):
-        result.status = "failed"
-        result.note = join_notes(result.note, str(final.get("error")))
-    closed = as_number(final.get("streams_closed"))
-    if closed:
-        result.note = join_notes(
-            result.note, f"the server closed {closed:,.0f} stream(s) during the run"
-        )
-    publish = final.get("publish")
-    if isinstance(publish, dict) and (publish.get("post_errors") or publish.get("post_bad_status")):
-        result.note = join_notes(
-            result.note,
-            f"{as_number(publish.get('post_errors')):,.0f} POSTs cut off, "
-            f"{as_number(publish.get('post_bad_status')):,.0f} answered "
-            f"{publish.get('first_bad_status')} ({publish.get('first_bad_body')})",
-        )
-    acked = as_number(publish.get("acked")) if isinstance(publish, dict) else 0.0
-    if sc.messages and not acked:
-        result.status = "failed"
-    # S4 stops at its duration by design; elsewhere every message should go out.
-    if sc.messages and acked < sc.messages and (sc.rate or not sc.duration_s):
-        stopped = publish.get("stopped_by") if isinstance(publish, dict) else "?"
-        result.note = join_notes(
-            result.note,
-            f"only {acked:,.0f} of {sc.messages:,} messages published (stopped by {stopped}); "
-            "delivered events/s and loss cover those",
-        )
-    if final.get("saturated"):
-        log(f"  SATURATED: the generator was the bottleneck in {spec.name} {sc.key}")
-
-
-def broadcast_ms(port: int) -> dict[str, float]:
-    """ssechat's own timing of its recent broadcasts (GET /healthz), as metrics.
-
-    How long one broadcast spent writing to every stream, measured inside the
-    server: S3's latency is this plus the wait for it and the generator's reading.
-    """
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
-            took = json.load(answer).get("broadcast_ms", {})
-    except (OSError, ValueError):
-        return {}
-    if not took.get("count"):
-        return {}
-    return {"broadcast_p50_ms": float(took["p50"]), "broadcast_max_ms": float(took["max"])}
-
-
-def _run_least_noisy(
-    spec: ServerSpec,
-    sc: Scenario,
-    run: int,
-    logs: Path,
-    join_budget: int,
-    log: Callable[[str], None],
-    quiet_wait_s: float,
-    retries: int,
-) -> RunResult:
-    """`run_one`, repeated (bounded) while other programs disturb it; the least noisy wins."""
-    best: RunResult | None = None
-    for attempt in range(retries + 1):
-        t = time.monotonic()
-        r = run_one(spec, sc, run, logs, join_budget, log, quiet_wait_s, attempt)
-        other = r.server_metrics.get("other_cpu_cores", 0.0)
-        log(
-            f"  {sc.key} {spec.name} run {run}: {r.status} in {time.monotonic() - t:.1f} s"
-            + (f", other programs used {other:.2f} cores" if other > QUIET_CORES else "")
-            + (f" ({r.note})" if r.note else "")
-        )
-        if best is None or (r.status == "ok" and _noise(r) < _noise(best)):
-            best = r
-        if r.status != "ok" or other <= QUIET_CORES:
-            break
-        if attempt < retries:
-            log(f"  noisy: running {sc.key} {spec.name} again ({attempt + 1} of {retries})")
-    assert best is not None
-    return best
-
-
-def _noise(r: RunResult) -> float:
-    return r.server_metrics.get("other_cpu_cores", 0.0) if r.status == "ok" else float("inf")
 
 
 # ----------------------------------------------------------------- table
@@ -711,7 +412,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for run in range(1, args.runs + 1):
             for name in names:
                 results.append(
-                    _run_least_noisy(
+                    run_least_noisy(
                         servers[name], sc, run, logs, args.join_budget, log, quiet_wait, retries
                     )
                 )
