@@ -152,9 +152,11 @@ def other_origin(chat: ServerProcess) -> Iterator[_OtherOrigin]:
             _ARTICLE_PAGE.replace("SERVER", _base_url(chat)).encode(),
         ),
         "/app/": ("text/html; charset=utf-8", (client / "index.html").read_bytes()),
-        "/app/app.js": ("text/javascript; charset=utf-8", (client / "app.js").read_bytes()),
-        "/app/style.css": ("text/css; charset=utf-8", (client / "style.css").read_bytes()),
     }
+    # Every module and stylesheet the page loads, as sse/static.py serves them.
+    for kind, pattern in (("text/javascript", "*.js"), ("text/css", "*.css")):
+        for path in sorted(client.glob(pattern)):
+            files[f"/app/{path.name}"] = (f"{kind}; charset=utf-8", path.read_bytes())
     server = _OtherOrigin(files)
     yield server
     server.close()
