@@ -49,4 +49,9 @@ export const ui = {
   chatSend: byId("chat-send"),
   chatStop: byId("chat-stop"),
   chatError: byId("chat-error"),
+  serverLabel: byId("server-label"),
+  serverPrompt: byId("server-prompt"),
+  serverPromptOrigin: byId("server-prompt-origin"),
+  serverAccept: byId("server-accept"),
+  serverRefuse: byId("server-refuse"),
 };

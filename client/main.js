@@ -19,11 +19,15 @@ import {
   setTransport,
 } from "./room.js";
 import {
+  askAboutServer,
   clearSettingsError,
   defaultServerUrl,
+  dismissServerQuestion,
   initialServerUrl,
   initialTransport,
+  isOwnOrigin,
   parseServerUrl,
+  queryServerUrl,
   saveServerUrl,
   serverUrl,
   setServerUrl,
@@ -55,6 +59,8 @@ function onApplyServer(event) {
     ui.serverInput.focus();
     return;
   }
+  // Choosing a server here answers a pending ?server= question too.
+  dismissServerQuestion();
   clearSettingsError();
   saveServerUrl(raw === "" ? null : next);
   updateQueryParam(raw === "" ? null : next);
@@ -102,9 +108,10 @@ function onHashChange() {
 
 // ---------------------------------------------------------------- start
 
-/** Wire up the page and open the stream. */
+/** Wire up the page and open the stream; ask about a ?server= on another origin. */
 function start() {
-  setServerUrl(initialServerUrl());
+  const fromQuery = queryServerUrl();
+  setServerUrl(initialServerUrl(fromQuery));
   ui.serverInput.value = serverUrl;
   setTransport(initialTransport());
   for (const input of ui.transportInputs) input.addEventListener("change", onTransportChange);
@@ -125,6 +132,11 @@ function start() {
   if (wanted !== null || location.hash === "#chat") showView("chat", wanted);
   else showView("room");
   connect();
+  // A link's ?server= on another origin would send the user's messages there:
+  // nothing goes to it until they accept (meanwhile this server is used).
+  if (fromQuery !== null && !isOwnOrigin(fromQuery) && fromQuery !== serverUrl) {
+    askAboutServer(fromQuery, useServer);
+  }
 }
 
 start();

@@ -1,7 +1,9 @@
 /**
  * Which server the page talks to, and over which transport the room reaches it:
- * read from the address bar and this browser's storage,
- * changed in the Settings panel.
+ * read from the address bar and this browser's storage, shown in the header,
+ * changed in the Settings panel. A ?server= on another origin is only used once
+ * the user accepts it (askAboutServer): a link must not send their messages
+ * elsewhere unasked.
  */
 
 import { ui } from "./dom.js";
@@ -21,9 +23,12 @@ export const TRANSPORT_LABELS = Object.freeze({ sse: "SSE", ws: "WebSocket" });
 /** Base URL of the server, no trailing slash; endpoints are appended to it. */
 export let serverUrl = "";
 
-/** Talk to `url` from now on (the callers reconnect). */
+/** Talk to `url` from now on (the callers reconnect), and say so in the header. */
 export function setServerUrl(url) {
   serverUrl = url;
+  ui.serverLabel.textContent = url.replace(/^https?:\/\//, "");
+  ui.serverLabel.title = `This page talks to ${url}`;
+  ui.serverLabel.dataset.server = url;
 }
 
 /** Default server: this page's own origin, or the local dev server for file:// pages. */
@@ -70,17 +75,59 @@ export function saveServerUrl(url) {
   }
 }
 
-/** Pick the starting server URL: ?server= beats the saved setting beats the default. */
-export function initialServerUrl() {
+/** The ?server= of the address bar as a base URL, or null (an unusable one is reported). */
+export function queryServerUrl() {
   const fromQuery = new URLSearchParams(location.search).get("server");
-  if (fromQuery !== null) {
-    const parsed = parseServerUrl(fromQuery);
-    if (parsed !== null) return parsed;
-    showSettingsError(`Ignoring ?server=${fromQuery}: not an http(s) URL.`);
-  }
+  if (fromQuery === null) return null;
+  const parsed = parseServerUrl(fromQuery);
+  if (parsed === null) showSettingsError(`Ignoring ?server=${fromQuery}: not an http(s) URL.`);
+  return parsed;
+}
+
+/** True if `url` is on this page's own origin (then nothing leaves for elsewhere). */
+export function isOwnOrigin(url) {
+  return new URL(url).origin === location.origin;
+}
+
+/**
+ * Pick the starting server URL: `fromQuery` (the ?server=, see queryServerUrl)
+ * if it is on this page's origin, else the saved setting, else the default. A
+ * ?server= on another origin is not used here: the page asks first
+ * (askAboutServer) and meanwhile talks to this one.
+ */
+export function initialServerUrl(fromQuery) {
+  if (fromQuery !== null && isOwnOrigin(fromQuery)) return fromQuery;
   const saved = loadSavedServerUrl();
   const parsedSaved = saved === null ? null : parseServerUrl(saved);
   return parsedSaved ?? defaultServerUrl();
+}
+
+/**
+ * Ask whether to talk to `url`, a server on another origin named by ?server=:
+ * a banner shows its origin with Accept and Refuse. Accept calls `onAccept(url)`;
+ * Refuse drops ?server= from the address bar, so a reload does not ask again.
+ */
+export function askAboutServer(url, onAccept) {
+  ui.serverPromptOrigin.textContent = new URL(url).origin;
+  ui.serverPrompt.hidden = false;
+  const answer = (accepted) => {
+    ui.serverPrompt.hidden = true;
+    ui.serverAccept.removeEventListener("click", accept);
+    ui.serverRefuse.removeEventListener("click", refuse);
+    if (accepted) onAccept(url);
+    else updateQueryParam(null);
+  };
+  const accept = () => answer(true);
+  const refuse = () => answer(false);
+  ui.serverAccept.addEventListener("click", accept);
+  ui.serverRefuse.addEventListener("click", refuse);
+  // Refuse has the focus: a stray Enter keeps the page on its own server.
+  ui.serverRefuse.focus();
+}
+
+/** Hide the question of askAboutServer unanswered (the user chose a server in Settings). */
+export function dismissServerQuestion() {
+  ui.serverPrompt.hidden = true;
 }
 
 /** Keep an existing ?server= in the address bar in step, so a reload keeps the choice. */
