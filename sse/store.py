@@ -100,6 +100,23 @@ DEFAULT_STALE_AFTER_S = 30.0
 _NODE_ID = re.compile(r"[0-9a-f]{32}")
 # How long a statement waits for another process's lock before it fails.
 _BUSY_TIMEOUT_S = 5.0
+# SQLite's result codes for a database failing, not our SQL: https://sqlite.org/rescode.html
+_OPERATIONAL_CODES = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
 # How long a failed write keeps a store reported not ok, though writes since went
 # through: under a full disk small writes in freed space succeed between failures.
 _FAILURE_HOLD_S = 30.0
@@ -367,13 +384,14 @@ class SqliteStore:
         db = self._db
         if db is None:
             raise StoreError("store is not open")
+        if write:
+            self._check_file()
+            if self._health.fault is not None:
+                # SQLite would take it and say nothing: the file is unlinked, so
+                # what we write is gone at the next restart. The fault is the
+                # store's state; refusing adds no failure of its own to it.
+                raise StoreUnavailable(self._health.fault)
         with self._health.watch(_sqlite_unavailable, write=write):
-            if write:
-                self._check_file()
-                if self._health.fault is not None:
-                    # SQLite would take it and say nothing: the file is unlinked,
-                    # so what we write is gone at the next restart.
-                    raise StoreUnavailable(self._health.fault)
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn, db)
 
     def _check_file(self) -> None:
@@ -639,10 +657,10 @@ class SqliteStore:
 
 def _sqlite_unavailable(exc: BaseException) -> str | None:
     """What went wrong, when `exc` is the database failing rather than our bug."""
-    # OperationalError: full disk, I/O error, locked past the busy timeout, a
-    # read-only file. DatabaseError itself: the file is corrupt or not a database.
-    # Its other subclasses (IntegrityError, ProgrammingError, ...) are our bugs.
-    if isinstance(exc, sqlite3.OperationalError) or type(exc) is sqlite3.DatabaseError:
+    # By SQLite's primary result code, not the class: sqlite3 raises
+    # OperationalError for a syntax error too (SQLITE_ERROR), which is our bug,
+    # as are constraint failures (IntegrityError) and misuse.
+    if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode & 0xFF in _OPERATIONAL_CODES:
         return str(exc)
     if isinstance(exc, OSError):
         return exc.strerror or str(exc)
