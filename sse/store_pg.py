@@ -115,6 +115,11 @@ def _pg_unavailable(exc: BaseException) -> str | None:
     """What went wrong, when `exc` is the database failing rather than our bug."""
     if isinstance(exc, _OPERATIONAL):
         return str(exc) or type(exc).__name__
+    if isinstance(exc, asyncpg.InternalClientError):
+        # asyncpg's reaction to a backend terminated mid-statement ("cannot switch
+        # to state 12", MagicStack/asyncpg#1069). Our connections come from the
+        # pool one task at a time, so it is the cut, not two users of one.
+        return f"the connection to the database was cut ({exc})"
     if isinstance(exc, TimeoutError):
         return "the database did not answer in time"
     if isinstance(exc, OSError):
