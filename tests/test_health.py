@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from websockets.asyncio.client import connect
 
 from sse.http import Server
 from sse.store import SqliteStore
@@ -140,8 +142,9 @@ async def test_a_removed_file_is_noticed_without_requests_and_its_return_too(
 
 
 async def test_a_postgresql_that_cannot_write_answers_503_with_its_cause(
-    make_server: MakeServer, postgres_url: str
+    postgres_url: str, make_server: MakeServer
 ) -> None:
+    # postgres_url first: its database is dropped only after the server stopped.
     server = await make_server(db_url=postgres_url)
     assert (await request(server.address, "POST", "/conversations")).status == 201
     name = postgres_url.rsplit("/", 1)[-1]
@@ -176,3 +179,19 @@ async def test_a_bad_statement_is_our_bug_and_leaves_the_store_healthy(tmp_path:
         assert store.health() == {"ok": True}
     finally:
         await store.close()
+
+
+async def test_a_full_disk_answers_a_socket_post_with_a_503_error_frame(
+    make_server: MakeServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await make_server()
+    cid = json_object(await request(server.address, "POST", "/conversations"))["id"]
+    await _sqlite(server)._run(lambda db: db.execute("PRAGMA max_page_count = 1"))
+    host, port = server.address
+    async with connect(f"ws://{host}:{port}/conversations/{cid}/ws") as ws:
+        await ws.send(json.dumps({"type": "message", "content": "x" * 20_000}))
+        answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert answer["type"] == "error"
+    assert answer["status"] == 503
+    assert "database or disk is full" in answer["error"]
+    assert _errors(caplog) == []
