@@ -8,13 +8,19 @@ import logging
 import os
 import shutil
 import sqlite3
+from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
 import pytest
 from websockets.asyncio.client import connect
 
+from sse.app import App, OpenSocket, OpenStream, Reply, Request, Route
+from sse.broker import MemoryBroker
+from sse.config import Config
+from sse.errors import StoreUnavailable
 from sse.http import Server
+from sse.hub import Hub
 from sse.store import SqliteStore
 from tests.client import EventStream, json_object, request, wait_until
 from tests.conftest import MakeServer
@@ -195,3 +201,32 @@ async def test_a_full_disk_answers_a_socket_post_with_a_503_error_frame(
     assert answer["status"] == 503
     assert "database or disk is full" in answer["error"]
     assert _errors(caplog) == []
+
+
+async def _failing(req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+    raise StoreUnavailable("disk I/O error")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "content_type"),
+    [("/x/events", 200, "text/event-stream"), ("/x", 503, "application/json")],
+)
+async def test_a_failing_store_gives_a_stream_a_retry_and_a_request_a_503(
+    path: str, status: int, content_type: str
+) -> None:
+    # An EventSource gives up for good on a 503; a retry brings it back later.
+    config = Config(overload_retry_ms=15_000)
+    broker = MemoryBroker(Hub(history_size=10, epoch="1"))
+    route = Route(path, {"GET": _failing})
+    app = App(config, broker, {}, dict, [route])
+    pending = app.handle(Request("GET", path, {}, {}), b"")
+    assert not isinstance(pending, Reply | OpenStream | OpenSocket)
+    reply = await pending
+    assert isinstance(reply, Reply)
+    assert (reply.status, reply.content_type) == (status, content_type)
+    if status == 200:
+        assert reply.body == b"retry: 15000\n"
+    else:
+        assert json.loads(reply.body) == {
+            "error": "the conversations cannot be stored or read now: disk I/O error"
+        }
