@@ -19,7 +19,7 @@ from typing import Any
 from uuid import uuid4
 
 from sse.broker import Broker, BrokerUnavailable, settle
-from sse.errors import ClientError
+from sse.errors import ClientError, StoreUnavailable
 from sse.models import ChatTurn, Finish, Model, ModelError
 from sse.store import ConversationSummary, StoredMessage, Transcript
 from sse.stores import Store
@@ -358,6 +358,10 @@ class ChatService:
             log.warning("reply %s cut short: %s", reply.message_id, exc)
             status, finish = "error", "error"
             error = f"The reply could not be delivered: {exc}."
+        except StoreUnavailable as exc:
+            log.warning("reply %s cut short: %s", reply.message_id, exc)
+            status, finish = "error", "error"
+            error = f"The reply could not be saved: {exc}."
         except Exception as exc:
             # A bug in a model is ours; log it with its traceback, keep the server up.
             log.exception("model %s failed", model.name)
@@ -375,6 +379,9 @@ class ChatService:
                     event_id=reply.last_event_id or None,
                 )
             )
+        except StoreUnavailable as exc:
+            # The live ending still goes out; the transcript keeps the last save.
+            log.warning("reply %s was not saved: %s", reply.message_id, exc)
         finally:
             self._replies.pop(conversation_id, None)
         duration_ms = round((time.monotonic() - started) * 1000, 1)

@@ -22,3 +22,11 @@ class ConfigError(SSEChatError):
 
 class StartError(SSEChatError):
     """The server cannot start: a service it needs (Redis, the database) is not there."""
+
+
+class StoreUnavailable(SSEChatError):
+    """The database cannot do what was asked now (disk full, file gone, connection lost).
+
+    Neither the client's fault nor a bug of ours: the message says what the
+    database reported, and the request is answered 503.
+    """

@@ -400,13 +400,19 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_timer()
         request = self._request
         assert request is not None, "h11 yields EndOfMessage only after a Request"
-        if self._overloaded:
+        overloaded = self._overloaded
+        if overloaded and request.path != "/healthz":
             self._answer_overloaded(request)
             return
         try:
             result = self._server.app.handle(request, bytes(self._body))
         except Exception:
             self._internal_error(request)
+            return
+        if overloaded and isinstance(result, Reply):
+            # A liveness probe must not restart a server that one client filled:
+            # /healthz is answered past the cap, and then the connection closes.
+            self._send_reply(result, close=True)
             return
         if isinstance(result, Reply | OpenStream | OpenSocket):
             self._deliver(request, result)
@@ -819,9 +825,14 @@ class Server:
         self._random = random.Random()
 
     def health(self) -> Mapping[str, object]:
-        """The numbers `GET /healthz` reports."""
+        """The numbers `GET /healthz` reports; "degraded" names its causes."""
+        store = self.store.health()
+        causes = [] if store.get("ok") else [f"store: {store.get('error')}"]
+        status = "draining" if self.draining else "degraded" if causes else "ok"
         return {
-            "status": "draining" if self.draining else "ok",
+            "status": status,
+            **({"causes": causes} if causes else {}),
+            "store": store,
             "streams": len(self.streams),
             "websockets": len(self.sockets),
             "connections": len(self.connections),

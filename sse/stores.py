@@ -27,6 +27,10 @@ class Store(Protocol):
         """Where the conversations are, for the log; never shows a password."""
         ...
 
+    def health(self) -> dict[str, object]:
+        """`{"ok": true}`, or `{"ok": false, "error": ...}`: cheap, for every `/healthz`."""
+        ...
+
     async def open(self) -> int:
         """Open (creating tables as needed), take the lease; how many replies were recovered."""
         ...
