@@ -38,3 +38,11 @@ class ModelError(SSEChatError):
 
 class StoreError(SSEChatError):
     """The store was used in a way it does not allow (a bug of ours)."""
+
+
+class StoreUnavailable(SSEChatError):
+    """The database cannot do what was asked now (disk full, file gone, connection lost).
+
+    Neither the client's fault nor a bug of ours: the message says what the
+    database reported, and the request is answered 503.
+    """

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sse.app.inputs import require_text
 from sse.app.values import SocketCommands
 from sse.chat.service import ChatService
-from sse.errors import ClientError
+from sse.errors import ClientError, StoreUnavailable
 
 __all__ = [
     "PostCommand",
@@ -129,4 +129,6 @@ async def _posted(service: ChatService, conversation_id: str, content: str) -> b
         user, reply_id = await service.post(conversation_id, content)
     except ClientError as exc:
         return error(exc.status, exc.message)
+    except StoreUnavailable as exc:  # the database's failure: no traceback
+        return error(503, f"the conversations cannot be stored or read now: {exc}")
     return ack(message_id=user.id, reply_id=reply_id)

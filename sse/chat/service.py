@@ -20,7 +20,7 @@ from uuid import uuid4
 
 from sse.chat.models import ChatTurn, Finish, Model
 from sse.chat.store.base import ConversationSummary, Store, StoredMessage, Transcript
-from sse.errors import BrokerUnavailable, ClientError, ModelError
+from sse.errors import BrokerUnavailable, ClientError, ModelError, StoreUnavailable
 from sse.pubsub.broker import Broker, settle
 
 __all__ = ["ChatService", "Snapshot", "topic_of"]
@@ -357,6 +357,10 @@ class ChatService:
             log.warning("reply %s cut short: %s", reply.message_id, exc)
             status, finish = "error", "error"
             error = f"The reply could not be delivered: {exc}."
+        except StoreUnavailable as exc:
+            log.warning("reply %s cut short: %s", reply.message_id, exc)
+            status, finish = "error", "error"
+            error = f"The reply could not be saved: {exc}."
         except Exception as exc:
             # A bug in a model is ours; log it with its traceback, keep the server up.
             log.exception("model %s failed", model.name)
@@ -374,6 +378,9 @@ class ChatService:
                     event_id=reply.last_event_id or None,
                 )
             )
+        except StoreUnavailable as exc:
+            # The live ending still goes out; the transcript keeps the last save.
+            log.warning("reply %s was not saved: %s", reply.message_id, exc)
         finally:
             self._replies.pop(conversation_id, None)
         duration_ms = round((time.monotonic() - started) * 1000, 1)

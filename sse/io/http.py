@@ -343,13 +343,19 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_timer()
         request = self._request
         assert request is not None, "h11 yields EndOfMessage only after a Request"
-        if self._overloaded:
+        overloaded = self._overloaded
+        if overloaded and request.path != "/healthz":
             self._answer_overloaded(request)
             return
         try:
             result = self._server.app.handle(request, bytes(self._body))
         except Exception:
             self._internal_error(request)
+            return
+        if overloaded and isinstance(result, Reply):
+            # A liveness probe must not restart a server that one client filled:
+            # /healthz is answered past the cap, and then the connection closes.
+            self._send_reply(result, close=True)
             return
         if isinstance(result, Reply | OpenStream | OpenSocket):
             self._deliver(request, result)

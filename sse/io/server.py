@@ -96,9 +96,14 @@ class Server:
         self._random = random.Random()
 
     def health(self) -> Mapping[str, object]:
-        """The numbers `GET /healthz` reports."""
+        """The numbers `GET /healthz` reports; "degraded" names its causes."""
+        store = self.store.health()
+        causes = [] if store.get("ok") else [f"store: {store.get('error')}"]
+        status = "draining" if self.draining else "degraded" if causes else "ok"
         return {
-            "status": "draining" if self.draining else "ok",
+            "status": status,
+            **({"causes": causes} if causes else {}),
+            "store": store,
             "streams": len(self.streams),
             "websockets": len(self.sockets),
             "connections": len(self.connections),

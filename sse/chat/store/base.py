@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from sse.errors import StoreUnavailable
 
 __all__ = [
     "DEFAULT_LEASE_INTERVAL_S",
@@ -14,6 +18,7 @@ __all__ = [
     "NEW_TITLE",
     "ConversationSummary",
     "Store",
+    "StoreHealth",
     "StoredMessage",
     "Transcript",
     "check_lease_timing",
@@ -31,6 +36,75 @@ _TITLE_CHARS = 60
 DEFAULT_LEASE_INTERVAL_S = 5.0
 # A lease not renewed for this long belongs to a node taken for dead.
 DEFAULT_STALE_AFTER_S = 30.0
+
+
+# How long a failed write keeps a store reported not ok, though writes since went
+# through: under a full disk small writes in freed space succeed between failures.
+_FAILURE_HOLD_S = 30.0
+
+
+class StoreHealth:
+    """The outcome of a store's recent operations, for `/healthz`; no I/O of its own.
+
+    Updated on the event loop as operations finish. A store is not ok while its
+    last write failed, for `_FAILURE_HOLD_S` after any failure, and while a
+    lasting `fault` (its file removed) stands.
+    """
+
+    __slots__ = ("_error", "_error_at", "_failing", "fault")
+
+    def __init__(self) -> None:
+        self._error: str | None = None
+        self._error_at = 0.0  # time.time() of the last failure
+        self._failing = False
+        self.fault: str | None = None
+
+    def succeeded(self) -> None:
+        """A write went through."""
+        self._failing = False
+
+    def failed(self, cause: str) -> None:
+        """An operation failed for reasons outside our code."""
+        self._error = cause
+        self._error_at = time.time()
+        self._failing = True
+
+    def report(self) -> dict[str, object]:
+        """`{"ok": true}`, or `{"ok": false, "error": ...}`, with the last failure and when."""
+        if self.fault is not None:
+            return {"ok": False, "error": self.fault}
+        if self._error is None:
+            return {"ok": True}
+        at = round(self._error_at, 3)
+        if self._failing or time.time() - self._error_at < _FAILURE_HOLD_S:
+            return {"ok": False, "error": self._error, "error_at": at}
+        return {"ok": True, "last_error": self._error, "last_error_at": at}
+
+    @contextlib.contextmanager
+    def watch(
+        self, unavailable: Callable[[BaseException], str | None], *, write: bool
+    ) -> Iterator[None]:
+        """Record the outcome of the operation inside; a database failure becomes StoreUnavailable.
+
+        `unavailable` says what went wrong when an exception is the database's
+        failure rather than our bug (None for a bug: it propagates as it is).
+
+        Raises:
+            StoreUnavailable: the operation failed for reasons outside our code.
+        """
+        try:
+            yield
+        except StoreUnavailable as exc:
+            self.failed(str(exc))
+            raise
+        except Exception as exc:
+            cause = unavailable(exc)
+            if cause is None:
+                raise
+            self.failed(cause)
+            raise StoreUnavailable(cause) from exc
+        if write:
+            self.succeeded()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +207,10 @@ class Store(Protocol):
 
     def describe(self) -> str:
         """Where the conversations are, for the log; never shows a password."""
+        ...
+
+    def health(self) -> dict[str, object]:
+        """`{"ok": true}`, or `{"ok": false, "error": ...}`: cheap, for every `/healthz`."""
         ...
 
     async def open(self) -> int:

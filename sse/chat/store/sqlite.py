@@ -36,13 +36,14 @@ from sse.chat.store.base import (
     NEW_TITLE,
     ConversationSummary,
     StoredMessage,
+    StoreHealth,
     Transcript,
     check_lease_timing,
     start_lease_task,
     stop_lease_task,
     title_from,
 )
-from sse.errors import StoreError
+from sse.errors import StoreError, StoreUnavailable
 
 __all__ = ["SqliteStore"]
 
@@ -89,6 +90,23 @@ _STREAMING_INDEX = (
 _NODE_ID = re.compile(r"[0-9a-f]{32}")
 # How long a statement waits for another process's lock before it fails.
 _BUSY_TIMEOUT_S = 5.0
+# SQLite's result codes for a database failing, not our SQL: https://sqlite.org/rescode.html
+_OPERATIONAL_CODES = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
 
 
 class _NodeLock:
@@ -182,16 +200,49 @@ class SqliteStore:
         self._locks = _NodeLock(None if in_memory else path.with_name(path.name + "-nodes"))
         self._lock_fd: int | None = None
         self._lease_task: asyncio.Task[None] | None = None
+        self._health = StoreHealth()
+        # (st_dev, st_ino) of the file the connection opened; None in memory.
+        self._identity: tuple[int, int] | None = None
 
     def describe(self) -> str:
         """Where the conversations are, for the log."""
         return str(self.path)
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def health(self) -> dict[str, object]:
+        """`{"ok": ...}` and what went wrong: one os.stat of the file, no query."""
+        self._check_file()
+        return self._health.report()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
         db = self._db
         if db is None:
             raise StoreError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, db)
+        if write:
+            self._check_file()
+            if self._health.fault is not None:
+                # SQLite would take it and say nothing: the file is unlinked, so
+                # what we write is gone at the next restart. The fault is the
+                # store's state; refusing adds no failure of its own to it.
+                raise StoreUnavailable(self._health.fault)
+        with self._health.watch(_sqlite_unavailable, write=write):
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, db)
+
+    def _check_file(self) -> None:
+        """Compare the path with the file the connection opened; log a change once."""
+        if self._identity is None:
+            return
+        problem = _file_problem(self.path, self._identity)
+        fault = self._health.fault
+        if problem is not None and fault is None:
+            log.error(
+                "conversations are no longer saved: %s; until the server stops, what it "
+                "holds can be copied from its open descriptor in /proc/%d/fd",
+                problem,
+                os.getpid(),
+            )
+        elif problem is None and fault is not None:
+            log.warning("the database file %s is back; saving conversations again", self.path)
+        self._health.fault = problem
 
     async def open(self) -> int:
         """Open (and create or migrate) the database and take this node's lease.
@@ -225,6 +276,11 @@ class SqliteStore:
 
         loop = asyncio.get_running_loop()
         self._db, self._lock_fd, recovered = await loop.run_in_executor(self._executor, connect)
+        if self._locks.folder is not None:
+            # Right after the connect: nothing can have replaced the file in between
+            # but an operator racing our start.
+            found = os.stat(self.path)
+            self._identity = (found.st_dev, found.st_ino)
         self._lease_task = start_lease_task(self._keep_lease(), f"lease of node {self.node_id}")
         return recovered
 
@@ -258,11 +314,13 @@ class SqliteStore:
         while True:
             await asyncio.sleep(self._lease_interval_s)
             try:
-                recovered = await self._run(self._renew_and_recover)
-            except (sqlite3.Error, OSError):
+                recovered = await self._run(self._renew_and_recover, write=True)
+            except StoreUnavailable:
                 # Locked for longer than the busy timeout, or a full disk: the
-                # lease is still fresh enough for several more tries.
-                log.warning("could not renew the lease of node %s", self.node_id, exc_info=True)
+                # lease is still fresh enough for several more tries. A file
+                # removed was logged as an error when it was noticed.
+                if self._health.fault is None:
+                    log.warning("could not renew the lease of node %s", self.node_id, exc_info=True)
                 continue
             if recovered:
                 log.warning("%d replies of nodes gone silent were marked interrupted", recovered)
@@ -302,7 +360,7 @@ class SqliteStore:
                 (summary.id, summary.title, now, now),
             )
 
-        await self._run(insert)
+        await self._run(insert, write=True)
         return summary
 
     async def list_conversations(self, limit: int) -> list[ConversationSummary]:
@@ -402,7 +460,7 @@ class SqliteStore:
                 )
             return message
 
-        return await self._run(insert)
+        return await self._run(insert, write=True)
 
     async def save_reply(
         self,
@@ -427,7 +485,32 @@ class SqliteStore:
                 (content, status, finish_reason, error, event_id, now, message_id),
             )
 
-        await self._run(update)
+        await self._run(update, write=True)
+
+
+def _sqlite_unavailable(exc: BaseException) -> str | None:
+    """What went wrong, when `exc` is the database failing rather than our bug."""
+    # By SQLite's primary result code, not the class: sqlite3 raises
+    # OperationalError for a syntax error too (SQLITE_ERROR), which is our bug,
+    # as are constraint failures (IntegrityError) and misuse.
+    if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode & 0xFF in _OPERATIONAL_CODES:
+        return str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return None
+
+
+def _file_problem(path: Path, identity: tuple[int, int]) -> str | None:
+    """Why `path` is no longer the database file of `identity` (st_dev, st_ino), or None."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return f"the database file {path} was removed while the server runs"
+    except OSError as exc:
+        return f"the database file {path} cannot be checked: {exc.strerror}"
+    if (found.st_dev, found.st_ino) != identity:
+        return f"the database file {path} was replaced by another file while the server runs"
+    return None
 
 
 def _use_wal(db: sqlite3.Connection) -> None:
