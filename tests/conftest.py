@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import re
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +12,9 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from sse.config import Config
 from sse.io.server import Server
-from tests.postgres_server import PostgresServer
-from tests.redis_server import RedisServer
-
-ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-_LISTENING = re.compile(r"listening on http://([^\s:]+|\[[^\]]+\]):(\d+)")
-
-MakeServer = Callable[..., Awaitable[Server]]
+from tests.support.postgres_server import PostgresServer
+from tests.support.redis_server import RedisServer
+from tests.support.servers import CHROMIUM, CHROMIUM_ARGS, MakeServer, ServerProcess
 
 
 @pytest.fixture
@@ -65,65 +44,6 @@ async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
 async def server(make_server: MakeServer) -> Server:
     """A server on the embedded defaults, on a free port."""
     return await make_server()
-
-
-class ServerProcess:
-    """`python server.py` in a child process, its log collected from stderr."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self.address: tuple[str, int] = ("", 0)
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), *args],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(15):
-            self.kill()
-            raise AssertionError("server did not start:\n" + self.log)
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            match = _LISTENING.search(line)
-            if match and not self._ready.is_set():
-                self.address = (match.group(1).strip("[]"), int(match.group(2)))
-                self._ready.set()
-        self._ready.set()
-
-    @property
-    def log(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for_log(self, text: str, timeout: float = 5.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not logged within {timeout}s:\n{self.log}")
-            time.sleep(0.01)
-
-    def terminate(self, timeout: float = 15.0) -> int:
-        """SIGTERM, then the exit status (fails the test if it does not exit)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(f"server did not exit within {timeout}s:\n{self.log}") from None
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
 
 
 @pytest.fixture

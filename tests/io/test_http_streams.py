@@ -11,8 +11,8 @@ import pytest
 from sse.app.room import JOIN_ANNOUNCEMENT
 from sse.io.server import Server
 from sse.protocol.sse import Comment
-from tests.client import EventStream, post_message, raw_exchange, request, wait_until
-from tests.conftest import MakeServer
+from tests.support.client import EventStream, post_message, raw_exchange, request, wait_until
+from tests.support.servers import MakeServer
 
 
 async def test_stream_headers_say_event_stream_no_cache_and_no_proxy_buffering(

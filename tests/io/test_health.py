@@ -21,8 +21,8 @@ from sse.chat.store.sqlite import SqliteStore
 from sse.config import Config
 from sse.errors import StoreUnavailable
 from sse.io.server import Server
-from tests.client import EventStream, json_object, request, wait_until
-from tests.conftest import MakeServer
+from tests.support.client import EventStream, json_object, request, wait_until
+from tests.support.servers import MakeServer
 
 JSON = [("content-type", "application/json")]
 

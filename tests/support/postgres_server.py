@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.redis_server import free_port
+from tests.support.redis_server import free_port
 
 # Debian keeps the server binaries off PATH, one folder per major version.
 _BIN_GLOB = "/usr/lib/postgresql/*/bin"

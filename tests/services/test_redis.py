@@ -15,9 +15,9 @@ from pathlib import Path
 import websockets
 
 from sse.protocol.sse import DecodedEvent
-from tests.client import EventStream, post_message, request, wait_until
-from tests.conftest import MakeServer, ServerProcess
-from tests.redis_server import RedisServer
+from tests.support.client import EventStream, post_message, request, wait_until
+from tests.support.redis_server import RedisServer
+from tests.support.servers import MakeServer, ServerProcess
 
 Spawn = Callable[..., ServerProcess]
 Address = tuple[str, int]

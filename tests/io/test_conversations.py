@@ -12,8 +12,8 @@ import pytest
 
 from sse.io.server import Server
 from sse.protocol.sse import DecodedEvent
-from tests.client import EventStream, Response, events_until, json_object, request
-from tests.conftest import MakeServer, ServerProcess
+from tests.support.client import EventStream, Response, events_until, json_object, request
+from tests.support.servers import MakeServer, ServerProcess
 
 JSON = [("content-type", "application/json")]
 

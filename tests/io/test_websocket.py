@@ -46,8 +46,15 @@ from sse.protocol.websocket import (
     payloads,
     text_frames,
 )
-from tests.client import Connection, EventStream, Response, post_message, request, wait_until
-from tests.conftest import MakeServer, ServerProcess
+from tests.support.client import (
+    Connection,
+    EventStream,
+    Response,
+    post_message,
+    request,
+    wait_until,
+)
+from tests.support.servers import MakeServer, ServerProcess
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 UPGRADE = [

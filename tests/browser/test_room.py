@@ -19,7 +19,8 @@ from urllib.parse import quote
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.conftest import ROOT, ServerProcess, page_opener
+from tests.conftest import page_opener
+from tests.support.servers import ROOT, ServerProcess
 
 # Browsers reconnect after `retry:` ms; the defaults (3-5 s) would make the
 # reconnect tests slow.

@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from sse.protocol.sse import DecodedEvent
-from tests.client import EventStream, Response, events_until, json_object, request
-from tests.conftest import MakeServer, ServerProcess
-from tests.redis_server import RedisServer
+from tests.support.client import EventStream, Response, events_until, json_object, request
+from tests.support.redis_server import RedisServer
+from tests.support.servers import MakeServer, ServerProcess
 
 Spawn = Callable[..., ServerProcess]
 Address = tuple[str, int]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.client import request, wait_until
-from tests.conftest import ROOT, ServerProcess
-from tests.redis_server import RedisServer
+from tests.support.client import request, wait_until
+from tests.support.redis_server import RedisServer
+from tests.support.servers import ROOT, ServerProcess
 
 Spawn = Callable[..., ServerProcess]
 _STARTED = re.compile(r"worker (\d+) started: pid (\d+)")

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.conftest import ServerProcess, page_opener
-from tests.test_browser import (
+from tests.conftest import page_opener
+from tests.support.servers import ServerProcess
+from tests.browser.test_room import (
     RECONNECT_TIMEOUT_MS,
 )
 

@@ -15,8 +15,8 @@ import pytest
 
 from sse.cli import build_parser
 from sse.io.server import Server
-from tests.client import Connection, EventStream, post_message, request, wait_until
-from tests.conftest import ROOT, MakeServer, ServerProcess
+from tests.support.client import Connection, EventStream, post_message, request, wait_until
+from tests.support.servers import ROOT, MakeServer, ServerProcess
 
 Spawn = Callable[..., ServerProcess]
 

@@ -13,7 +13,7 @@ import pytest
 from sse.chat.models.base import ChatTurn, Finish, Piece
 from sse.chat.models.openai import OpenAIModel, _StreamParser
 from sse.errors import ConfigError, ModelError
-from tests.fake_openai import GREETING, FakeOpenAI, Script
+from tests.support.fake_openai import GREETING, FakeOpenAI, Script
 
 HISTORY = (
     ChatTurn("system", "You are terse."),

@@ -21,8 +21,8 @@ from sse.chat.store.postgres import PostgresStore
 from sse.chat.store.sqlite import SqliteStore
 from sse.config import Config
 from sse.errors import StoreError
-from tests.client import Response, request, wait_until
-from tests.conftest import ROOT, ServerProcess
+from tests.support.client import Response, request, wait_until
+from tests.support.servers import ROOT, ServerProcess
 
 JSON = [("content-type", "application/json")]
 # Fast leases for the tests that wait for one to go stale.

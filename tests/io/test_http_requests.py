@@ -9,8 +9,15 @@ import re
 import pytest
 
 from sse.io.server import Server
-from tests.client import Connection, EventStream, post_message, raw_exchange, request, wait_until
-from tests.conftest import MakeServer
+from tests.support.client import (
+    Connection,
+    EventStream,
+    post_message,
+    raw_exchange,
+    request,
+    wait_until,
+)
+from tests.support.servers import MakeServer
 
 JSON = [("content-type", "application/json")]
 

@@ -11,9 +11,9 @@ import pytest
 
 from sse.io.server import Server
 from sse.protocol.sse import DecodedEvent
-from tests.client import EventStream, request
-from tests.conftest import MakeServer
-from tests.fake_openai import FakeOpenAI, Script
+from tests.support.client import EventStream, request
+from tests.support.fake_openai import FakeOpenAI, Script
+from tests.support.servers import MakeServer
 
 JSON = [("content-type", "application/json")]
 
