@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from tests.conftest import page_opener
-from tests.support.servers import ServerProcess
 from tests.browser.test_room import (
     FAST_RETRY,
     RECONNECT_TIMEOUT_MS,
 )
+from tests.conftest import page_opener
+from tests.support.servers import ServerProcess
 
 ECHO_LABEL = "built-in echo model"
 # Seconds per echoed word: slow enough to watch a reply grow, fast enough to finish.

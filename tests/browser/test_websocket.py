@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.conftest import page_opener
-from tests.support.servers import ServerProcess
 from tests.browser.test_room import (
     RECONNECT_TIMEOUT_MS,
 )
+from tests.conftest import page_opener
+from tests.support.servers import ServerProcess
 
 # Small, so a test can go over it without sending much.
 MAX_MESSAGE_BYTES = 4096
