@@ -14,21 +14,20 @@ from collections.abc import Awaitable, Callable
 from enum import Enum, auto
 from typing import cast
 from urllib.parse import parse_qsl, urlsplit
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import h11
 
 from sse.app.values import OpenSocket, OpenStream, Reply, Request, json_reply
 from sse.errors import BrokerUnavailable
-from sse.io.backlog import Backlog
 from sse.io.hooks import ServerState
+from sse.io.stream import Stream
 from sse.io.websocket import accept
-from sse.protocol.frame import Frame
-from sse.protocol.http1 import LAST_CHUNK, chunk, status_phrase
-from sse.protocol.sse import encode_comment, encode_retry
+from sse.protocol.http1 import status_phrase
+from sse.protocol.sse import encode_retry
 from sse.pubsub.hub import Resume
 
-__all__ = ["HttpConnection", "Stream"]
+__all__ = ["HttpConnection"]
 
 log = logging.getLogger("ssechat")
 access_log = logging.getLogger("ssechat.access")
@@ -68,69 +67,6 @@ class Phase(Enum):
     STREAMING = auto()
     CLOSING = auto()
     UPGRADED = auto()  # the transport now belongs to a `sse.ws.WebSocket`
-
-
-class Stream(Backlog):
-    """One open event stream: a `Sink` writing frames straight to its transport.
-
-    Frames that cannot be written now wait in its `Backlog`; past the limit the
-    stream is aborted, and its browser resumes with Last-Event-ID.
-    """
-
-    __slots__ = ("_chunked", "_conn", "key", "opened_at", "replayed", "topic")
-
-    def __init__(
-        self,
-        conn: HttpConnection,
-        transport: asyncio.Transport,
-        key: UUID,
-        topic: str,
-        *,
-        chunked: bool,
-        limit_bytes: int,
-    ) -> None:
-        super().__init__(transport, limit_bytes, paused=False)
-        self._conn = conn
-        self._chunked = chunked
-        self.key = key
-        self.topic = topic
-        self.replayed = 0
-        self.opened_at = time.monotonic()
-
-    def start(self, first: bytes, replay: list[bytes]) -> None:
-        """Write the opening bytes, then the replay under flow control."""
-        self.replayed = len(replay)
-        self._begin(first, replay)
-
-    def push(self, frame: Frame) -> None:
-        """Write one frame now, or queue it while the client is behind."""
-        # The hot path of a broadcast: keep it to one test and one write.
-        data = frame.chunked if self._chunked else frame.raw
-        if not self._paused and not self._pending:
-            self._write(data)
-            return
-        self._enqueue(data)
-
-    def abort_stream(self, reason: str) -> None:
-        """Drop the stream at once (its client resumes by id)."""
-        self._conn.abort_stream(reason)
-
-    def last_bytes(self) -> bytes:
-        """What ends the body: the last chunk (RFC 9112 section 7.1), or nothing for 1.0."""
-        return LAST_CHUNK if self._chunked else b""
-
-    def frame_bytes(self, raw: bytes) -> bytes:
-        """`raw` in this stream's body framing."""
-        return chunk(raw) if self._chunked else raw
-
-    def frame_data(self, frame: Frame) -> bytes:
-        """`frame` in this stream's body framing, as `push` writes it."""
-        return frame.chunked if self._chunked else frame.raw
-
-    def heartbeat(self) -> None:
-        """Write a comment line, unless the client is behind anyway."""
-        if not self._paused and not self._pending:
-            self._write(self.frame_bytes(encode_comment()))
 
 
 class HttpConnection(asyncio.Protocol):
@@ -457,12 +393,12 @@ class HttpConnection(asyncio.Protocol):
         # From here on we frame the body ourselves, so a broadcast is one write.
         chunked = b"transfer-encoding: chunked" in head.lower()
         stream = Stream(
-            self,
             transport,
             uuid4(),
             opening.topic,
             chunked=chunked,
             limit_bytes=self._config.backlog_limit_bytes,
+            abort=self.abort_stream,
         )
         # Set before the broker may wait: a client leaving meanwhile detaches it.
         self._stream = stream
