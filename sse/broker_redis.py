@@ -96,6 +96,37 @@ class _Gate:
         self.frames.append(frame)
 
 
+class _After:
+    """Passes on only frames after `bound`, then hands the subscription to `sink` itself.
+
+    A replay reads Redis up to its newest entry, which the reader may not have
+    delivered here yet; when it does, those entries would reach the sink a
+    second time. The reader delivers in entry-id order, so once one entry past
+    `bound` comes, every later one is new too.
+    """
+
+    __slots__ = ("_bound", "_hub", "_key", "_sink", "_topic")
+
+    def __init__(self, hub: Hub, topic: str, key: UUID, sink: Sink, bound: tuple[int, int]) -> None:
+        self._hub = hub
+        self._topic = topic
+        self._key = key
+        self._sink = sink
+        self._bound = bound
+
+    def push(self, frame: Frame) -> None:
+        singles = frame.singles()
+        fresh = [s for s in singles if (parse_entry_id(s.id) or (0, 0)) > self._bound]
+        if not fresh:
+            return
+        self._hub.replace(self._topic, self._key, self._sink)
+        if len(fresh) == len(singles):
+            self._sink.push(frame)
+            return
+        for single in fresh:
+            self._sink.push(single)
+
+
 def _frame(entry_id: str, fields: Mapping[str, str]) -> Frame:
     return Frame.of(Event(fields.get("d", ""), event=fields.get("e") or None, id=entry_id), 0)
 
@@ -273,9 +304,11 @@ class RedisBroker:
             for single in frame.singles()
             if bound is None or (parse_entry_id(single.id) or (0, 0)) > bound
         ]
-        # From here on the hub pushes to the sink itself; a sink whose client
-        # left meanwhile is not subscribed again.
-        self.hub.replace(topic, key, sink)
+        # From here on the hub pushes to the sink (past what the replay holds);
+        # a sink whose client left meanwhile is not subscribed again.
+        self.hub.replace(
+            topic, key, sink if bound is None else _After(self.hub, topic, key, sink, bound)
+        )
         return Resume((*resume.frames, *held), resume.gap)
 
     async def _follow(self, topic: str) -> None:
