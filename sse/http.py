@@ -137,7 +137,7 @@ class Stream:
         """Write the opening bytes, then the replay under flow control."""
         self._write(first)
         replay_bytes = sum(len(b) for b in replay)
-        # The replay is allowed on top of the live limit: the history bounds it.
+        # The replay is allowed on top of the live limit: --max-replay-bytes bounds it.
         self._limit_bytes += replay_bytes
         self._pending.extend(replay)
         self._pending_bytes = replay_bytes
