@@ -176,7 +176,7 @@ class Hub:
         # A topic starts above every id issued so far, so an id from an evicted
         # earlier life of it can never be mistaken for one of the new life.
         start = self._high_seq + 1
-        topic = self._topics[name] = _Topic(deque(), start, start)
+        topic = self._topics[name] = _Topic(deque(maxlen=self._history_size), start, start)
         return topic
 
     def _evict_one(self) -> None:
@@ -197,9 +197,7 @@ class Hub:
 
     def _trim(self, name: str, t: _Topic) -> None:
         history = t.history
-        while history and (
-            len(history) > self._history_size or t.history_bytes > self._history_max_bytes
-        ):
+        while history and t.history_bytes > self._history_max_bytes:
             self._drop_oldest(t)
         if not history:
             del self._holding[name]
@@ -237,15 +235,18 @@ class Hub:
         frame = Frame.of(Event(data, event=event, id=id or f"{self._epoch}-{seq}"), seq)
         t.next_seq = seq + 1  # only after encoding succeeded: ids stay contiguous
         self._high_seq = max(self._high_seq, seq)
-        t.history.append(frame)
+        history = t.history
         size = len(frame.raw)
+        if len(history) == self._history_size:  # the append drops the oldest
+            size -= len(history[0].raw)
+        history.append(frame)
         t.history_bytes += size
         self._history_bytes += size
         try:
             self._holding.move_to_end(topic)
         except KeyError:
             self._holding[topic] = t
-        if len(t.history) > self._history_size or t.history_bytes > self._history_max_bytes:
+        if t.history_bytes > self._history_max_bytes:
             self._trim(topic, t)
         if self._history_bytes > self._history_total_max_bytes:
             self._trim_total()
