@@ -385,7 +385,7 @@ class WebSocket(asyncio.Protocol):
         """Write the 101 response and the replay, and start reading."""
         self._write(head)
         replay_bytes = sum(len(b) for b in replay)
-        # The replay is allowed on top of the live limit: the history bounds it.
+        # The replay is allowed on top of the live limit: --max-replay-bytes bounds it.
         self._limit_bytes += replay_bytes
         if replay:
             self._pending = deque(replay)
