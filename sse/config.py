@@ -126,6 +126,30 @@ class Config:
         "events kept per channel for clients that resume with Last-Event-ID",
         _STREAMS,
     )
+    # Wire bytes of the events kept for resuming, per channel and all channels
+    # together (with or without listeners), and the most one resume replays.
+    history_bytes: int = _opt(
+        1024 * 1024,
+        "--history-bytes",
+        "bytes of events kept per channel (whichever of this and --history-size "
+        "is reached first); the oldest go first, and a client resuming from before "
+        "them gets a gap event",
+        _STREAMS,
+    )
+    history_total_bytes: int = _opt(
+        64 * 1024 * 1024,
+        "--history-total-bytes",
+        "bytes of events kept in all channels together, listened to or not; past "
+        "it, the channel least recently published to gives up its oldest events first",
+        _STREAMS,
+    )
+    max_replay_bytes: int = _opt(
+        1024 * 1024,
+        "--max-replay-bytes",
+        "most bytes of events one resume replays (also from Redis); past it the "
+        "client gets a gap event, then the newest events that fit",
+        _STREAMS,
+    )
     max_channels: int = _opt(
         1000,
         "--max-channels",
@@ -351,6 +375,9 @@ class Config:
         """
         positive = {
             "history_size": self.history_size,
+            "history_bytes": self.history_bytes,
+            "history_total_bytes": self.history_total_bytes,
+            "max_replay_bytes": self.max_replay_bytes,
             "max_channels": self.max_channels,
             "ping_interval_s": self.ping_interval_s,
             "backlog_limit_bytes": self.backlog_limit_bytes,
@@ -380,6 +407,11 @@ class Config:
         }.items():
             if value < 0:
                 raise ConfigError(f"{name} must not be negative, got {value}")
+        if self.history_bytes > self.history_total_bytes:
+            raise ConfigError(
+                f"history_bytes ({self.history_bytes}) must not exceed history_total_bytes "
+                f"({self.history_total_bytes}): one channel cannot hold more than all of them"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
         if self.echo_delay_s < 0:

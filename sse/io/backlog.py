@@ -42,7 +42,7 @@ class Backlog:
         """Write `first` now and the replay under flow control."""
         self._write(first)
         replay_bytes = sum(len(b) for b in replay)
-        # The replay is allowed on top of the live limit: the history bounds it.
+        # The replay is allowed on top of the live limit: --max-replay-bytes bounds it.
         self._limit_bytes += replay_bytes
         if replay:
             self._pending = deque(replay)

@@ -56,13 +56,20 @@ class Server:
             history_size=1 if config.redis_url else config.history_size,
             epoch=str(time.time_ns() // 1_000_000),
             max_topics=config.max_channels,
+            history_bytes=config.history_bytes,
+            history_total_bytes=config.history_total_bytes,
+            max_replay_bytes=config.max_replay_bytes,
             schedule=self._schedule_flush,
         )
         self.broker: Broker = (
             MemoryBroker(self.hub)
             if config.redis_url is None
             else RedisBroker(
-                self.hub, config.redis_url, history_size=config.history_size, node=self.node
+                self.hub,
+                config.redis_url,
+                history_size=config.history_size,
+                max_replay_bytes=config.max_replay_bytes,
+                node=self.node,
             )
         )
         self.tasks: set[asyncio.Task[None]] = set()
@@ -100,6 +107,7 @@ class Server:
         store = self.store.health()
         causes = [] if store.get("ok") else [f"store: {store.get('error')}"]
         status = "draining" if self.draining else "degraded" if causes else "ok"
+        history_events, history_bytes = self.hub.history_held()
         return {
             "status": status,
             **({"causes": causes} if causes else {}),
@@ -110,6 +118,10 @@ class Server:
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             # Which process answered, when --workers share the port.
             "pid": os.getpid(),
+            # What this process keeps for resuming (with Redis, only the last event
+            # of each channel: the history itself lives in Redis).
+            "history_events": history_events,
+            "history_bytes": history_bytes,
             **self.broker.health(),
             "broadcast_ms": self._broadcast_summary(),
         }
