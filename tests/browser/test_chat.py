@@ -10,7 +10,6 @@ conversation; messages carry a unique token.
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,8 @@ from tests.browser.test_room import (
     FAST_RETRY,
     RECONNECT_TIMEOUT_MS,
 )
-from tests.conftest import page_opener
+from tests.conftest import OpenPage, page_opener
+from tests.support.browser import token
 from tests.support.servers import ServerProcess
 
 ECHO_LABEL = "built-in echo model"
@@ -32,17 +32,6 @@ ECHO_DELAY = ("--echo-delay", "0.03")
 LONG_WORDS = " ".join(f"w{i}" for i in range(200))
 # What the footer of a reply shows after its `done`: "first token 31 ms · 0.4 s".
 TIMINGS = re.compile(r"first token \d+ ms · \d+(\.\d)? m?s$")
-
-OpenPage = Callable[..., Page]
-
-
-def _base_url(server: ServerProcess) -> str:
-    host, port = server.address
-    return f"http://{host}:{port}"
-
-
-def _token() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def _open_chat(page: Page) -> None:
@@ -149,7 +138,7 @@ def test_reply_grows_piece_by_piece_into_a_bubble_labelled_with_the_echo_model(
                }).observe(transcript, {childList: true, subtree: true, characterData: true});
            }"""
     )
-    message = f"grow {_token()} one two three four five six"
+    message = f"grow {token()} one two three four five six"
     _send(page, message)
 
     reply = _replies(page).first
@@ -184,7 +173,7 @@ def test_stop_ends_a_long_reply_where_it_is_and_the_server_keeps_that_text(
 ) -> None:
     page = open_page()
     _open_chat(page)
-    message = f"stop {_token()} {LONG_WORDS}"
+    message = f"stop {token()} {LONG_WORDS}"
     _send(page, message)
     reply = _replies(page).first
     _wait_until_longer_than(reply, 40)
@@ -194,7 +183,7 @@ def test_stop_ends_a_long_reply_where_it_is_and_the_server_keeps_that_text(
     expect(page.locator("#chat-send")).to_be_disabled()
 
     # Enter while the reply streams sends nothing: it says why and keeps the text.
-    after = f"after the stop {_token()}"
+    after = f"after the stop {token()}"
     box = page.locator("#chat-input")
     box.fill(after)
     box.press("Enter")
@@ -210,7 +199,7 @@ def test_stop_ends_a_long_reply_where_it_is_and_the_server_keeps_that_text(
     assert len(stopped_text) < len(f"You said: {message}")
 
     conversation_id = _conversation_id(page)
-    stored = _stored(page, _base_url(assistant), conversation_id)
+    stored = _stored(page, assistant.url, conversation_id)
     assert stored["replying"] is False
     last = stored["messages"][-1]
     assert (last["role"], last["status"], last["finish_reason"]) == (
@@ -233,10 +222,10 @@ def test_stop_ends_a_long_reply_where_it_is_and_the_server_keeps_that_text(
 def test_a_tab_opened_mid_reply_shows_only_true_text_and_can_stop_it_for_every_tab(
     open_page: OpenPage, assistant: ServerProcess
 ) -> None:
-    base_url = _base_url(assistant)
+    base_url = assistant.url
     writer = open_page()
     _open_chat(writer)
-    message = f"joined {_token()} {LONG_WORDS}"
+    message = f"joined {token()} {LONG_WORDS}"
     final = f"You said: {message}"
     _send(writer, message)
     _wait_until_longer_than(_replies(writer).first, 60)
@@ -291,7 +280,7 @@ def test_reload_and_a_return_visit_reopen_the_conversation_with_its_transcript(
 ) -> None:
     page = open_page()
     _open_chat(page)
-    message = f"remember me {_token()}"
+    message = f"remember me {token()}"
     _send(page, message)
     expect(_replies(page).first).to_have_attribute("data-status", "complete")
     conversation_id = _conversation_id(page)
@@ -312,7 +301,7 @@ def test_reload_and_a_return_visit_reopen_the_conversation_with_its_transcript(
     shows_the_conversation()
 
     # A later visit without the hash opens the room; the Chat view remembers.
-    page.goto(f"{_base_url(assistant)}/")
+    page.goto(f"{assistant.url}/")
     expect(page.locator("#messages")).to_be_visible()
     _open_chat(page)
     shows_the_conversation()
@@ -324,9 +313,9 @@ def test_server_restart_keeps_the_conversation_listed_and_its_transcript_intact(
 ) -> None:
     same = ("--db", str(tmp_path / "restarted.sqlite3"), *ECHO_DELAY, *FAST_RETRY)
     first = spawn(*same)
-    base_url = _base_url(first)
+    base_url = first.url
     page = open_page(f"{base_url}/#chat")
-    message = f"before the restart {_token()}"
+    message = f"before the restart {token()}"
     _send(page, message)
     expect(_replies(page).first).to_have_attribute("data-status", "complete")
     before = _transcript_texts(page)
@@ -344,7 +333,7 @@ def test_server_restart_keeps_the_conversation_listed_and_its_transcript_intact(
     expect(listed).to_contain_text(message)
     assert _transcript_texts(page) == before
 
-    after = f"after the restart {_token()}"
+    after = f"after the restart {token()}"
     _send(page, after)
     expect(_replies(page)).to_have_count(2)
     expect(_replies(page).nth(1)).to_have_attribute("data-status", "complete")
@@ -366,7 +355,7 @@ def test_phone_viewport_chat_has_no_horizontal_scroll_and_a_conversation_drawer(
     )
     _open_chat(page)
     # Unbreakable text is what usually pushes a narrow layout sideways.
-    message = f"{'x' * 300} {_token()}"
+    message = f"{'x' * 300} {token()}"
     _send(page, message)
     reply = _replies(page).first
     expect(reply).to_have_attribute("data-status", "complete")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,7 +18,8 @@ from urllib.parse import quote
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.conftest import page_opener
+from tests.conftest import OpenPage, page_opener
+from tests.support.browser import token
 from tests.support.servers import ROOT, ServerProcess
 
 # Browsers reconnect after `retry:` ms; the defaults (3-5 s) would make the
@@ -28,17 +28,6 @@ FAST_RETRY = ("--retry-ms", "200", "--retry-jitter-ms", "100")
 SENT = "Message sent successfully!"
 # Long enough for a server start plus a few reconnect attempts.
 RECONNECT_TIMEOUT_MS = 15_000
-
-OpenPage = Callable[..., Page]
-
-
-def _base_url(server: ServerProcess) -> str:
-    host, port = server.address
-    return f"http://{host}:{port}"
-
-
-def _token() -> str:
-    return uuid.uuid4().hex[:8]
 
 
 def _message_texts(page: Page) -> list[str]:
@@ -150,7 +139,7 @@ def other_origin(chat: ServerProcess) -> Iterator[_OtherOrigin]:
     files = {
         "/article.html": (
             "text/html; charset=utf-8",
-            _ARTICLE_PAGE.replace("SERVER", _base_url(chat)).encode(),
+            _ARTICLE_PAGE.replace("SERVER", chat.url).encode(),
         ),
         "/app/": ("text/html; charset=utf-8", (client / "index.html").read_bytes()),
     }
@@ -182,7 +171,7 @@ def test_message_sent_through_the_ui_reaches_every_page_and_clears_the_input(
     reader = open_page()
     for page in (sender, reader):
         expect(page.locator("#status")).to_have_text("live")
-    text = f"hello from A {_token()}"
+    text = f"hello from A {token()}"
     sender.locator("#message-input").fill(text)
     sender.locator("#send-button").click()
     expect(sender.locator("#message-input")).to_have_value("")
@@ -198,32 +187,32 @@ def test_enter_sends_shift_enter_breaks_the_line_and_text_arrives_verbatim(
     page = open_page()
     expect(page.locator("#status")).to_have_text("live")
     box = page.locator("#message-input")
-    token = _token()
+    word = token()
 
-    box.press_sequentially(f"first line {token}")
+    box.press_sequentially(f"first line {word}")
     box.press("Shift+Enter")
     box.press_sequentially("second line")
-    multi_line = f"first line {token}\nsecond line"
+    multi_line = f"first line {word}\nsecond line"
     expect(box).to_have_value(multi_line)
     box.press("Enter")
     expect(box).to_have_value("")
     _wait_for_message(page, multi_line)
 
     # Event-stream field syntax inside the data must stay data (one event, id intact).
-    injection = f"line1 {token}\n\ndata: injected\nid: 999"
+    injection = f"line1 {word}\n\ndata: injected\nid: 999"
     box.fill(injection)
     box.press("Enter")
     expect(box).to_have_value("")
     _wait_for_message(page, injection)
 
-    emoji = f"héllo 👋🏽 {token}"
+    emoji = f"héllo 👋🏽 {word}"
     box.fill(emoji)
     page.locator("#send-button").click()
     expect(box).to_have_value("")
     _wait_for_message(page, emoji)
 
-    markup = f'<img src=x onerror="window.__pwned=1"><b>bold</b> {token}'
-    _post(page, _base_url(chat), markup)
+    markup = f'<img src=x onerror="window.__pwned=1"><b>bold</b> {word}'
+    _post(page, chat.url, markup)
     _wait_for_message(page, markup)
 
     # Exactly these four, in order: Shift+Enter sent nothing, the injection made no
@@ -240,10 +229,10 @@ def test_article_client_code_works_from_another_origin(
     open_page: OpenPage, chat: ServerProcess, other_origin: _OtherOrigin
 ) -> None:
     page = open_page(f"{other_origin.origin}/article.html")
-    assert page.evaluate("location.origin") != _base_url(chat)
+    assert page.evaluate("location.origin") != chat.url
     # Our own join announcement shows the stream is open before we send.
     expect(page.locator("#messages li").first).to_have_text("A new user joined!")
-    text = f"from another origin {_token()}"
+    text = f"from another origin {token()}"
     assert page.evaluate("message => sendMessage(message)", text) == SENT
     expect(page.locator("#messages li").last).to_have_text(text)
     # The JSON POST is not a simple request: the browser asked first.
@@ -253,13 +242,13 @@ def test_article_client_code_works_from_another_origin(
 def test_our_client_served_from_another_origin_talks_to_the_server_by_query(
     open_page: OpenPage, chat: ServerProcess, other_origin: _OtherOrigin
 ) -> None:
-    server = _base_url(chat)
+    server = chat.url
     page = open_page(f"{other_origin.origin}/app/?server={quote(server, safe='')}")
     # The ?server= is not the page's own origin: it is used once accepted.
     expect(page.locator("#server-prompt-origin")).to_have_text(server)
     page.locator("#server-accept").click()
     expect(page.locator("#status")).to_have_text("live")
-    text = f"cross-origin UI {_token()}"
+    text = f"cross-origin UI {token()}"
     page.locator("#message-input").fill(text)
     page.locator("#message-input").press("Enter")
     expect(page.locator("#message-input")).to_have_value("")
@@ -279,20 +268,20 @@ def _open_recording(open_page: OpenPage, url: str) -> tuple[Page, list[str]]:
 @pytest.fixture
 def foreign(spawn: Callable[..., ServerProcess]) -> str:
     """The base URL of a second server, on another loopback address: another origin."""
-    return _base_url(spawn("--host", "127.0.0.2", *FAST_RETRY))
+    return spawn("--host", "127.0.0.2", *FAST_RETRY).url
 
 
 def test_a_link_to_another_server_asks_first_and_sends_nothing_there_until_accepted(
     open_page: OpenPage, chat: ServerProcess, foreign: str
 ) -> None:
-    own = _base_url(chat)
+    own = chat.url
     page, seen = _open_recording(open_page, f"{own}/?server={quote(foreign, safe='')}")
     expect(page.locator("#server-prompt")).to_be_visible()
     expect(page.locator("#server-prompt-origin")).to_have_text(foreign)
     # Meanwhile the page talks to its own server, and says so.
     expect(page.locator("#status")).to_have_text("live")
     expect(page.locator("#server-label")).to_have_text(own.removeprefix("http://"))
-    mine = f"before accepting {_token()}"
+    mine = f"before accepting {token()}"
     page.locator("#message-input").fill(mine)
     page.locator("#message-input").press("Enter")
     _wait_for_message(page, mine)
@@ -302,7 +291,7 @@ def test_a_link_to_another_server_asks_first_and_sends_nothing_there_until_accep
     expect(page.locator("#server-prompt")).to_be_hidden()
     expect(page.locator("#server-label")).to_have_text(foreign.removeprefix("http://"))
     expect(page.locator("#status")).to_have_text("live")
-    theirs = f"after accepting {_token()}"
+    theirs = f"after accepting {token()}"
     page.locator("#message-input").fill(theirs)
     page.locator("#message-input").press("Enter")
     _wait_for_message(page, theirs)
@@ -314,14 +303,14 @@ def test_a_link_to_another_server_asks_first_and_sends_nothing_there_until_accep
 def test_refusing_a_link_to_another_server_stays_on_the_own_one(
     open_page: OpenPage, chat: ServerProcess, foreign: str
 ) -> None:
-    own = _base_url(chat)
+    own = chat.url
     page, seen = _open_recording(open_page, f"{own}/?server={quote(foreign, safe='')}")
     page.locator("#server-refuse").click()
     expect(page.locator("#server-prompt")).to_be_hidden()
     expect(page.locator("#status")).to_have_text("live")
     expect(page.locator("#server-label")).to_have_text(own.removeprefix("http://"))
     assert "server=" not in page.url  # so a reload does not ask again
-    text = f"refused {_token()}"
+    text = f"refused {token()}"
     page.locator("#message-input").fill(text)
     page.locator("#message-input").press("Enter")
     _wait_for_message(page, text)
@@ -334,7 +323,7 @@ def test_refusing_a_link_to_another_server_stays_on_the_own_one(
 def test_a_link_to_the_page_s_own_server_is_used_without_asking(
     open_page: OpenPage, chat: ServerProcess
 ) -> None:
-    own = _base_url(chat)
+    own = chat.url
     page = open_page(f"{own}/?server={quote(own, safe='')}")
     expect(page.locator("#status")).to_have_text("live")
     expect(page.locator("#server-prompt")).to_be_hidden()
@@ -347,7 +336,7 @@ def test_server_restart_on_the_same_port_shows_reconnecting_then_a_gap_notice(
     # A restart: same port, same database, new process.
     same = ("--db", str(tmp_path / "restarted.sqlite3"), *FAST_RETRY)
     first = spawn(*same)
-    base_url = _base_url(first)
+    base_url = first.url
     page = open_page(f"{base_url}/")
     status = page.locator("#status")
     expect(status).to_have_text("live")
@@ -360,7 +349,7 @@ def test_server_restart_on_the_same_port_shows_reconnecting_then_a_gap_notice(
     expect(page.locator("#reconnect")).to_be_visible()
 
     second = spawn("--port", str(first.address[1]), *same)
-    assert _base_url(second) == base_url
+    assert second.url == base_url
     expect(status).to_have_text("live", timeout=RECONNECT_TIMEOUT_MS)
     # The browser resent the old id (Last-Event-ID); the new process cannot know it.
     notice = page.locator("#messages li.notice")
@@ -369,7 +358,7 @@ def test_server_restart_on_the_same_port_shows_reconnecting_then_a_gap_notice(
     expect(notice).to_contain_text(last_id)
     assert re.search(rf"resume='{re.escape(last_id)}' replay=\d+ gap", second.log), second.log
 
-    text = f"after the restart {_token()}"
+    text = f"after the restart {token()}"
     _post(page, base_url, text)
     _wait_for_message(page, text)
 
@@ -377,11 +366,11 @@ def test_server_restart_on_the_same_port_shows_reconnecting_then_a_gap_notice(
 def test_reconnect_button_resumes_from_the_last_event_without_loss(
     open_page: OpenPage, chat: ServerProcess
 ) -> None:
-    base_url = _base_url(chat)
+    base_url = chat.url
     page = open_page()
     status = page.locator("#status")
     expect(status).to_have_text("live")
-    before = f"before {_token()}"
+    before = f"before {token()}"
     _post(page, base_url, before)
     _wait_for_message(page, before)
     last_id = page.locator("#messages li").last.get_attribute("data-event-id")
@@ -391,7 +380,7 @@ def test_reconnect_button_resumes_from_the_last_event_without_loss(
     # the page shows `closed` and offers Reconnect.
     page.evaluate("window.stop()")
     expect(status).to_have_text("closed")
-    missed = [f"missed 1 {_token()}", f"missed 2 {_token()}"]
+    missed = [f"missed 1 {token()}", f"missed 2 {token()}"]
     for text in missed:
         _post(page, base_url, text)
 
@@ -413,10 +402,10 @@ def test_reconnect_button_resumes_from_the_last_event_without_loss(
 def test_apply_resumes_on_the_same_server_and_starts_fresh_on_another(
     open_page: OpenPage, chat: ServerProcess, spawn: Callable[..., ServerProcess]
 ) -> None:
-    base_url = _base_url(chat)
+    base_url = chat.url
     page = open_page()
     expect(page.locator("#status")).to_have_text("live")
-    text = f"kept {_token()}"
+    text = f"kept {token()}"
     _post(page, base_url, text)
     _wait_for_message(page, text)
     last_id = page.locator("#messages li").last.get_attribute("data-event-id")
@@ -435,7 +424,7 @@ def test_apply_resumes_on_the_same_server_and_starts_fresh_on_another(
     ids = _event_ids(page)
     assert len(ids) == len(set(ids)), ids
 
-    other_url = _base_url(spawn(*FAST_RETRY))
+    other_url = spawn(*FAST_RETRY).url
     page.locator("#server-url").fill(other_url)
     with page.expect_request(re.compile(r"/events\b")) as opened:
         page.locator("#apply-server").click()
@@ -457,10 +446,10 @@ def test_phone_viewport_has_no_horizontal_scroll_and_the_composer_in_view(
     )
     expect(page.locator("#status")).to_have_text("live")
     # Unbreakable text is what usually pushes a narrow layout sideways.
-    long_word = "x" * 300 + _token()
-    long_url = f"https://example.com/{'a/' * 80}?{_token()}"
+    long_word = "x" * 300 + token()
+    long_url = f"https://example.com/{'a/' * 80}?{token()}"
     for text in (long_word, long_url):
-        _post(page, _base_url(chat), text)
+        _post(page, chat.url, text)
         _wait_for_message(page, text)
     assert page.evaluate("document.documentElement.scrollWidth") <= 360
     messages = page.locator("#messages")

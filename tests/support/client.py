@@ -29,7 +29,8 @@ class Response:
         return json.loads(self.body)
 
 
-def _headers(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+def headers_of(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
+    """Header names lower-cased, repeats joined by ', ' (as the server sees them)."""
     out: dict[str, str] = {}
     for name, value in raw:
         key = name.decode().lower()
@@ -77,7 +78,7 @@ class Connection:
             if isinstance(event, h11.InformationalResponse):
                 continue
             assert isinstance(event, h11.Response), event
-            return event.status_code, _headers(event.headers)
+            return event.status_code, headers_of(event.headers)
 
     async def read_response(self, timeout: float = 5.0) -> Response:
         status, headers = await self.read_head(timeout)

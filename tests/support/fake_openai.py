@@ -23,6 +23,8 @@ from types import TracebackType
 
 import h11
 
+from tests.support.client import headers_of
+
 __all__ = ["GREETING", "FakeOpenAI", "Received", "Script"]
 
 GREETING = ("Hello", "!", " How can", " I help", " you today?")
@@ -161,7 +163,7 @@ class FakeOpenAI:
             Received(
                 method=request.method.decode(),
                 target=request.target.decode(),
-                headers=_headers(request.headers),
+                headers=headers_of(request.headers),
                 body=_json_or_none(body),
             )
         )
@@ -344,11 +346,3 @@ def _json_or_none(body: bytes) -> object:
     with contextlib.suppress(ValueError):
         return json.loads(body)
     return None
-
-
-def _headers(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, value in raw:
-        key = name.decode().lower()
-        out[key] = f"{out[key]}, {value.decode()}" if key in out else value.decode()
-    return out

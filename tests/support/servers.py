@@ -67,6 +67,12 @@ class ServerProcess:
         self._ready.set()
 
     @property
+    def url(self) -> str:
+        """The server's base URL, `http://host:port`."""
+        host, port = self.address
+        return f"http://{host}:{port}"
+
+    @property
     def log(self) -> str:
         return "".join(self.lines)
 
