@@ -24,6 +24,7 @@ from tests.client import (
     wait_until,
 )
 from tests.conftest import MakeServer
+from tests.redis_server import RedisServer
 
 JSON = [("content-type", "application/json")]
 _HUGE_DIGITS = "9" * 5000
@@ -275,3 +276,19 @@ async def test_a_json_endpoint_accepts_json_types_in_any_case_with_parameters(
         server.address, "POST", "/send-message", [("content-type", media)], body
     )
     assert response.status == 200
+
+
+@pytest.mark.parametrize(
+    "value", [_HUGE_DIGITS, f"{_HUGE_DIGITS}-{_HUGE_DIGITS}", "1-" + "9" * 250]
+)
+async def test_an_oversized_last_event_id_on_redis_is_a_gap(
+    make_server: MakeServer, redis_server: RedisServer, value: str
+) -> None:
+    server = await make_server(redis_url=redis_server.url)
+    stream = await EventStream.open(server.address, "/events", [("last-event-id", value)])
+    try:
+        assert stream.status == 200
+        await events_until(stream, "gap")
+    finally:
+        await stream.close()
+    assert (await post_message(server.address, "still here")).status == 200
