@@ -94,7 +94,9 @@ async def test_a_failure_at_any_stage_of_a_request_answers_500_and_frees_the_soc
     assert ok.status == 200
 
 
-@pytest.mark.parametrize("target", ["/fault/sync", "/fault/async", "/fault/stream-async"])
+@pytest.mark.parametrize(
+    "target", ["/fault/sync", "/fault/async", "/fault/stream-sync", "/fault/stream-async"]
+)
 async def test_a_failed_request_is_logged_once_with_its_traceback(
     make_server: MakeServer,
     monkeypatch: pytest.MonkeyPatch,
@@ -292,3 +294,18 @@ async def test_an_oversized_last_event_id_on_redis_is_a_gap(
     finally:
         await stream.close()
     assert (await post_message(server.address, "still here")).status == 200
+
+
+async def test_requests_with_oversized_ids_leave_no_connection_behind(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(max_connections=3)
+    cid = await _conversation(server)
+    target = f"/conversations/{cid}/events?last_event_id={_huge_id(server)}"
+    for _ in range(5):
+        stream = await EventStream.open(server.address, target)
+        assert stream.status == 200
+        await events_until(stream, "gap")
+        await stream.close()
+    await wait_until(lambda: not server.connections, what="every connection to be freed")
+    assert (await post_message(server.address, "not wedged")).status == 200
