@@ -54,6 +54,9 @@ def parse_command(
         value = json.loads(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise ClientError(400, f"message is not valid JSON: {exc}") from None
+    except ValueError as exc:
+        # int() refuses a number of more than 4,300 digits (CPython's limit).
+        raise ClientError(400, f"message holds a number too long to read: {exc}") from None
     if not isinstance(value, dict):
         raise ClientError(400, "message must be a JSON object")
     expected = "message" if conversation else "send"

@@ -49,7 +49,13 @@ class _ChatApi:
 
     async def list(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         raw = req.query.get("limit", "50")
-        if not raw.isdigit() or not 1 <= int(raw) <= _LIST_LIMIT_MAX:
+        # The length test first: int() raises on more than 4,300 digits.
+        if (
+            len(raw) > 6
+            or not raw.isascii()
+            or not raw.isdigit()
+            or not 1 <= int(raw) <= _LIST_LIMIT_MAX
+        ):
             raise ClientError(400, f"limit must be a whole number from 1 to {_LIST_LIMIT_MAX}")
         items = await self._service.store.list_conversations(int(raw))
         return json_reply(200, {"conversations": [_summary(c) for c in items]}, _NO_STORE)

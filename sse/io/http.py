@@ -43,10 +43,17 @@ _LINGER_S = 2.0
 _LINGER_MAX_BYTES = 1 << 20
 # Sent before h11 has parsed a request, so h11 cannot frame it for us.
 _RAW_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+# Sent when opening a stream failed after h11 framed its 200 head (not yet written).
+_RAW_500_BODY = b'{"error": "internal server error"}'
+_RAW_500 = (
+    b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(_RAW_500_BODY), _RAW_500_BODY)
+)
 
 
 # h11 events are immutable: one end-of-message serves every reply.
 _END_OF_MESSAGE = h11.EndOfMessage()
+_CONTINUE = h11.InformationalResponse(status_code=100, headers=[], reason=b"Continue")
 # Validated response heads: most replies repeat one of a few (the 200 to every
 # POST /send-message), and h11 validates every header it is given.
 _RESPONSE_CACHE_SIZE = 256
@@ -259,10 +266,14 @@ class HttpConnection(asyncio.Protocol):
         if (
             declared is not None
             and declared.isdigit()
-            and int(declared) > self._config.max_body_bytes
+            and (len(declared) > 18 or int(declared) > self._config.max_body_bytes)
         ):
-            self._reply_too_large()
+            self._reply_too_large()  # the final status, never a 100 first
             return
+        conn = self._h11
+        if conn.they_are_waiting_for_100_continue and self._transport is not None:
+            # RFC 9110 section 10.1.1: the client holds the body until we say so.
+            self._transport.write(conn.send(_CONTINUE))
         self._arm(self._config.body_timeout_s, self._on_body_timeout)
 
     def _on_body(self, data: bytes) -> None:
@@ -323,12 +334,36 @@ class HttpConnection(asyncio.Protocol):
             self._process()
 
     def _deliver(self, request: Request, result: Reply | OpenStream | OpenSocket) -> None:
-        if isinstance(result, OpenStream):
-            self._open_stream(request, result)
-        elif isinstance(result, OpenSocket):
-            self._open_socket(request, result)
-        else:
-            self._send_reply(result)
+        # Whatever raises while opening a stream or socket (the broker's attach,
+        # the hand-off) is our bug: it must end in a 500 and a closed
+        # connection, never in one left paused with no timer.
+        try:
+            if isinstance(result, OpenStream):
+                self._open_stream(request, result)
+            elif isinstance(result, OpenSocket):
+                self._open_socket(request, result)
+            else:
+                self._send_reply(result)
+        except Exception:
+            self._delivery_failed(request)
+
+    def _delivery_failed(self, request: Request) -> None:
+        stream = self._stream
+        if stream is not None:
+            self._stream = None
+            self._server.drop_stream(stream, self._peer, "failed to open")
+        if self._phase is Phase.UPGRADED:
+            log.exception("error handing %s %s to a WebSocket", request.method, self._target)
+            return
+        if self._phase is not Phase.STREAMING and self._h11.our_state is h11.SEND_RESPONSE:
+            self._internal_error(request)
+            return
+        log.exception("error handling %s %s from %s", request.method, self._target, self._peer)
+        if self._phase is not Phase.STREAMING and self._transport is not None:
+            # h11 framed the stream's head, but it was never written: answer in its place.
+            self._transport.write(_RAW_500)
+            self._access(500, len(_RAW_500_BODY))
+        self._close()
 
     def _internal_error(self, request: Request) -> None:
         # Our bug, not the client's: log it once with its traceback, answer 500.

@@ -63,6 +63,10 @@ class _Topic:
     late: dict[UUID, int] = field(default_factory=dict)
 
 
+# An epoch (ms) and a sequence number are far shorter; anything longer is unknown.
+_MAX_ID_CHARS = 200
+
+
 def _batch(frames: list[Frame]) -> Frame:
     """Several frames as one: one chunk, so one write per stream for all of them."""
     if len(frames) == 1:
@@ -355,6 +359,10 @@ class Hub:
         return Resume(frames, gap)
 
     def _parse(self, event_id: str) -> int | None:
+        # No id of ours is this long: refusing longer ones keeps int() off huge
+        # digit strings (past 4,300 digits it raises ValueError).
+        if len(event_id) > _MAX_ID_CHARS:
+            return None
         epoch, sep, seq = event_id.rpartition("-")
         if not sep or epoch != self._epoch or not seq.isdigit() or not seq.isascii():
             return None
