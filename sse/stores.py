@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Protocol
+
+import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
 
 from sse.config import Config
 from sse.store import ConversationSummary, SqliteStore, StoredMessage, Transcript
 from sse.store_pg import PostgresStore
 
-__all__ = ["Store", "build_store"]
+__all__ = ["STORE_UNAVAILABLE", "Store", "build_store"]
+
+# What a store raises when the database refuses a write for now (a full disk, a
+# lock held too long, PostgreSQL restarting or out of reach): retried, not a bug.
+STORE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
 
 
 class Store(Protocol):
@@ -60,6 +73,18 @@ class Store(Protocol):
         model: str | None = None,
     ) -> StoredMessage | None:
         """Append a message; None if the conversation does not exist."""
+        ...
+
+    async def start_reply(
+        self, conversation_id: str, content: str, model: str
+    ) -> tuple[StoredMessage, StoredMessage] | None:
+        """Append the user's message and a "streaming" reply to it, both or neither.
+
+        None if the conversation does not exist.
+
+        Raises:
+            ReplyInProgress: the conversation has a streaming reply (nothing is written).
+        """
         ...
 
     async def save_reply(
