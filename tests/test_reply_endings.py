@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
 import pytest
 
 from sse.http import Server
@@ -27,8 +28,11 @@ JSON = [("content-type", "application/json")]
 class FullDisk:
     """Makes a live store's `save_reply` fail like a full disk while `full` is set."""
 
-    def __init__(self, server: Server, *, only_last: bool = False) -> None:
+    def __init__(
+        self, server: Server, *, only_last: bool = False, error: Exception | None = None
+    ) -> None:
         self.full = True
+        fault = error or sqlite3.OperationalError("database or disk is full")
         self.refused = 0
         store = server.chat.store
         real: Callable[..., Awaitable[None]] = store.save_reply
@@ -37,7 +41,7 @@ class FullDisk:
             status = args[2]
             if self.full and not (only_last and status == "streaming"):
                 self.refused += 1
-                raise sqlite3.OperationalError("database or disk is full")
+                raise fault
             await real(*args, **kwargs)
 
         store.save_reply = save_reply  # type: ignore[method-assign]  # fault injection
@@ -117,6 +121,25 @@ async def test_a_reply_whose_save_fails_mid_stream_stops_with_an_error_and_is_sa
     assert saved["content"] == "".join(
         json.loads(e.data)["text"] for e in events if e.type == "delta"
     )
+    assert (await _post(server, cid, "again")).status == 202
+    await events_until(stream, "done")
+    await stream.close()
+
+
+async def test_a_reply_whose_last_save_fails_on_postgres_ends_the_same_way(
+    postgres_url: str, make_server: MakeServer
+) -> None:
+    server = await make_server(db_url=postgres_url)
+    cid = await _create(server)
+    stream = await EventStream.open(server.address, f"/conversations/{cid}/events")
+    full = asyncpg.exceptions.DiskFullError("could not extend file")
+    disk = FullDisk(server, only_last=True, error=full)
+    assert (await _post(server, cid, "hello there")).status == 202
+    events = await events_until(stream, "error")
+    message = json.loads(events[-1].data)["message"]
+    assert message == "The reply could not be saved: could not extend file."
+    await _saved_once_writes_come_back(server, cid, disk)
+    assert (await _last_message(server, cid))["status"] == "error"
     assert (await _post(server, cid, "again")).status == 202
     await events_until(stream, "done")
     await stream.close()
