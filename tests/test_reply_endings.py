@@ -17,10 +17,12 @@ import pytest
 
 from sse.http import Server
 from sse.store import ReplyInProgress, SqliteStore
+from sse.store_pg import PostgresStore
 from sse.wire import DecodedEvent
 from tests.client import EventStream, Response, events_until, json_object, request, wait_until
 from tests.conftest import MakeServer
 from tests.redis_server import RedisServer
+from tests.test_store import FAST, _crash
 
 JSON = [("content-type", "application/json")]
 
@@ -203,5 +205,31 @@ async def test_a_second_streaming_reply_is_refused_by_a_file_made_before_the_gua
         transcript = await store.transcript(conversation.id)
         assert transcript is not None
         assert len(transcript.messages) == 4
+    finally:
+        await store.close()
+
+
+async def test_a_reply_left_streaming_by_a_killed_node_stops_blocking_once_its_lease_is_stale(
+    postgres_url: str,
+) -> None:
+    conversation_id = await _crash("postgresql", postgres_url)
+    store = PostgresStore(postgres_url, **FAST)
+    await store.open()
+    try:
+
+        async def started() -> bool:
+            try:
+                return await store.start_reply(conversation_id, "anyone?", "echo") is not None
+            except ReplyInProgress:
+                return False
+
+        await wait_until(started, 10, "the dead node's reply to stop blocking")
+        transcript = await store.transcript(conversation_id)
+        assert transcript is not None
+        assert [m.status for m in transcript.messages][-3:] == [
+            "interrupted",
+            "complete",
+            "streaming",
+        ]
     finally:
         await store.close()
