@@ -107,6 +107,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="events kept per channel for clients that resume with Last-Event-ID",
     )
     streams.add_argument(
+        "--history-bytes",
+        type=int,
+        default=d.history_bytes,
+        help="bytes of events kept per channel (whichever of this and --history-size "
+        "is reached first); the oldest go first, and a client resuming from before "
+        "them gets a gap event",
+    )
+    streams.add_argument(
+        "--history-total-bytes",
+        type=int,
+        default=d.history_total_bytes,
+        help="bytes of events kept in all channels together, listened to or not; past "
+        "it, the channel least recently published to gives up its oldest events first",
+    )
+    streams.add_argument(
+        "--max-replay-bytes",
+        type=int,
+        default=d.max_replay_bytes,
+        help="most bytes of events one resume replays (also from Redis); past it the "
+        "client gets a gap event, then the newest events that fit",
+    )
+    streams.add_argument(
         "--max-channels",
         type=int,
         default=d.max_channels,
@@ -328,6 +350,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
         port=args.port,
         cors_origins=origins,
         history_size=args.history_size,
+        history_bytes=args.history_bytes,
+        history_total_bytes=args.history_total_bytes,
+        max_replay_bytes=args.max_replay_bytes,
         max_channels=args.max_channels,
         ping_interval_s=args.ping_interval,
         max_flush_delay_s=args.max_flush_delay,

@@ -15,9 +15,9 @@ from http import HTTPStatus
 from sse.broker import Broker, BrokerUnavailable
 from sse.config import Config
 from sse.cors import cors_headers, preflight_headers
-from sse.errors import ClientError
+from sse.errors import ClientError, StoreUnavailable
 from sse.static import StaticFile
-from sse.wire import EncodeError
+from sse.wire import EncodeError, encode_retry
 
 __all__ = [
     "JOIN_ANNOUNCEMENT",
@@ -223,9 +223,34 @@ class App:
             result = handler(req, body, params)
         except ClientError as exc:
             return _error(exc.status, exc.message, cors)
+        except StoreUnavailable as exc:
+            return self._store_unavailable(req, exc, cors)
         if isinstance(result, Reply | OpenStream | OpenSocket):
             return _with_cors(result, cors)
-        return _finish(result, cors)
+        return self._finish(req, result, cors)
+
+    async def _finish(
+        self, req: Request, pending: Awaitable[Result], cors: tuple[tuple[str, str], ...]
+    ) -> Result:
+        try:
+            result = await pending
+        except ClientError as exc:
+            return _error(exc.status, exc.message, cors)
+        except StoreUnavailable as exc:
+            return self._store_unavailable(req, exc, cors)
+        return _with_cors(result, cors)
+
+    def _store_unavailable(
+        self, req: Request, exc: StoreUnavailable, cors: tuple[tuple[str, str], ...]
+    ) -> Reply:
+        # The database failed, not the client nor our code: 503 with its cause and
+        # no traceback (the store's health shows it). An EventSource gives up for
+        # good on a 503 (WHATWG HTML, "Server-sent events"), so a stream gets
+        # what an overloaded server gives it: 200, a long retry, and the end.
+        if self.is_stream(req):
+            body = encode_retry(self._config.overload_retry_ms)
+            return Reply(200, body, "text/event-stream", (*cors, ("cache-control", "no-cache")))
+        return _error(503, f"the conversations cannot be stored or read now: {exc}", cors)
 
     @staticmethod
     def _allow(methods: Mapping[str, Handler]) -> str:
@@ -280,14 +305,6 @@ def _with_cors(result: Result, cors: tuple[tuple[str, str], ...]) -> Result:
     if isinstance(result, OpenStream):
         return OpenStream(result.topic, result.last_event_id, result.announce, cors)
     return Reply(result.status, result.body, result.content_type, (*cors, *result.headers))
-
-
-async def _finish(pending: Awaitable[Result], cors: tuple[tuple[str, str], ...]) -> Result:
-    try:
-        result = await pending
-    except ClientError as exc:
-        return _error(exc.status, exc.message, cors)
-    return _with_cors(result, cors)
 
 
 def status_phrase(status: int) -> bytes:

@@ -2,10 +2,11 @@
 
 One Redis Stream per channel (`ssechat:stream:<topic>`). A publish is one
 `XADD` with an approximate `MAXLEN` of the history size, and the entry id Redis
-gives it is the event's SSE id: a client resumes by `Last-Event-ID` on any node
-with one `XRANGE`. Each node runs one reader task doing a blocking `XREAD` over
-the channels that have subscribers here, and hands each entry to the local hub,
-which encodes it once and writes it to every local stream.
+gives it is the event's SSE id: a client resumes by `Last-Event-ID` on any node,
+read newest first with `XREVRANGE`, at most `max_replay_bytes` of it. Each node
+runs one reader task doing a blocking `XREAD` over the channels that have
+subscribers here, and hands each entry to the local hub, which encodes it once
+and writes it to every local stream.
 
 The reader remembers, per channel, the last entry it delivered. When Redis goes
 away it keeps the streams open (their heartbeats go on), retries with backoff,
@@ -49,6 +50,11 @@ _STREAM_TTL_S = 7 * 24 * 3600
 # The reader's XREAD returns at least this often, so a wedged connection is noticed.
 _BLOCK_MS = 5000
 _READ_COUNT = 1000
+# A resume reads the history newest first: this many entries in its first page
+# (most resumes miss a few events), then pages sized from the entries seen so far
+# to what is left of the replay cap, so little is read past it.
+_REPLAY_FIRST_PAGE = 16
+_REPLAY_MAX_PAGE = 512
 _POOL_SIZE = 32
 _POOL_WAIT_S = 5.0
 _CLOSE_WAIT_S = 2.0
@@ -96,6 +102,37 @@ class _Gate:
         self.frames.append(frame)
 
 
+class _After:
+    """Passes on only frames after `bound`, then hands the subscription to `sink` itself.
+
+    A replay reads Redis up to its newest entry, which the reader may not have
+    delivered here yet; when it does, those entries would reach the sink a
+    second time. The reader delivers in entry-id order, so once one entry past
+    `bound` comes, every later one is new too.
+    """
+
+    __slots__ = ("_bound", "_hub", "_key", "_sink", "_topic")
+
+    def __init__(self, hub: Hub, topic: str, key: UUID, sink: Sink, bound: tuple[int, int]) -> None:
+        self._hub = hub
+        self._topic = topic
+        self._key = key
+        self._sink = sink
+        self._bound = bound
+
+    def push(self, frame: Frame) -> None:
+        singles = frame.singles()
+        fresh = [s for s in singles if (parse_entry_id(s.id) or (0, 0)) > self._bound]
+        if not fresh:
+            return
+        self._hub.replace(self._topic, self._key, self._sink)
+        if len(fresh) == len(singles):
+            self._sink.push(frame)
+            return
+        for single in fresh:
+            self._sink.push(single)
+
+
 def _frame(entry_id: str, fields: Mapping[str, str]) -> Frame:
     return Frame.of(Event(fields.get("d", ""), event=fields.get("e") or None, id=entry_id), 0)
 
@@ -106,9 +143,18 @@ class RedisBroker:
     name = "redis"
     shared = True
 
-    def __init__(self, hub: Hub, url: str, *, history_size: int, node: str) -> None:
+    def __init__(
+        self,
+        hub: Hub,
+        url: str,
+        *,
+        history_size: int,
+        node: str,
+        max_replay_bytes: int = 1024 * 1024,
+    ) -> None:
         self.hub = hub
         self._history_size = history_size
+        self._max_replay_bytes = max_replay_bytes
         self._node = node
         # Commands fail fast: a POST waiting on a dead Redis answers 503 in about
         # a second instead of hanging. One quick retry covers a dropped connection.
@@ -273,9 +319,11 @@ class RedisBroker:
             for single in frame.singles()
             if bound is None or (parse_entry_id(single.id) or (0, 0)) > bound
         ]
-        # From here on the hub pushes to the sink itself; a sink whose client
-        # left meanwhile is not subscribed again.
-        self.hub.replace(topic, key, sink)
+        # From here on the hub pushes to the sink (past what the replay holds);
+        # a sink whose client left meanwhile is not subscribed again.
+        self.hub.replace(
+            topic, key, sink if bound is None else _After(self.hub, topic, key, sink, bound)
+        )
         return Resume((*resume.frames, *held), resume.gap)
 
     async def _follow(self, topic: str) -> None:
@@ -327,39 +375,67 @@ class RedisBroker:
     async def _replay(self, topic: str, last_event_id: str) -> Resume:
         key = _STREAM_PREFIX + topic
         after = parse_entry_id(last_event_id)
-        async with self._client.pipeline(transaction=True) as pipe:
-            # One transaction: the bounds we check and the entries we read
-            # describe the same instant.
-            pipe.xrange(key, min="-", max="+", count=1)
-            pipe.xrevrange(key, max="+", min="-", count=1)
-            pipe.xrange(key, min=f"({last_event_id}" if after is not None else "-", max="+")
-            oldest, newest, entries = await pipe.execute()
-        oldest = cast(_Entries, oldest)
-        newest = cast(_Entries, newest)
-        # The id just before the oldest entry kept: a client that saw it misses nothing.
-        before_oldest = oldest[0][1].get("p", "0-0") if oldest else "0-0"
-        newest_id = parse_entry_id(newest[0][0]) if newest else (0, 0)
-        frames = tuple(_frame(i, f) for i, f in cast(_Entries, entries))
-        if after is not None and newest_id is not None and after <= newest_id:
-            if (parse_entry_id(before_oldest) or (0, 0)) <= after:
-                return Resume(frames)
+        cap = self._max_replay_bytes
+        # Newest first, page by page, until the client's id, the cap or the
+        # stream's start. Entries added meanwhile are newer than the first page's
+        # newest: the reader hands those to the sink's gate, which `attach` merges.
+        # Trimming meanwhile only takes from the old end, so what is read is
+        # contiguous, and the oldest frame's `p` tells whether anything is missing.
+        newest: tuple[int, int] | None = None
+        bound: tuple[int, int] | None = None  # stop at entries at or below it
+        frames: list[Frame] = []  # newest first
+        before = "0-0"  # the id of the entry before the oldest in `frames`
+        total = 0
+        capped = False
+        upper = "+"
+        page = _REPLAY_FIRST_PAGE
+        while True:
+            entries = cast(_Entries, await self._client.xrevrange(key, upper, "-", count=page))
+            if newest is None:
+                newest = parse_entry_id(entries[0][0]) if entries else (0, 0)
+                known = after is not None and newest is not None and after <= newest
+                bound = after if known else None
+                if entries:
+                    before = entries[0][0]  # if even the newest does not fit
+            done = len(entries) < page
+            for entry_id, fields in entries:
+                if bound is not None and (parse_entry_id(entry_id) or (0, 0)) <= bound:
+                    done = True
+                    break
+                frame = _frame(entry_id, fields)
+                total += len(frame.raw)
+                if total > cap:
+                    capped = done = True
+                    break
+                frames.append(frame)
+                before = fields.get("p", "0-0")
+            if done:
+                break
+            upper = f"({entries[-1][0]}"
+            seen = max(total, 1) / max(len(frames), 1)
+            page = max(_REPLAY_FIRST_PAGE, min(_REPLAY_MAX_PAGE, int((cap - total) / seen) + 1))
+        frames.reverse()
+        if bound is not None and not capped and (parse_entry_id(before) or (0, 0)) <= bound:
+            return Resume(tuple(frames))
+        if bound is not None and not capped:
             why = (
                 f"Events after {last_event_id} are no longer kept (the history holds "
                 f"about {self._history_size}); some were missed."
+            )
+        elif bound is not None:
+            why = (
+                f"Events after {last_event_id} are more than one replay carries "
+                f"({cap} bytes); some were missed."
             )
         else:
             why = (
                 f"Event id {last_event_id!r} is unknown here (Redis may have lost it); "
                 "earlier events could not be replayed."
             )
-            if after is not None:
-                # An id newer than any entry yields nothing above: replay what is kept.
-                kept = cast(_Entries, await self._client.xrange(key, min="-", max="+"))
-                frames = tuple(_frame(i, f) for i, f in kept)
         notice = json.dumps({"last_event_id": last_event_id, "message": why})
-        # The notice's id is the one just before the oldest kept entry: a client
+        # The notice's id is the one just before the oldest entry replayed: a client
         # cut off right after it resumes exactly instead of seeing the gap again.
-        return Resume(frames, Frame.of(Event(notice, event="gap", id=before_oldest), 0))
+        return Resume(tuple(frames), Frame.of(Event(notice, event="gap", id=before), 0))
 
     async def _wake(self) -> None:
         # The reader may be blocked in an XREAD without this channel: an entry

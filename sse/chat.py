@@ -19,10 +19,10 @@ from typing import Any
 from uuid import uuid4
 
 from sse.broker import Broker, BrokerUnavailable, settle
-from sse.errors import ClientError, SSEChatError
+from sse.errors import ClientError, ReplyInProgress, StoreUnavailable
 from sse.models import ChatTurn, Finish, Model, ModelError
-from sse.store import ConversationSummary, ReplyInProgress, StoredMessage, Transcript
-from sse.stores import STORE_UNAVAILABLE, Store
+from sse.store import ConversationSummary, StoredMessage, Transcript
+from sse.stores import Store
 
 __all__ = ["ChatService", "Snapshot", "topic_of"]
 
@@ -45,10 +45,6 @@ _CONTEXT_STATUSES = frozenset({"complete", "cancelled", "interrupted"})
 def topic_of(conversation_id: str) -> str:
     """The hub topic carrying a conversation's events."""
     return f"conversation:{conversation_id}"
-
-
-class _SaveFailed(SSEChatError):
-    """The store refused to save a streaming reply (a full disk, the database away)."""
 
 
 @dataclass(slots=True)
@@ -363,14 +359,14 @@ class ChatService:
         except ModelError as exc:
             status, finish = "error", "error"
             error = str(exc)
-        except _SaveFailed as exc:
-            log.warning("reply %s cut short: %s", reply.message_id, exc)
-            status, finish = "error", "error"
-            error = f"The reply could not be saved: {exc}."
         except BrokerUnavailable as exc:
             log.warning("reply %s cut short: %s", reply.message_id, exc)
             status, finish = "error", "error"
             error = f"The reply could not be delivered: {exc}."
+        except StoreUnavailable as exc:
+            log.warning("reply %s cut short: %s", reply.message_id, exc)
+            status, finish = "error", "error"
+            error = f"The reply could not be saved: {exc}."
         except Exception as exc:
             # A bug in a model is ours; log it with its traceback, keep the server up.
             log.exception("model %s failed", model.name)
@@ -410,18 +406,15 @@ class ChatService:
         """Save a streaming reply's text so far.
 
         Raises:
-            _SaveFailed: the store refused it.
+            StoreUnavailable: the store refused it.
         """
-        try:
-            await self._store.save_reply(
-                reply.message_id,
-                "".join(reply.parts),
-                "streaming",
-                None,
-                event_id=reply.last_event_id,
-            )
-        except STORE_UNAVAILABLE as exc:
-            raise _SaveFailed(str(exc) or type(exc).__name__) from exc
+        await self._store.save_reply(
+            reply.message_id,
+            "".join(reply.parts),
+            "streaming",
+            None,
+            event_id=reply.last_event_id,
+        )
 
     async def _save_last(
         self,
@@ -448,7 +441,7 @@ class ChatService:
         failure = saving.exception()
         if failure is None:
             return None
-        if isinstance(failure, STORE_UNAVAILABLE):
+        if isinstance(failure, StoreUnavailable):
             log.warning("reply %s could not be saved: %s", message_id, failure)
         else:
             log.error("reply %s could not be saved", message_id, exc_info=failure)
@@ -467,7 +460,7 @@ class ChatService:
                 await self._store.save_reply(
                     message_id, text, "error", None, why, event_id=event_id
                 )
-            except STORE_UNAVAILABLE as exc:
+            except StoreUnavailable as exc:
                 if time.monotonic() + gap_s > deadline:
                     log.error(
                         "reply %s is still not saved after %.0fs (%s); the next start "

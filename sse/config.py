@@ -27,6 +27,11 @@ class Config:
     port: int = 3000
     cors_origins: tuple[str, ...] = ("*",)
     history_size: int = 1000
+    # Wire bytes of the events kept for resuming, per channel and all channels
+    # together (with or without listeners), and the most one resume replays.
+    history_bytes: int = 1024 * 1024
+    history_total_bytes: int = 64 * 1024 * 1024
+    max_replay_bytes: int = 1024 * 1024
     max_channels: int = 1000
     ping_interval_s: float = 15.0
     max_flush_delay_s: float = 0.05
@@ -73,6 +78,9 @@ class Config:
         """
         positive = {
             "history_size": self.history_size,
+            "history_bytes": self.history_bytes,
+            "history_total_bytes": self.history_total_bytes,
+            "max_replay_bytes": self.max_replay_bytes,
             "max_channels": self.max_channels,
             "ping_interval_s": self.ping_interval_s,
             "backlog_limit_bytes": self.backlog_limit_bytes,
@@ -102,6 +110,11 @@ class Config:
         }.items():
             if value < 0:
                 raise ConfigError(f"{name} must not be negative, got {value}")
+        if self.history_bytes > self.history_total_bytes:
+            raise ConfigError(
+                f"history_bytes ({self.history_bytes}) must not exceed history_total_bytes "
+                f"({self.history_total_bytes}): one channel cannot hold more than all of them"
+            )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
         if self.echo_delay_s < 0:

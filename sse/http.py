@@ -137,7 +137,7 @@ class Stream:
         """Write the opening bytes, then the replay under flow control."""
         self._write(first)
         replay_bytes = sum(len(b) for b in replay)
-        # The replay is allowed on top of the live limit: the history bounds it.
+        # The replay is allowed on top of the live limit: --max-replay-bytes bounds it.
         self._limit_bytes += replay_bytes
         self._pending.extend(replay)
         self._pending_bytes = replay_bytes
@@ -400,13 +400,19 @@ class HttpConnection(asyncio.Protocol):
         self._cancel_timer()
         request = self._request
         assert request is not None, "h11 yields EndOfMessage only after a Request"
-        if self._overloaded:
+        overloaded = self._overloaded
+        if overloaded and request.path != "/healthz":
             self._answer_overloaded(request)
             return
         try:
             result = self._server.app.handle(request, bytes(self._body))
         except Exception:
             self._internal_error(request)
+            return
+        if overloaded and isinstance(result, Reply):
+            # A liveness probe must not restart a server that one client filled:
+            # /healthz is answered past the cap, and then the connection closes.
+            self._send_reply(result, close=True)
             return
         if isinstance(result, Reply | OpenStream | OpenSocket):
             self._deliver(request, result)
@@ -778,13 +784,20 @@ class Server:
             history_size=1 if config.redis_url else config.history_size,
             epoch=str(time.time_ns() // 1_000_000),
             max_topics=config.max_channels,
+            history_bytes=config.history_bytes,
+            history_total_bytes=config.history_total_bytes,
+            max_replay_bytes=config.max_replay_bytes,
             schedule=self._schedule_flush,
         )
         self.broker: Broker = (
             MemoryBroker(self.hub)
             if config.redis_url is None
             else RedisBroker(
-                self.hub, config.redis_url, history_size=config.history_size, node=self.node
+                self.hub,
+                config.redis_url,
+                history_size=config.history_size,
+                max_replay_bytes=config.max_replay_bytes,
+                node=self.node,
             )
         )
         self.tasks: set[asyncio.Task[None]] = set()
@@ -819,15 +832,25 @@ class Server:
         self._random = random.Random()
 
     def health(self) -> Mapping[str, object]:
-        """The numbers `GET /healthz` reports."""
+        """The numbers `GET /healthz` reports; "degraded" names its causes."""
+        store = self.store.health()
+        causes = [] if store.get("ok") else [f"store: {store.get('error')}"]
+        status = "draining" if self.draining else "degraded" if causes else "ok"
+        history_events, history_bytes = self.hub.history_held()
         return {
-            "status": "draining" if self.draining else "ok",
+            "status": status,
+            **({"causes": causes} if causes else {}),
+            "store": store,
             "streams": len(self.streams),
             "websockets": len(self.sockets),
             "connections": len(self.connections),
             "uptime_s": round(time.monotonic() - self.started_at, 3),
             # Which process answered, when --workers share the port.
             "pid": os.getpid(),
+            # What this process keeps for resuming (with Redis, only the last event
+            # of each channel: the history itself lives in Redis).
+            "history_events": history_events,
+            "history_bytes": history_bytes,
             **self.broker.health(),
             "broadcast_ms": self._broadcast_summary(),
         }

@@ -88,6 +88,7 @@ class _Topic:
     history: deque[Frame]
     first_seq: int  # ids below it belong to an earlier, evicted life of this topic
     next_seq: int
+    history_bytes: int = 0  # the wire size (`Frame.raw`) of the frames in `history`
     sinks: dict[UUID, Sink] = field(default_factory=dict)
     pending: list[Frame] = field(default_factory=list)  # published, not yet pushed
     # Sinks that subscribed while `pending` was not empty, with the last sequence
@@ -103,6 +104,20 @@ def _batch(frames: list[Frame]) -> Frame:
     last = frames[-1]
     parts = tuple(p for f in frames for p in f.singles())
     return Frame(last.seq, last.id, raw, b"%x\r\n%b\r\n" % (len(raw), raw), parts=parts)
+
+
+def _fitting(history: deque[Frame], wanted: int, max_bytes: int) -> int:
+    """How many of the newest `wanted` frames of `history` fit in `max_bytes` together."""
+    total = 0
+    count = 0
+    for frame in reversed(history):
+        if count == wanted:
+            break
+        total += len(frame.raw)
+        if total > max_bytes:
+            break
+        count += 1
+    return count
 
 
 class Hub:
@@ -121,14 +136,27 @@ class Hub:
         history_size: int,
         epoch: str,
         max_topics: int = 1000,
+        history_bytes: int = 1 << 20,
+        history_total_bytes: int = 64 << 20,
+        max_replay_bytes: int = 1 << 20,
         schedule: Callable[[Callable[[], int]], object] | None = None,
     ) -> None:
-        if history_size <= 0 or max_topics <= 0:
-            raise ValueError("history_size and max_topics must be positive")
+        limits = (history_size, max_topics, history_bytes, history_total_bytes, max_replay_bytes)
+        if min(limits) <= 0:
+            raise ValueError("history sizes, max_topics and max_replay_bytes must be positive")
         if "-" in epoch:
             raise ValueError("epoch must not contain '-'; it separates epoch and sequence")
         self._history_size = history_size
         self._max_topics = max_topics
+        # Bytes are the events' wire size (`Frame.raw`): what a replay sends, and
+        # about a third of what a kept frame holds (raw, chunked, the Event's str).
+        self._history_max_bytes = history_bytes  # per topic
+        self._history_total_max_bytes = history_total_bytes  # all topics together
+        self._max_replay_bytes = max_replay_bytes
+        self._history_bytes = 0  # held now, all topics together
+        # Topics whose history is not empty, least recently published first: when
+        # the total is over its bound, their oldest events go first.
+        self._holding: OrderedDict[str, _Topic] = OrderedDict()
         self._epoch = epoch
         # Least recently used first; a topic without sinks may be evicted from there.
         self._topics: OrderedDict[str, _Topic] = OrderedDict()
@@ -155,8 +183,40 @@ class Hub:
         for name, topic in self._topics.items():
             if not topic.sinks:
                 del self._topics[name]
+                self._holding.pop(name, None)
+                self._history_bytes -= topic.history_bytes
                 return
         # Every topic has a subscriber: keep them all rather than cut anyone off.
+
+    def _drop_oldest(self, t: _Topic) -> None:
+        # Only ever the oldest: the history stays contiguous, so `resume` can tell
+        # exactly which ids are gone from the sequence number of the first one kept.
+        size = len(t.history.popleft().raw)
+        t.history_bytes -= size
+        self._history_bytes -= size
+
+    def _trim(self, name: str, t: _Topic) -> None:
+        history = t.history
+        while history and t.history_bytes > self._history_max_bytes:
+            self._drop_oldest(t)
+        if not history:
+            del self._holding[name]
+
+    def _trim_total(self) -> None:
+        # Least recently published topic first, oldest event first: a quiet
+        # conversation gives up its history before the busy room loses any.
+        holding = self._holding
+        limit = self._history_total_max_bytes
+        while self._history_bytes > limit and holding:
+            name, t = next(iter(holding.items()))
+            while t.history and self._history_bytes > limit:
+                self._drop_oldest(t)
+            if not t.history:
+                del holding[name]
+
+    def history_held(self) -> tuple[int, int]:
+        """How many events the histories of all topics hold now, and their bytes."""
+        return sum(len(t.history) for t in self._holding.values()), self._history_bytes
 
     def publish(
         self, topic: str, data: str, *, event: str | None = None, id: str | None = None
@@ -175,7 +235,21 @@ class Hub:
         frame = Frame.of(Event(data, event=event, id=id or f"{self._epoch}-{seq}"), seq)
         t.next_seq = seq + 1  # only after encoding succeeded: ids stay contiguous
         self._high_seq = max(self._high_seq, seq)
-        t.history.append(frame)
+        history = t.history
+        size = len(frame.raw)
+        if len(history) == self._history_size:  # the append drops the oldest
+            size -= len(history[0].raw)
+        history.append(frame)
+        t.history_bytes += size
+        self._history_bytes += size
+        try:
+            self._holding.move_to_end(topic)
+        except KeyError:
+            self._holding[topic] = t
+        if t.history_bytes > self._history_max_bytes:
+            self._trim(topic, t)
+        if self._history_bytes > self._history_total_max_bytes:
+            self._trim_total()
         self._active.add(topic)
         if self._schedule is None:
             self._push(t, frame)
@@ -272,22 +346,37 @@ class Hub:
         return f"{self._epoch}-{self._topic(topic).next_seq - 1}"
 
     def resume(self, topic: str, last_event_id: str) -> Resume:
-        """The events after `last_event_id`, or a gap notice and all that is kept.
+        """The events after `last_event_id`, or a gap notice and the newest that are kept.
 
         An id from another epoch (before a restart), a malformed one, or one whose
         successors have left the history cannot be resumed exactly; WHATWG HTML
-        leaves that to the server, and we refuse to lose events silently.
+        leaves that to the server, and we refuse to lose events silently. Nor is
+        more than `max_replay_bytes` replayed: past it, the gap notice comes first
+        and then the newest events that fit.
         """
         t = self._topic(topic)
-        oldest = t.history[0].seq if t.history else t.next_seq
+        history = t.history
+        oldest = history[0].seq if history else t.next_seq
         newest = t.next_seq - 1
         seq = self._parse(last_event_id)
-        if seq is not None and oldest - 1 <= seq <= newest and seq >= t.first_seq - 1:
-            return Resume(tuple(islice(t.history, seq - oldest + 1, None)))
-        if seq is not None and t.first_seq - 1 <= seq < oldest - 1:
+        known = seq is not None and t.first_seq - 1 <= seq <= newest
+        # Index of the first event the client has not seen, if the id is known.
+        start = seq - oldest + 1 if seq is not None and known and seq >= oldest - 1 else 0
+        count = _fitting(history, len(history) - start, self._max_replay_bytes)
+        frames = tuple(islice(history, len(history) - count, None))
+        exact = seq is not None and known and seq >= oldest - 1
+        if exact and start + count == len(history):
+            return Resume(frames)
+        # The notice's id is the one just before the first event replayed, so a
+        # client cut off right after it resumes exactly instead of seeing the gap again.
+        gap_seq = frames[0].seq - 1 if frames else newest
+        if seq is not None and known:
+            missed = gap_seq - seq
             why = (
-                f"Events after {last_event_id} are no longer kept (the history holds "
-                f"{self._history_size}); {oldest - 1 - seq} were missed."
+                f"Events after {last_event_id} are more than one replay carries "
+                f"({self._max_replay_bytes} bytes); {missed} were missed."
+                if exact
+                else f"Events after {last_event_id} are no longer kept; {missed} were missed."
             )
         else:
             why = (
@@ -295,10 +384,8 @@ class Hub:
                 "restarted); earlier events could not be replayed."
             )
         notice = json.dumps({"last_event_id": last_event_id, "message": why})
-        # The notice's id is the one just before the oldest kept event, so a client
-        # cut off right after it resumes exactly instead of seeing the gap again.
-        gap = Frame.of(Event(notice, event="gap", id=f"{self._epoch}-{oldest - 1}"), oldest - 1)
-        return Resume(tuple(t.history), gap)
+        gap = Frame.of(Event(notice, event="gap", id=f"{self._epoch}-{gap_seq}"), gap_seq)
+        return Resume(frames, gap)
 
     def _parse(self, event_id: str) -> int | None:
         epoch, sep, seq = event_id.rpartition("-")

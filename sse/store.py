@@ -18,29 +18,30 @@ the reply writes the true status back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import logging
 import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from uuid import uuid4
 
-from sse.errors import SSEChatError
+from sse.errors import ReplyInProgress, SSEChatError, StoreUnavailable
 
 __all__ = [
     "DEFAULT_LEASE_INTERVAL_S",
     "DEFAULT_STALE_AFTER_S",
     "NEW_TITLE",
     "ConversationSummary",
-    "ReplyInProgress",
     "SqliteStore",
     "StoreError",
+    "StoreHealth",
     "StoredMessage",
     "Transcript",
     "check_lease_timing",
@@ -112,27 +113,94 @@ DEFAULT_STALE_AFTER_S = 30.0
 _NODE_ID = re.compile(r"[0-9a-f]{32}")
 # How long a statement waits for another process's lock before it fails.
 _BUSY_TIMEOUT_S = 5.0
+# SQLite's result codes for a database failing, not our SQL: https://sqlite.org/rescode.html
+_OPERATIONAL_CODES = frozenset(
+    {
+        sqlite3.SQLITE_PERM,
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_CORRUPT,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+        sqlite3.SQLITE_NOLFS,
+        sqlite3.SQLITE_NOTADB,
+    }
+)
+# How long a failed write keeps a store reported not ok, though writes since went
+# through: under a full disk small writes in freed space succeed between failures.
+_FAILURE_HOLD_S = 30.0
 
 
 class StoreError(SSEChatError):
     """The store was used in a way it does not allow (a bug of ours)."""
 
 
-class ReplyInProgress(SSEChatError):
-    """The conversation has a streaming reply already, made by this node or another.
+class StoreHealth:
+    """The outcome of a store's recent operations, for `/healthz`; no I/O of its own.
 
-    The database decides, not the node's memory: nodes sharing a database
-    (PostgreSQL, or processes on one SQLite file) must not both start a reply.
-    A reply of a crashed node stops counting once recovery marks it interrupted.
-
-    Why a unique partial index on the messages, not a Redis key (SET NX with an
-    expiry): the guard then lives in the rows it guards. The refusal and the
-    insert of the user's message are one transaction, so a 409 leaves nothing
-    behind; the lease recovery that already marks a dead node's replies
-    interrupted frees the conversation too, with no second timeout to tune
-    that could expire under a paused live node or outlive a dead one; and it
-    holds where there is no Redis (`--workers` on one SQLite file).
+    Updated on the event loop as operations finish. A store is not ok while its
+    last write failed, for `_FAILURE_HOLD_S` after any failure, and while a
+    lasting `fault` (its file removed) stands.
     """
+
+    __slots__ = ("_error", "_error_at", "_failing", "fault")
+
+    def __init__(self) -> None:
+        self._error: str | None = None
+        self._error_at = 0.0  # time.time() of the last failure
+        self._failing = False
+        self.fault: str | None = None
+
+    def succeeded(self) -> None:
+        """A write went through."""
+        self._failing = False
+
+    def failed(self, cause: str) -> None:
+        """An operation failed for reasons outside our code."""
+        self._error = cause
+        self._error_at = time.time()
+        self._failing = True
+
+    def report(self) -> dict[str, object]:
+        """`{"ok": true}`, or `{"ok": false, "error": ...}`, with the last failure and when."""
+        if self.fault is not None:
+            return {"ok": False, "error": self.fault}
+        if self._error is None:
+            return {"ok": True}
+        at = round(self._error_at, 3)
+        if self._failing or time.time() - self._error_at < _FAILURE_HOLD_S:
+            return {"ok": False, "error": self._error, "error_at": at}
+        return {"ok": True, "last_error": self._error, "last_error_at": at}
+
+    @contextlib.contextmanager
+    def watch(
+        self, unavailable: Callable[[BaseException], str | None], *, write: bool
+    ) -> Iterator[None]:
+        """Record the outcome of the operation inside; a database failure becomes StoreUnavailable.
+
+        `unavailable` says what went wrong when an exception is the database's
+        failure rather than our bug (None for a bug: it propagates as it is).
+
+        Raises:
+            StoreUnavailable: the operation failed for reasons outside our code.
+        """
+        try:
+            yield
+        except StoreUnavailable as exc:
+            self.failed(str(exc))
+            raise
+        except Exception as exc:
+            cause = unavailable(exc)
+            if cause is None:
+                raise
+            self.failed(cause)
+            raise StoreUnavailable(cause) from exc
+        if write:
+            self.succeeded()
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,16 +380,49 @@ class SqliteStore:
         self._locks = _NodeLock(None if in_memory else path.with_name(path.name + "-nodes"))
         self._lock_fd: int | None = None
         self._lease_task: asyncio.Task[None] | None = None
+        self._health = StoreHealth()
+        # (st_dev, st_ino) of the file the connection opened; None in memory.
+        self._identity: tuple[int, int] | None = None
 
     def describe(self) -> str:
         """Where the conversations are, for the log."""
         return str(self.path)
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def health(self) -> dict[str, object]:
+        """`{"ok": ...}` and what went wrong: one os.stat of the file, no query."""
+        self._check_file()
+        return self._health.report()
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
         db = self._db
         if db is None:
             raise StoreError("store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, db)
+        if write:
+            self._check_file()
+            if self._health.fault is not None:
+                # SQLite would take it and say nothing: the file is unlinked, so
+                # what we write is gone at the next restart. The fault is the
+                # store's state; refusing adds no failure of its own to it.
+                raise StoreUnavailable(self._health.fault)
+        with self._health.watch(_sqlite_unavailable, write=write):
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, db)
+
+    def _check_file(self) -> None:
+        """Compare the path with the file the connection opened; log a change once."""
+        if self._identity is None:
+            return
+        problem = _file_problem(self.path, self._identity)
+        fault = self._health.fault
+        if problem is not None and fault is None:
+            log.error(
+                "conversations are no longer saved: %s; until the server stops, what it "
+                "holds can be copied from its open descriptor in /proc/%d/fd",
+                problem,
+                os.getpid(),
+            )
+        elif problem is None and fault is not None:
+            log.warning("the database file %s is back; saving conversations again", self.path)
+        self._health.fault = problem
 
     async def open(self) -> int:
         """Open (and create or migrate) the database and take this node's lease.
@@ -355,6 +456,11 @@ class SqliteStore:
 
         loop = asyncio.get_running_loop()
         self._db, self._lock_fd, recovered = await loop.run_in_executor(self._executor, connect)
+        if self._locks.folder is not None:
+            # Right after the connect: nothing can have replaced the file in between
+            # but an operator racing our start.
+            found = os.stat(self.path)
+            self._identity = (found.st_dev, found.st_ino)
         self._lease_task = start_lease_task(self._keep_lease(), f"lease of node {self.node_id}")
         return recovered
 
@@ -388,11 +494,13 @@ class SqliteStore:
         while True:
             await asyncio.sleep(self._lease_interval_s)
             try:
-                recovered = await self._run(self._renew_and_recover)
-            except (sqlite3.Error, OSError):
+                recovered = await self._run(self._renew_and_recover, write=True)
+            except StoreUnavailable:
                 # Locked for longer than the busy timeout, or a full disk: the
-                # lease is still fresh enough for several more tries.
-                log.warning("could not renew the lease of node %s", self.node_id, exc_info=True)
+                # lease is still fresh enough for several more tries. A file
+                # removed was logged as an error when it was noticed.
+                if self._health.fault is None:
+                    log.warning("could not renew the lease of node %s", self.node_id, exc_info=True)
                 continue
             if recovered:
                 log.warning("%d replies of nodes gone silent were marked interrupted", recovered)
@@ -432,7 +540,7 @@ class SqliteStore:
                 (summary.id, summary.title, now, now),
             )
 
-        await self._run(insert)
+        await self._run(insert, write=True)
         return summary
 
     async def list_conversations(self, limit: int) -> list[ConversationSummary]:
@@ -493,6 +601,7 @@ class SqliteStore:
 
         Raises:
             ReplyInProgress: a "streaming" message while the conversation has one.
+            StoreUnavailable: the database failed; nothing is written.
         """
         message = StoredMessage(str(uuid4()), role, content, status, None, model, time.time())
 
@@ -501,7 +610,7 @@ class SqliteStore:
                 db.execute("BEGIN IMMEDIATE")
                 return message if self._insert(db, conversation_id, message) else None
 
-        return await self._run(_one_reply(insert))
+        return await self._run(_one_reply(insert), write=True)
 
     async def start_reply(
         self, conversation_id: str, content: str, model: str
@@ -512,6 +621,7 @@ class SqliteStore:
 
         Raises:
             ReplyInProgress: the conversation has a streaming reply (nothing is written).
+            StoreUnavailable: the database failed; nothing is written.
         """
         now = time.time()
         user = StoredMessage(str(uuid4()), "user", content, "complete", None, None, now)
@@ -525,7 +635,7 @@ class SqliteStore:
                 self._insert(db, conversation_id, answer)
             return user, answer
 
-        return await self._run(_one_reply(insert))
+        return await self._run(_one_reply(insert), write=True)
 
     def _insert(self, db: sqlite3.Connection, conversation_id: str, message: StoredMessage) -> bool:
         """Insert `message` inside the caller's transaction; False if no such conversation."""
@@ -586,7 +696,32 @@ class SqliteStore:
                 (content, status, finish_reason, error, event_id, now, message_id),
             )
 
-        await self._run(update)
+        await self._run(update, write=True)
+
+
+def _sqlite_unavailable(exc: BaseException) -> str | None:
+    """What went wrong, when `exc` is the database failing rather than our bug."""
+    # By SQLite's primary result code, not the class: sqlite3 raises
+    # OperationalError for a syntax error too (SQLITE_ERROR), which is our bug,
+    # as are constraint failures (IntegrityError) and misuse.
+    if isinstance(exc, sqlite3.Error) and exc.sqlite_errorcode & 0xFF in _OPERATIONAL_CODES:
+        return str(exc)
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    return None
+
+
+def _file_problem(path: Path, identity: tuple[int, int]) -> str | None:
+    """Why `path` is no longer the database file of `identity` (st_dev, st_ino), or None."""
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return f"the database file {path} was removed while the server runs"
+    except OSError as exc:
+        return f"the database file {path} cannot be checked: {exc.strerror}"
+    if (found.st_dev, found.st_ino) != identity:
+        return f"the database file {path} was replaced by another file while the server runs"
+    return None
 
 
 def _one_reply(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:

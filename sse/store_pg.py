@@ -22,14 +22,15 @@ from uuid import uuid4
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
 
+from sse.errors import ReplyInProgress, StoreUnavailable
 from sse.store import (
     DEFAULT_LEASE_INTERVAL_S,
     DEFAULT_STALE_AFTER_S,
     NEW_TITLE,
     ConversationSummary,
-    ReplyInProgress,
     StoredMessage,
     StoreError,
+    StoreHealth,
     Transcript,
     check_lease_timing,
     start_lease_task,
@@ -95,6 +96,17 @@ _RECOVERY_LOCK = int.from_bytes(b"ssechat2", "big")
 # What the lease task survives: the database or the network away for a while.
 _UNAVAILABLE = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
 _SECRET_PARAMS = frozenset({"password", "sslpassword"})
+# Server errors that are the database failing, not our SQL: the connection
+# (class 08), resources such as a full disk (53), an operator or failover
+# (57), I/O (58), internal errors (XX), and a standby that cannot write.
+_OPERATIONAL = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InsufficientResourcesError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.PostgresSystemError,
+    asyncpg.InternalServerError,
+    asyncpg.ReadOnlySQLTransactionError,
+)
 
 
 def redact_url(url: str) -> str:
@@ -110,6 +122,22 @@ def redact_url(url: str) -> str:
         for pair in parts.query.split("&")
     )
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _pg_unavailable(exc: BaseException) -> str | None:
+    """What went wrong, when `exc` is the database failing rather than our bug."""
+    if isinstance(exc, _OPERATIONAL):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, asyncpg.InternalClientError):
+        # asyncpg's reaction to a backend terminated mid-statement ("cannot switch
+        # to state 12", MagicStack/asyncpg#1069). Our connections come from the
+        # pool one task at a time, so it is the cut, not two users of one.
+        return f"the connection to the database was cut ({exc})"
+    if isinstance(exc, TimeoutError):
+        return "the database did not answer in time"
+    if isinstance(exc, OSError):
+        return f"cannot reach the database: {exc.strerror or exc}"
+    return None
 
 
 def _text(value: str) -> str:
@@ -147,10 +175,15 @@ class PostgresStore:
         self._stale_after_s = stale_after_s
         self._pool: asyncpg.Pool | None = None
         self._lease_task: asyncio.Task[None] | None = None
+        self._health = StoreHealth()
 
     def describe(self) -> str:
         """Where the conversations are, for the log: the URL without its password."""
         return redact_url(self._url)
+
+    def health(self) -> dict[str, object]:
+        """`{"ok": ...}` and what went wrong, from the recent operations: no query."""
+        return self._health.report()
 
     def _open_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -215,9 +248,10 @@ class PostgresStore:
         while True:
             await asyncio.sleep(self._lease_interval_s)
             try:
-                async with pool.acquire() as conn:
-                    recovered = await self._renew_and_recover(conn)
-            except _UNAVAILABLE:
+                with self._health.watch(_pg_unavailable, write=True):
+                    async with pool.acquire() as conn:
+                        recovered = await self._renew_and_recover(conn)
+            except (StoreUnavailable, *_UNAVAILABLE):
                 # The database may be restarting: the lease stays fresh for
                 # several more tries, and replies are not lost meanwhile.
                 log.warning("could not renew the lease of node %s", self.node_id, exc_info=True)
@@ -247,36 +281,46 @@ class PostgresStore:
         """A new, empty conversation with an unguessable id (UUID4)."""
         now = time.time()
         summary = ConversationSummary(str(uuid4()), NEW_TITLE, now, now)
-        await self._open_pool().execute(
-            "INSERT INTO conversations (id, title, created_at, updated_at) VALUES ($1, $2, $3, $4)",
-            summary.id,
-            summary.title,
-            now,
-            now,
-        )
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=True):
+            await pool.execute(
+                "INSERT INTO conversations (id, title, created_at, updated_at) "
+                "VALUES ($1, $2, $3, $4)",
+                summary.id,
+                summary.title,
+                now,
+                now,
+            )
         return summary
 
     async def list_conversations(self, limit: int) -> list[ConversationSummary]:
         """The most recently updated conversations first."""
-        rows = await self._open_pool().fetch(
-            "SELECT id, title, created_at, updated_at FROM conversations "
-            'ORDER BY updated_at DESC, id COLLATE "C" LIMIT $1',
-            limit,
-        )
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=False):
+            rows = await pool.fetch(
+                "SELECT id, title, created_at, updated_at FROM conversations "
+                'ORDER BY updated_at DESC, id COLLATE "C" LIMIT $1',
+                limit,
+            )
         return [ConversationSummary(*row) for row in rows]
 
     async def exists(self, conversation_id: str) -> bool:
         """Whether a conversation with this id exists."""
-        row = await self._open_pool().fetchrow(
-            "SELECT 1 FROM conversations WHERE id = $1", conversation_id
-        )
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=False):
+            row = await pool.fetchrow("SELECT 1 FROM conversations WHERE id = $1", conversation_id)
         return row is not None
 
     async def transcript(self, conversation_id: str) -> Transcript | None:
         """The conversation and its messages, or None if there is no such conversation."""
+        pool = self._open_pool()
         # One snapshot for both reads: another node may be appending.
+        with self._health.watch(_pg_unavailable, write=False):
+            return await self._read_transcript(pool, conversation_id)
+
+    async def _read_transcript(self, pool: asyncpg.Pool, conversation_id: str) -> Transcript | None:
         async with (
-            self._open_pool().acquire() as conn,
+            pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             row = await conn.fetchrow(
@@ -307,12 +351,15 @@ class PostgresStore:
 
         Raises:
             ReplyInProgress: a "streaming" message while the conversation has one.
+            StoreUnavailable: the database failed; nothing is written.
         """
         message = StoredMessage(
             str(uuid4()), role, _text(content), status, None, model, time.time()
         )
-        async with self._open_pool().acquire() as conn, _one_reply(), conn.transaction():
-            return message if await self._insert(conn, conversation_id, message) else None
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=True):
+            async with pool.acquire() as conn, _one_reply(), conn.transaction():
+                return message if await self._insert(conn, conversation_id, message) else None
 
     async def start_reply(
         self, conversation_id: str, content: str, model: str
@@ -323,15 +370,18 @@ class PostgresStore:
 
         Raises:
             ReplyInProgress: the conversation has a streaming reply (nothing is written).
+            StoreUnavailable: the database failed; nothing is written.
         """
         now = time.time()
         user = StoredMessage(str(uuid4()), "user", _text(content), "complete", None, None, now)
         answer = StoredMessage(str(uuid4()), "assistant", "", "streaming", None, model, now)
-        # One transaction: a refused reply takes its user message with it.
-        async with self._open_pool().acquire() as conn, _one_reply(), conn.transaction():
-            if not await self._insert(conn, conversation_id, user):
-                return None
-            await self._insert(conn, conversation_id, answer)
+        pool = self._open_pool()
+        # One transaction: a refused or failed reply takes its user message with it.
+        with self._health.watch(_pg_unavailable, write=True):
+            async with pool.acquire() as conn, _one_reply(), conn.transaction():
+                if not await self._insert(conn, conversation_id, user):
+                    return None
+                await self._insert(conn, conversation_id, answer)
         return user, answer
 
     async def _insert(
@@ -386,17 +436,19 @@ class PostgresStore:
 
         `event_id` is the id of the last event whose text `content` includes.
         """
-        await self._open_pool().execute(
-            "UPDATE messages SET content = $1, status = $2, finish_reason = $3, error = $4, "
-            "event_id = $5, updated_at = $6 WHERE id = $7",
-            _text(content),
-            status,
-            finish_reason,
-            None if error is None else _text(error),
-            event_id,
-            time.time(),
-            message_id,
-        )
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=True):
+            await pool.execute(
+                "UPDATE messages SET content = $1, status = $2, finish_reason = $3, error = $4, "
+                "event_id = $5, updated_at = $6 WHERE id = $7",
+                _text(content),
+                status,
+                finish_reason,
+                None if error is None else _text(error),
+                event_id,
+                time.time(),
+                message_id,
+            )
 
 
 @contextlib.asynccontextmanager

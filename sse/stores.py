@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Protocol
-
-import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
 
 from sse.config import Config
 from sse.store import ConversationSummary, SqliteStore, StoredMessage, Transcript
 from sse.store_pg import PostgresStore
 
-__all__ = ["STORE_UNAVAILABLE", "Store", "build_store"]
-
-# What a store raises when the database refuses a write for now (a full disk, a
-# lock held too long, PostgreSQL restarting or out of reach): retried, not a bug.
-STORE_UNAVAILABLE: tuple[type[Exception], ...] = (
-    sqlite3.Error,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-    TimeoutError,
-)
+__all__ = ["Store", "build_store"]
 
 
 class Store(Protocol):
@@ -38,6 +25,10 @@ class Store(Protocol):
 
     def describe(self) -> str:
         """Where the conversations are, for the log; never shows a password."""
+        ...
+
+    def health(self) -> dict[str, object]:
+        """`{"ok": true}`, or `{"ok": false, "error": ...}`: cheap, for every `/healthz`."""
         ...
 
     async def open(self) -> int:
@@ -84,6 +75,7 @@ class Store(Protocol):
 
         Raises:
             ReplyInProgress: the conversation has a streaming reply (nothing is written).
+            StoreUnavailable: the database failed; nothing is written.
         """
         ...
 

@@ -46,7 +46,7 @@ from sse.app import (
 from sse.broker import BrokerUnavailable
 from sse.chat import ChatService, topic_of
 from sse.config import Config
-from sse.errors import ClientError
+from sse.errors import ClientError, StoreUnavailable
 from sse.hub import Frame, Resume
 from sse.wire import EncodeError
 from sse.ws_protocol import (
@@ -385,7 +385,7 @@ class WebSocket(asyncio.Protocol):
         """Write the 101 response and the replay, and start reading."""
         self._write(head)
         replay_bytes = sum(len(b) for b in replay)
-        # The replay is allowed on top of the live limit: the history bounds it.
+        # The replay is allowed on top of the live limit: --max-replay-bytes bounds it.
         self._limit_bytes += replay_bytes
         if replay:
             self._pending = deque(replay)
@@ -575,6 +575,8 @@ class WebSocket(asyncio.Protocol):
             user, reply_id = await self._server.chat.post(conversation_id, command.content)
         except ClientError as exc:
             self._reply(error(exc.status, exc.message))
+        except StoreUnavailable as exc:  # the database's failure: no traceback
+            self._reply(error(503, f"the conversations cannot be stored or read now: {exc}"))
         except Exception:
             # Our bug, not the client's: log it once with its traceback; keep the socket.
             log.exception("error posting to %s from %s", conversation_id, self._peer)

@@ -152,9 +152,11 @@ def other_origin(chat: ServerProcess) -> Iterator[_OtherOrigin]:
             _ARTICLE_PAGE.replace("SERVER", _base_url(chat)).encode(),
         ),
         "/app/": ("text/html; charset=utf-8", (client / "index.html").read_bytes()),
-        "/app/app.js": ("text/javascript; charset=utf-8", (client / "app.js").read_bytes()),
-        "/app/style.css": ("text/css; charset=utf-8", (client / "style.css").read_bytes()),
     }
+    # Every module and stylesheet the page loads, as sse/static.py serves them.
+    for kind, pattern in (("text/javascript", "*.js"), ("text/css", "*.css")):
+        for path in sorted(client.glob(pattern)):
+            files[f"/app/{path.name}"] = (f"{kind}; charset=utf-8", path.read_bytes())
     server = _OtherOrigin(files)
     yield server
     server.close()
@@ -252,12 +254,90 @@ def test_our_client_served_from_another_origin_talks_to_the_server_by_query(
 ) -> None:
     server = _base_url(chat)
     page = open_page(f"{other_origin.origin}/app/?server={quote(server, safe='')}")
+    # The ?server= is not the page's own origin: it is used once accepted.
+    expect(page.locator("#server-prompt-origin")).to_have_text(server)
+    page.locator("#server-accept").click()
     expect(page.locator("#status")).to_have_text("live")
     text = f"cross-origin UI {_token()}"
     page.locator("#message-input").fill(text)
     page.locator("#message-input").press("Enter")
     expect(page.locator("#message-input")).to_have_value("")
     _wait_for_message(page, text)
+
+
+def _open_recording(open_page: OpenPage, url: str) -> tuple[Page, list[str]]:
+    """Open `url` in a fresh page, listing the URL of every request and socket it makes."""
+    page = open_page("about:blank")
+    seen: list[str] = []
+    page.on("request", lambda request: seen.append(request.url))
+    page.on("websocket", lambda socket: seen.append(socket.url))
+    page.goto(url)
+    return page, seen
+
+
+@pytest.fixture
+def foreign(spawn: Callable[..., ServerProcess]) -> str:
+    """The base URL of a second server, on another loopback address: another origin."""
+    return _base_url(spawn("--host", "127.0.0.2", *FAST_RETRY))
+
+
+def test_a_link_to_another_server_asks_first_and_sends_nothing_there_until_accepted(
+    open_page: OpenPage, chat: ServerProcess, foreign: str
+) -> None:
+    own = _base_url(chat)
+    page, seen = _open_recording(open_page, f"{own}/?server={quote(foreign, safe='')}")
+    expect(page.locator("#server-prompt")).to_be_visible()
+    expect(page.locator("#server-prompt-origin")).to_have_text(foreign)
+    # Meanwhile the page talks to its own server, and says so.
+    expect(page.locator("#status")).to_have_text("live")
+    expect(page.locator("#server-label")).to_have_text(own.removeprefix("http://"))
+    mine = f"before accepting {_token()}"
+    page.locator("#message-input").fill(mine)
+    page.locator("#message-input").press("Enter")
+    _wait_for_message(page, mine)
+    assert [url for url in seen if url.startswith(foreign)] == []
+
+    page.locator("#server-accept").click()
+    expect(page.locator("#server-prompt")).to_be_hidden()
+    expect(page.locator("#server-label")).to_have_text(foreign.removeprefix("http://"))
+    expect(page.locator("#status")).to_have_text("live")
+    theirs = f"after accepting {_token()}"
+    page.locator("#message-input").fill(theirs)
+    page.locator("#message-input").press("Enter")
+    _wait_for_message(page, theirs)
+    # Another server's room: the list started over there.
+    assert mine not in _message_texts(page)
+    assert any(url.startswith(f"{foreign}/events") for url in seen)
+
+
+def test_refusing_a_link_to_another_server_stays_on_the_own_one(
+    open_page: OpenPage, chat: ServerProcess, foreign: str
+) -> None:
+    own = _base_url(chat)
+    page, seen = _open_recording(open_page, f"{own}/?server={quote(foreign, safe='')}")
+    page.locator("#server-refuse").click()
+    expect(page.locator("#server-prompt")).to_be_hidden()
+    expect(page.locator("#status")).to_have_text("live")
+    expect(page.locator("#server-label")).to_have_text(own.removeprefix("http://"))
+    assert "server=" not in page.url  # so a reload does not ask again
+    text = f"refused {_token()}"
+    page.locator("#message-input").fill(text)
+    page.locator("#message-input").press("Enter")
+    _wait_for_message(page, text)
+    page.reload()
+    expect(page.locator("#status")).to_have_text("live")
+    expect(page.locator("#server-prompt")).to_be_hidden()
+    assert [url for url in seen if url.startswith(foreign)] == []
+
+
+def test_a_link_to_the_page_s_own_server_is_used_without_asking(
+    open_page: OpenPage, chat: ServerProcess
+) -> None:
+    own = _base_url(chat)
+    page = open_page(f"{own}/?server={quote(own, safe='')}")
+    expect(page.locator("#status")).to_have_text("live")
+    expect(page.locator("#server-prompt")).to_be_hidden()
+    expect(page.locator("#server-label")).to_have_text(own.removeprefix("http://"))
 
 
 def test_server_restart_on_the_same_port_shows_reconnecting_then_a_gap_notice(

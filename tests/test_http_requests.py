@@ -91,7 +91,10 @@ async def test_page_is_served_at_root_with_its_assets(server: Server) -> None:
     assert page.status == 200
     assert page.headers["content-type"] == "text/html; charset=utf-8"
     assert b"<html" in page.body.lower()
-    for asset, kind in (("/app.js", "text/javascript"), ("/style.css", "text/css")):
+    # Module scripts must be served as JavaScript, or the browser refuses them.
+    assets = [("/main.js", "text/javascript"), ("/live.js", "text/javascript")]
+    assets += [("/style.css", "text/css"), ("/chat.css", "text/css")]
+    for asset, kind in assets:
         response = await request(server.address, "GET", asset)
         assert response.status == 200
         assert response.headers["content-type"].startswith(kind)

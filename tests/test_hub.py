@@ -8,8 +8,8 @@ from uuid import uuid4
 
 import pytest
 
-from sse.hub import Frame, Hub
-from sse.wire import Decoder, EncodeError
+from sse.hub import Frame, Hub, Resume
+from sse.wire import DecodedEvent, Decoder, EncodeError
 
 
 class Collect:
@@ -286,3 +286,125 @@ def test_each_topic_flushes_its_own_batch() -> None:
     assert (_data(a.frames), _data(b.frames)) == (["a1", "a2"], ["b1"])
     assert hub.take_active() == {"a", "b"}
     assert hub.take_active() == set()
+
+
+# -- memory: history bounded in bytes, replay capped --------------------------
+
+
+def _gap_notice(resume: Resume) -> dict[str, str]:
+    assert resume.gap is not None
+    (event,) = Decoder().feed(resume.gap.raw)
+    assert isinstance(event, DecodedEvent)
+    assert event.type == "gap"
+    notice: dict[str, str] = json.loads(event.data)
+    return notice
+
+
+def test_history_is_bounded_in_bytes_per_channel_oldest_first() -> None:
+    # Every frame here is 19 bytes: "id: e-N\ndata: m0N\n\n" with N one digit.
+    hub = Hub(history_size=100, epoch="e", history_bytes=70)
+    frames = [hub.publish("room", f"m0{i}") for i in range(1, 8)]
+    assert {len(f.raw) for f in frames} == {19}
+    assert _data(hub.resume("room", frames[3].id).frames) == ["m05", "m06", "m07"]
+    assert hub.history_held() == (3, 57)
+    resume = hub.resume("room", frames[2].id)  # m04 was dropped for the bound
+    assert _gap_notice(resume)["message"].endswith("1 were missed.")
+    assert _data(resume.frames) == ["m05", "m06", "m07"]
+
+
+def test_an_event_larger_than_the_channel_bound_is_not_kept() -> None:
+    hub = Hub(history_size=100, epoch="e", history_bytes=30)
+    before = hub.publish("room", "small").id
+    hub.publish("room", "x" * 40)
+    assert hub.history_held() == (0, 0)
+    resume = hub.resume("room", before)
+    assert _data(resume.frames) == []
+    assert resume.gap is not None
+    assert resume.gap.id == "e-2"
+    assert hub.resume("room", resume.gap.id).gap is None
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_total_bytes_evict_the_least_recently_published_channel_first(listening: bool) -> None:
+    hub = Hub(history_size=100, epoch="e", history_bytes=100, history_total_bytes=100)
+    if listening:  # listeners keep a channel, not its history
+        for name in ("a", "b"):
+            hub.subscribe(name, uuid4(), Collect())
+    a = [hub.publish("a", f"a{i}") for i in range(3)]  # 18 bytes each
+    b = [hub.publish("b", f"b{i}") for i in range(2)]
+    assert hub.history_held() == (5, 90)
+    hub.publish("b", "b2")  # 108 bytes: a, published least recently, gives one up
+    assert hub.history_held() == (5, 90)
+    assert _data(hub.resume("a", a[0].id).frames) == ["a1", "a2"]
+    hub.publish("b", "b3")
+    assert _data(hub.resume("a", a[1].id).frames) == ["a2"]
+    # The gap is exact: after an evicted id it is told, with how many were missed.
+    resume = hub.resume("a", a[0].id)
+    assert _gap_notice(resume)["message"].endswith("1 were missed.")
+    assert _data(resume.frames) == ["a2"]
+    assert resume.gap is not None
+    assert hub.resume("a", resume.gap.id).gap is None
+    assert _data(hub.resume("b", b[0].id).frames) == ["b1", "b2", "b3"]
+
+
+def test_a_channel_emptied_by_the_total_bound_still_resumes_exactly_from_its_last_id() -> None:
+    hub = Hub(history_size=100, epoch="e", history_bytes=60, history_total_bytes=60)
+    last = [hub.publish("a", f"a{i}") for i in range(2)][-1].id
+    for i in range(3):
+        hub.publish("b", f"b{i}")
+    assert hub.history_held() == (3, 54)  # all of them b's: a gave up both
+    assert hub.resume("a", last) == Resume(())  # nothing missed, nothing to send
+    resume = hub.resume("a", "e-1")
+    assert resume.gap is not None
+    assert resume.gap.id == "e-2"
+    assert _gap_notice(resume)["message"].endswith("1 were missed.")
+
+
+def test_a_channel_evicted_for_max_topics_gives_back_its_bytes() -> None:
+    hub = Hub(history_size=100, epoch="e", max_topics=1)
+    hub.publish("a", "x" * 100)
+    hub.publish("b", "y")
+    assert hub.history_held() == (1, len(b"id: e-2\ndata: y\n\n"))
+
+
+# Ten frames, m00..m09 with ids e-1..e-10: 19 bytes each, the last 20.
+@pytest.mark.parametrize(
+    ("after", "max_replay_bytes", "replayed", "gap_id"),
+    [
+        ("e-8", 1000, ["m08", "m09"], None),  # fits: exact, no gap
+        ("e-8", 39, ["m08", "m09"], None),  # exactly fits
+        ("e-8", 38, ["m09"], "e-9"),  # one byte short: gap, then the newest that fit
+        ("e-0", 58, ["m07", "m08", "m09"], "e-7"),
+        ("e-0", 19, [], "e-10"),  # not even the newest fits: the gap alone
+        ("bogus", 58, ["m07", "m08", "m09"], "e-7"),  # unknown: the newest that fit
+        ("e-99", 39, ["m08", "m09"], "e-8"),
+    ],
+)
+def test_a_resume_replays_at_most_max_replay_bytes_with_a_gap_before_the_newest(
+    after: str, max_replay_bytes: int, replayed: list[str], gap_id: str | None
+) -> None:
+    hub = Hub(history_size=100, epoch="e", max_replay_bytes=max_replay_bytes)
+    for i in range(10):
+        hub.publish("room", f"m0{i}")
+    resume = hub.resume("room", after)
+    assert _data(resume.frames) == replayed
+    assert sum(len(f.raw) for f in resume.frames) <= max_replay_bytes
+    if gap_id is None:
+        assert resume.gap is None
+        return
+    assert resume.gap is not None
+    assert resume.gap.id == gap_id
+    assert _gap_notice(resume)["last_event_id"] == after
+    # Cut off right after the gap, the client resumes from its id without a new one.
+    again = hub.resume("room", gap_id)
+    assert again.gap is None
+    assert _data(again.frames) == replayed
+
+
+def test_a_capped_resume_says_how_many_were_not_replayed() -> None:
+    hub = Hub(history_size=100, epoch="e", max_replay_bytes=40)
+    for i in range(5):
+        hub.publish("room", f"m0{i}")
+    notice = _gap_notice(hub.resume("room", "e-0"))
+    assert "40 bytes" in notice["message"]
+    assert notice["message"].endswith("3 were missed.")

@@ -180,6 +180,11 @@ def test_port_comes_from_the_environment(tmp_path: Path) -> None:
         (["--history-size", "0"], "history_size must be positive"),
         (["--port", "70000"], "port must be 0..65535"),
         (["--max-body-bytes", "-1"], "max_body_bytes must be positive"),
+        (["--max-replay-bytes", "0"], "max_replay_bytes must be positive"),
+        (
+            ["--history-bytes", "2048", "--history-total-bytes", "1024"],
+            "must not exceed history_total_bytes",
+        ),
     ],
 )
 def test_impossible_settings_are_refused_with_a_message(args: list[str], complaint: str) -> None:

@@ -12,6 +12,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import websockets
 
 from sse.wire import DecodedEvent
@@ -326,3 +327,58 @@ async def test_a_crowd_opening_at_once_is_served_without_exhausting_redis_connec
     for stream in streams:
         assert (await stream.next_event(timeout=10)).data == "to the crowd"
         await stream.close()
+
+
+def _wire_size(event: DecodedEvent) -> int:
+    # What the replay cap counts: the event as sent, "id: ...\ndata: ...\n\n".
+    return len(f"id: {event.last_event_id}\ndata: {event.data}\n\n".encode())
+
+
+async def _until_live(stream: EventStream, marker: str) -> list[DecodedEvent]:
+    seen: list[DecodedEvent] = []
+    while not seen or seen[-1].data != marker:
+        seen.append(await stream.next_event())
+    return seen[:-1]
+
+
+@pytest.mark.parametrize(
+    ("size", "count", "cap"),
+    [
+        (1000, 30, 16384),  # fits in the first page read
+        (60, 80, 4096),  # needs several pages, newest first
+    ],
+)
+async def test_a_redis_resume_replays_at_most_max_replay_bytes_after_a_gap(
+    redis_server: RedisServer, make_server: MakeServer, size: int, count: int, cap: int
+) -> None:
+    node = await make_server(
+        redis_url=redis_server.url, join_announcement=False, max_replay_bytes=cap
+    )
+    sent = [f"{i:03} " + "z" * size for i in range(count)]
+    for message in sent:
+        assert (await post_message(node.address, message)).status == 200
+    # An unknown id, and a known one too far back: each a gap, then the newest that fit.
+    for last, why in (("bogus", "unknown"), ("0-1", "more than one replay carries")):
+        stream = await EventStream.open(node.address, headers=[("last-event-id", last)])
+        gap = await stream.next_event()
+        assert gap.type == "gap"
+        assert why in json.loads(gap.data)["message"]
+        # Cut off right after the gap, a client resumes from its id exactly: no new gap.
+        again = await EventStream.open(node.address, headers=[("last-event-id", gap.last_event_id)])
+        assert (await post_message(node.address, f"live {last}")).status == 200
+        replayed = await _until_live(stream, f"live {last}")
+        assert [e.data for e in await _until_live(again, f"live {last}")] == [
+            e.data for e in replayed
+        ]
+        for opened in (stream, again):
+            await opened.close()
+        total = sum(_wire_size(e) for e in replayed)
+        assert total <= cap < total + _wire_size(replayed[0])
+        assert [e.data for e in replayed] == sent[-len(replayed) :]
+        sent.append(f"live {last}")
+    # A resume that fits is exact, as before.
+    near = await EventStream.open(
+        node.address, headers=[("last-event-id", replayed[-3].last_event_id)]
+    )
+    assert [e.data for e in await near.events(3)] == [*sent[-3:]]
+    await near.close()

@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
 import pytest
 
+from sse.errors import ReplyInProgress, StoreUnavailable
 from sse.http import Server
-from sse.store import ReplyInProgress, SqliteStore
+from sse.store import SqliteStore
 from sse.store_pg import PostgresStore
 from sse.wire import DecodedEvent
 from tests.client import EventStream, Response, events_until, json_object, request, wait_until
@@ -28,13 +28,17 @@ JSON = [("content-type", "application/json")]
 
 
 class FullDisk:
-    """Makes a live store's `save_reply` fail like a full disk while `full` is set."""
+    """Makes a live store's `save_reply` fail like a full disk while `full` is set.
+
+    It raises what the stores raise for a database failure, `StoreUnavailable`
+    with the database's words (tests/test_health.py checks that translation).
+    """
 
     def __init__(
-        self, server: Server, *, only_last: bool = False, error: Exception | None = None
+        self, server: Server, *, only_last: bool = False, cause: str = "database or disk is full"
     ) -> None:
         self.full = True
-        fault = error or sqlite3.OperationalError("database or disk is full")
+        fault = StoreUnavailable(cause)
         self.refused = 0
         store = server.chat.store
         real: Callable[..., Awaitable[None]] = store.save_reply
@@ -134,8 +138,7 @@ async def test_a_reply_whose_last_save_fails_on_postgres_ends_the_same_way(
     server = await make_server(db_url=postgres_url)
     cid = await _create(server)
     stream = await EventStream.open(server.address, f"/conversations/{cid}/events")
-    full = asyncpg.exceptions.DiskFullError("could not extend file")
-    disk = FullDisk(server, only_last=True, error=full)
+    disk = FullDisk(server, only_last=True, cause="could not extend file")
     assert (await _post(server, cid, "hello there")).status == 202
     events = await events_until(stream, "error")
     message = json.loads(events[-1].data)["message"]

@@ -1,0 +1,402 @@
+/**
+ * The Chat view: conversations with an assistant (/conversations/...). One
+ * conversation is open at a time, with one LiveStream on
+ * /conversations/{id}/events; its transcript is fetched and stitched with the
+ * events (syncTranscript); the composer posts messages and stops replies.
+ */
+
+import { conversationPath, RequestFailed, requestJson } from "./api.js";
+import {
+  chat,
+  chatHash,
+  clearChatError,
+  loadModelLabels,
+  replaceHash,
+  saveConversation,
+  savedConversation,
+  setChatTitle,
+  setReplying,
+  showChatError,
+  updateChatComposer,
+} from "./chat-state.js";
+import {
+  createConversation,
+  markActiveConversation,
+  onConversationListClick,
+  onNewConversation,
+  refreshConversationList,
+  setDrawerOpen,
+} from "./conversations.js";
+import { State, ui } from "./dom.js";
+import { LiveStream, StatusBadge } from "./live.js";
+import { serverUrl } from "./settings.js";
+import { applyChatEvent, findMessage, renderTranscript } from "./transcript.js";
+
+/** A message typed before any conversation is open waits this long for the new one's stream. */
+const CHAT_READY_TIMEOUT_MS = 5000;
+/** A reply opened mid-stream with a hole in its text is fetched again this often until it heals. */
+const HEAL_RETRY_MS = 1100;
+/** Named events of a conversation stream that carry chat data (all JSON). */
+const CHAT_EVENTS = Object.freeze(["user", "start", "delta", "done"]);
+
+/** #chat-status: the open conversation's stream (the header's badge is the room's). */
+const badge = new StatusBadge(ui.chatStatus, ui.chatReconnect, State.CLOSED);
+/** The open conversation's stream; its lastEventId is where a reconnect resumes. */
+const stream = new LiveStream({
+  badge,
+  events: {
+    ...Object.fromEntries(CHAT_EVENTS.map((type) => [type, onChatEvent])),
+    // The server's own `error` event (a failed reply), not a failed connection.
+    error: onChatEvent,
+    gap: onChatGap,
+  },
+  onOpen: onChatOpen,
+  // Refused outright (e.g. 404 for an unknown conversation): the transcript
+  // request says why, and shows what there is.
+  onClosed: () => {
+    if (!chat.ready) syncTranscript();
+  },
+  onUnopenable: (url) => showChatError(`Cannot open a stream at ${url}.`),
+});
+
+// ---------------------------------------------------------------- opening
+
+/** Forget everything about the open conversation's stream and transcript. */
+function resetConversationState() {
+  stream.close();
+  chat.generation += 1;
+  stream.lastEventId = null;
+  chat.syncing = false;
+  chat.resyncWanted = false;
+  chat.buffer = [];
+  chat.ready = false;
+  chat.onReady = [];
+  chat.pieces.clear();
+  chat.partial.clear();
+  chat.holes.clear();
+  clearTimeout(chat.healTimer);
+  chat.healTimer = null;
+  chat.finished.clear();
+  chat.replyingId = null;
+  chat.stopping = false;
+  ui.transcript.replaceChildren();
+  updateChatComposer();
+}
+
+/** Open conversation `id`: its stream first, then its transcript (see onChatOpen). */
+export function openConversation(id, title = null) {
+  setDrawerOpen(false);
+  if (id === chat.conversationId && stream.source !== null) return;
+  resetConversationState();
+  chat.conversationId = id;
+  const listed = ui.conversationList.querySelector(
+    `[data-conversation-id="${CSS.escape(id)}"] .conversation-title`,
+  );
+  setChatTitle(title ?? listed?.textContent ?? "Conversation");
+  ui.transcript.setAttribute("aria-busy", "true");
+  markActiveConversation();
+  saveConversation(id);
+  if (!ui.chatView.hidden) replaceHash(chatHash());
+  chatConnect();
+}
+
+/**
+ * Close the open conversation and show `why` (if given). `forget` drops it
+ * from storage too: it is gone from the server, not merely left behind.
+ */
+function closeConversation(why = null, forget = false) {
+  resetConversationState();
+  if (forget && chat.conversationId !== null) saveConversation(null);
+  chat.conversationId = null;
+  setChatTitle("New conversation");
+  ui.transcript.removeAttribute("aria-busy");
+  badge.set(State.CLOSED);
+  ui.chatStatus.hidden = true;
+  ui.chatReconnect.hidden = true;
+  markActiveConversation();
+  if (!ui.chatView.hidden) replaceHash(chatHash());
+  if (why !== null) showChatError(why);
+}
+
+/** Resolve once the open conversation's transcript is shown, or after `ms` regardless. */
+function whenChatReady(ms) {
+  if (chat.ready) return Promise.resolve();
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    chat.onReady.push(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+}
+
+// ---------------------------------------------------------------- stream
+
+/**
+ * (Re)open the open conversation's stream, resuming after the last event seen
+ * (none after openConversation), as for the room.
+ */
+function chatConnect() {
+  stream.close();
+  const id = chat.conversationId;
+  if (id === null) return;
+  ui.chatStatus.hidden = false;
+  stream.open(`${serverUrl}${conversationPath(id, "/events")}`);
+}
+
+/**
+ * The stream is open, so the server has subscribed us: whatever happens from
+ * now on reaches us. Fetch the transcript for what happened before, unless
+ * we hold an event id, in which case the server replays (or sends a gap).
+ */
+function onChatOpen() {
+  if (stream.lastEventId === null) syncTranscript();
+}
+
+/** A chat event: apply it, or keep it for after the transcript that is being fetched. */
+function onChatEvent(event) {
+  let payload;
+  try {
+    payload = JSON.parse(event.data);
+  } catch (err) {
+    if (!(err instanceof SyntaxError)) throw err;
+    return; // not ours to guess at; the next transcript fetch has the truth
+  }
+  if (payload === null || typeof payload !== "object" || typeof payload.message_id !== "string") {
+    return;
+  }
+  recordPiece(event.type, payload);
+  const item = { type: event.type, payload };
+  if (chat.syncing) chat.buffer.push(item);
+  else applyChatEvent(item);
+}
+
+/** Note `start` and `delta` events as they arrive (before any buffering), for stitchReply. */
+function recordPiece(type, payload) {
+  const id = payload.message_id;
+  if (type === "start") {
+    chat.pieces.set(id, { started: true, texts: [] });
+  } else if (type === "delta" && typeof payload.text === "string") {
+    if (!chat.pieces.has(id)) chat.pieces.set(id, { started: false, texts: [] });
+    chat.pieces.get(id).texts.push(payload.text);
+  } else if (type === "done" || type === "error") {
+    // Kept until the next render: a reply opened mid-stream is stitched then.
+    if (!chat.partial.has(id)) chat.pieces.delete(id);
+  }
+}
+
+/** Events were missed (e.g. the server restarted): fetch the transcript again. */
+function onChatGap(event) {
+  // Pieces were missed: what was recorded no longer joins up with what follows.
+  chat.pieces.clear();
+  // The server follows a gap with every event it still keeps; they are
+  // buffered during the fetch and deduplicated against it by message id.
+  syncTranscript();
+  refreshConversationList();
+}
+
+// ---------------------------------------------------------------- transcript
+
+/**
+ * Fetch the transcript and render it, holding stream events back meanwhile
+ * and applying them on top afterwards.
+ *
+ * Opening mid-reply: the stream is opened first, with no last event id, and
+ * the transcript is fetched once it is open, so no event falls between the
+ * two. But a streaming reply's saved text lags (the server saves it about
+ * once a second) and no event id ties it to the stream, so the pieces sent
+ * between that save and our subscribing are known to neither. What we do
+ * (stitchReply): show the saved text, then the pieces received live; where
+ * they do not provably join, a visible hole (CSS-generated, not part of the
+ * text) marks the missing part, and the transcript is fetched again every
+ * HEAL_RETRY_MS until a save overlaps the live pieces. When the reply ends,
+ * its stored final text is fetched and replaces the bubble, so it ends exact
+ * whatever happened before.
+ */
+export async function syncTranscript() {
+  const id = chat.conversationId;
+  if (id === null) return;
+  if (chat.syncing) {
+    chat.resyncWanted = true;
+    return;
+  }
+  const generation = chat.generation;
+  chat.syncing = true;
+  let transcript = null;
+  do {
+    chat.resyncWanted = false;
+    try {
+      transcript = await requestJson("GET", conversationPath(id));
+    } catch (err) {
+      if (!(err instanceof RequestFailed)) throw err;
+      if (generation !== chat.generation) return;
+      if (err.status === 404) {
+        closeConversation(`That conversation is not on ${serverUrl}; it may have been deleted.`, true);
+        refreshConversationList();
+        return;
+      }
+      showChatError(`Could not load the conversation: ${err.message}`);
+      transcript = null;
+      break;
+    }
+    if (generation !== chat.generation) return;
+  } while (chat.resyncWanted);
+  chat.syncing = false;
+  const stitched = transcript === null ? new Set() : renderTranscript(transcript);
+  flushChatBuffer(stitched);
+  if (!chat.ready && transcript !== null) {
+    chat.ready = true;
+    ui.transcript.removeAttribute("aria-busy");
+    for (const callback of chat.onReady.splice(0)) callback();
+  }
+  scheduleHeal();
+}
+
+/** While a shown reply has a hole, fetch the transcript again soon. */
+function scheduleHeal() {
+  if (chat.holes.size === 0 || chat.healTimer !== null) return;
+  chat.healTimer = setTimeout(() => {
+    chat.healTimer = null;
+    if (chat.holes.size > 0) syncTranscript();
+  }, HEAL_RETRY_MS);
+}
+
+/** Apply the events held back during a transcript fetch; `stitched` replies have their deltas. */
+function flushChatBuffer(stitched) {
+  const buffered = chat.buffer;
+  chat.buffer = [];
+  for (const event of buffered) {
+    if (event.type === "delta" && stitched.has(event.payload.message_id)) continue;
+    applyChatEvent(event);
+  }
+}
+
+// ---------------------------------------------------------------- composer
+
+/** Post the composer's text to the open conversation (creating one if none is open). */
+async function sendChatMessage() {
+  if (chat.posting) return;
+  const text = ui.chatInput.value;
+  if (text.trim() === "") return;
+  if (chat.replyingId !== null) {
+    showChatError("A reply is still streaming: wait for it, or press Stop.");
+    return;
+  }
+  clearChatError();
+  chat.posting = true;
+  updateChatComposer();
+  try {
+    if (chat.conversationId === null && (await createConversation()) === null) return;
+    // Post once the stream is open, so this message and its reply stream in
+    // live rather than arriving with the transcript.
+    await whenChatReady(CHAT_READY_TIMEOUT_MS);
+    const id = chat.conversationId;
+    const generation = chat.generation;
+    if (id === null) return;
+    let answer;
+    try {
+      answer = await requestJson("POST", conversationPath(id, "/messages"), { content: text });
+    } catch (err) {
+      if (!(err instanceof RequestFailed)) throw err;
+      if (generation !== chat.generation) return;
+      if (err.status === 404) {
+        closeConversation(`That conversation is not on ${serverUrl}; it may have been deleted.`, true);
+      } else {
+        showChatError(err.message);
+      }
+      return;
+    }
+    if (generation !== chat.generation) return;
+    // The message itself arrives as a `user` event, like in every other tab.
+    ui.chatInput.value = "";
+    const replyId = answer?.reply_id;
+    // Show Stop at once, unless the reply already ended (its events can beat this answer).
+    if (typeof replyId === "string" && !chat.finished.has(replyId) && chat.replyingId === null) {
+      const item = findMessage(replyId);
+      if (item === null || item.dataset.status === "streaming") setReplying(replyId);
+    }
+  } finally {
+    chat.posting = false;
+    updateChatComposer();
+    ui.chatInput.focus();
+  }
+}
+
+/** Ask the server to stop the streaming reply; it ends with done/cancelled. */
+async function stopReply() {
+  const id = chat.conversationId;
+  if (id === null || chat.stopping) return;
+  const generation = chat.generation;
+  chat.stopping = true;
+  updateChatComposer();
+  try {
+    const answer = await requestJson("POST", conversationPath(id, "/stop"));
+    if (generation !== chat.generation) return;
+    // Nothing was streaming: we missed the end of the reply we thought ran.
+    if (answer?.stopped === false && chat.replyingId !== null) {
+      setReplying(null);
+      syncTranscript();
+    }
+  } catch (err) {
+    if (!(err instanceof RequestFailed)) throw err;
+    if (generation === chat.generation) showChatError(`Could not stop the reply: ${err.message}`);
+  } finally {
+    if (generation === chat.generation) {
+      chat.stopping = false;
+      updateChatComposer();
+    }
+  }
+}
+
+/** Enter sends; Shift+Enter (or Enter while an IME is composing) types a newline. */
+function onChatKeydown(event) {
+  if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
+  event.preventDefault();
+  sendChatMessage();
+}
+
+// ---------------------------------------------------------------- start
+
+/** First showing of the Chat view: list the conversations, reopen `wanted` or the last one. */
+export function startChat(wanted) {
+  if (!chat.started) {
+    chat.started = true;
+    refreshConversationList();
+  }
+  const id = wanted ?? (chat.conversationId === null ? savedConversation() : null);
+  if (id !== null) openConversation(id);
+}
+
+/** The server URL was applied: resume on the same server, start over on another. */
+export function onChatServerApplied(changed) {
+  if (!chat.started) return;
+  if (!changed) {
+    if (chat.conversationId !== null) chatConnect();
+    return;
+  }
+  closeConversation();
+  clearChatError();
+  ui.conversationList.replaceChildren();
+  refreshConversationList();
+  const saved = savedConversation();
+  if (saved !== null) openConversation(saved);
+}
+
+/** Wire up the Chat view's controls (its network work starts with startChat). */
+export function wireChat() {
+  loadModelLabels();
+  ui.chatComposer.addEventListener("submit", (event) => {
+    event.preventDefault();
+    sendChatMessage();
+  });
+  ui.chatInput.addEventListener("keydown", onChatKeydown);
+  ui.chatInput.addEventListener("input", clearChatError);
+  ui.chatStop.addEventListener("click", stopReply);
+  ui.newConversation.addEventListener("click", onNewConversation);
+  ui.conversationList.addEventListener("click", onConversationListClick);
+  ui.conversationsToggle.addEventListener("click", () => {
+    setDrawerOpen(ui.chatView.dataset.drawer !== "open");
+  });
+  ui.chatReconnect.addEventListener("click", () => chatConnect());
+}
+

@@ -1,0 +1,57 @@
+/**
+ * The page's elements, found once, and the connection states every badge shows.
+ * A module imported by every other one; it has no imports itself.
+ */
+
+/** Within this distance of the bottom a list (#messages, #transcript) follows new items. */
+export const NEAR_BOTTOM_PX = 48;
+
+/** Connection states; the strings are what #status shows (part of the contract). */
+export const State = Object.freeze({
+  CONNECTING: "connecting",
+  LIVE: "live",
+  RECONNECTING: "reconnecting",
+  CLOSED: "closed",
+});
+
+/** Return the element with this id; a missing one is a bug in index.html. */
+function byId(id) {
+  const element = document.getElementById(id);
+  if (element === null) throw new Error(`index.html lacks #${id}`);
+  return element;
+}
+
+export const ui = {
+  status: byId("status"),
+  transportLabel: byId("transport-label"),
+  transportInputs: [byId("transport-sse"), byId("transport-ws")],
+  reconnect: byId("reconnect"),
+  settingsDetails: document.querySelector("details.settings"),
+  settingsForm: byId("settings-form"),
+  serverInput: byId("server-url"),
+  serverError: byId("server-url-error"),
+  nav: document.querySelector("nav.views"),
+  messages: byId("messages"),
+  composer: byId("composer"),
+  input: byId("message-input"),
+  sendButton: byId("send-button"),
+  sendError: byId("send-error"),
+  chatView: document.querySelector('section[data-view="chat"]'),
+  conversationsToggle: byId("conversations-toggle"),
+  newConversation: byId("new-conversation"),
+  conversationList: byId("conversation-list"),
+  chatTitle: byId("chat-title"),
+  chatStatus: byId("chat-status"),
+  chatReconnect: byId("chat-reconnect"),
+  transcript: byId("transcript"),
+  chatComposer: byId("chat-composer"),
+  chatInput: byId("chat-input"),
+  chatSend: byId("chat-send"),
+  chatStop: byId("chat-stop"),
+  chatError: byId("chat-error"),
+  serverLabel: byId("server-label"),
+  serverPrompt: byId("server-prompt"),
+  serverPromptOrigin: byId("server-prompt-origin"),
+  serverAccept: byId("server-accept"),
+  serverRefuse: byId("server-refuse"),
+};

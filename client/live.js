@@ -1,0 +1,134 @@
+/**
+ * The resumable live stream the room and the chat share: one EventSource at a
+ * time on a URL, resuming after the last event id it saw, its state shown in a
+ * status badge with a Reconnect button.
+ */
+
+import { State } from "./dom.js";
+
+/** A badge showing one of State, and the Reconnect button offered beside it. */
+export class StatusBadge {
+  constructor(status, reconnect, state) {
+    this.status = status;
+    this.reconnect = reconnect;
+    /** The state shown (one of State). */
+    this.state = state;
+  }
+
+  /** Show `state`; Reconnect is offered only when not (about to be) live. */
+  set(state) {
+    this.reconnect.hidden = !(state === State.RECONNECTING || state === State.CLOSED);
+    // Rewriting the same text would make screen readers announce it again.
+    if (state === this.state && this.status.textContent === state) return;
+    this.state = state;
+    this.status.textContent = state;
+    this.status.dataset.state = state;
+  }
+}
+
+/**
+ * An EventSource that can be replaced and resumed. `events` maps the named
+ * events to listen for ("message", "gap", ...) to handlers; `onOpen` runs once
+ * live, `onClosed` when the browser gave up for good, `onUnopenable(url)` when
+ * no EventSource could be made for the URL. Events of a replaced stream are
+ * ignored.
+ */
+export class LiveStream {
+  constructor({ badge, events, onOpen = () => {}, onClosed = () => {}, onUnopenable }) {
+    this.badge = badge;
+    this.events = events;
+    this.onOpen = onOpen;
+    this.onClosed = onClosed;
+    this.onUnopenable = onUnopenable;
+    /** The current EventSource, or null. */
+    this.source = null;
+    /**
+     * Id of the last event seen, or null. A new EventSource cannot send
+     * Last-Event-ID (the browser only sends it on its own reconnects), so
+     * open() passes it as ?last_event_id= and the server replays what was
+     * missed instead of losing it silently. Set to null to start afresh.
+     */
+    this.lastEventId = null;
+  }
+
+  /** Open an EventSource on `url`, replacing the current one, resuming after lastEventId. */
+  open(url) {
+    this.close();
+    this.badge.set(State.CONNECTING);
+    // The browser's own reconnects of this EventSource send the Last-Event-ID
+    // header, which the server prefers to the query, so the query never holds
+    // them back.
+    const full =
+      this.lastEventId === null ? url : `${url}?last_event_id=${encodeURIComponent(this.lastEventId)}`;
+    let stream;
+    try {
+      stream = new EventSource(full);
+    } catch (err) {
+      // EventSource throws SyntaxError for a URL it cannot parse (WHATWG HTML
+      // "Server-sent events", the EventSource constructor).
+      if (!(err instanceof DOMException)) throw err;
+      this.badge.set(State.CLOSED);
+      this.onUnopenable(full);
+      return;
+    }
+    this.source = stream;
+    /** Wrap a handler so it only runs while `stream` is the current stream. */
+    const whileCurrent = (handler) => (event) => {
+      if (stream === this.source) handler(event);
+    };
+    stream.addEventListener(
+      "open",
+      whileCurrent(() => {
+        this.badge.set(State.LIVE);
+        this.onOpen();
+      }),
+    );
+    // A server may name one of its events "error", the same type EventSource
+    // fires for a failed connection (WHATWG HTML, "Server-sent events"). Only
+    // the server's carries data, as a MessageEvent.
+    stream.addEventListener(
+      "error",
+      whileCurrent((event) => {
+        if (event instanceof MessageEvent) this.dispatch(event);
+        else this.failed(stream);
+      }),
+    );
+    for (const type of Object.keys(this.events)) {
+      if (type !== "error") stream.addEventListener(type, whileCurrent((event) => this.dispatch(event)));
+    }
+  }
+
+  /** Stop listening, if a stream is open. */
+  close() {
+    if (this.source !== null) this.source.close();
+    this.source = null;
+  }
+
+  /** Remember `event`'s id as the point the next open() resumes from. */
+  remember(event) {
+    // Every event the server sends has an id; "" would mean "none seen yet".
+    if (event.lastEventId !== "") this.lastEventId = event.lastEventId;
+  }
+
+  /** A named event: remember its id, then hand it to its handler. */
+  dispatch(event) {
+    const handler = this.events[event.type];
+    if (handler === undefined) return;
+    this.remember(event);
+    handler(event);
+  }
+
+  /** The stream failed or ended; readyState says whether the browser will retry. */
+  failed(stream) {
+    // Per WHATWG HTML, "error" fires with readyState CONNECTING when the
+    // browser will reconnect by itself (after `retry:` ms, resending
+    // Last-Event-ID), and with CLOSED when it gave up for good (HTTP 204, a
+    // non-200 status, or a wrong Content-Type).
+    if (stream.readyState === EventSource.CONNECTING) {
+      this.badge.set(State.RECONNECTING);
+    } else if (stream.readyState === EventSource.CLOSED) {
+      this.badge.set(State.CLOSED);
+      this.onClosed();
+    }
+  }
+}
