@@ -46,3 +46,20 @@ class StoreUnavailable(SSEChatError):
     Neither the client's fault nor a bug of ours: the message says what the
     database reported, and the request is answered 503.
     """
+
+
+class ReplyInProgress(SSEChatError):
+    """The conversation has a streaming reply already, made by this node or another.
+
+    The database decides, not the node's memory: nodes sharing a database
+    (PostgreSQL, or processes on one SQLite file) must not both start a reply.
+    A reply of a crashed node stops counting once recovery marks it interrupted.
+
+    Why a unique partial index on the messages, not a Redis key (SET NX with an
+    expiry): the guard then lives in the rows it guards. The refusal and the
+    insert of the user's message are one transaction, so a 409 leaves nothing
+    behind; the lease recovery that already marks a dead node's replies
+    interrupted frees the conversation too, with no second timeout to tune
+    that could expire under a paused live node or outlive a dead one; and it
+    holds where there is no Redis (`--workers` on one SQLite file).
+    """

@@ -20,17 +20,23 @@ from uuid import uuid4
 
 from sse.chat.models import ChatTurn, Finish, Model
 from sse.chat.store.base import ConversationSummary, Store, StoredMessage, Transcript
-from sse.errors import BrokerUnavailable, ClientError, ModelError, StoreUnavailable
+from sse.errors import BrokerUnavailable, ClientError, ModelError, ReplyInProgress, StoreUnavailable
 from sse.pubsub.broker import Broker, settle
 
 __all__ = ["ChatService", "Snapshot", "topic_of"]
 
 log = logging.getLogger("ssechat.chat")
 
+_STILL_STREAMING = "a reply is still streaming; stop it or wait for it"
 # How often a growing reply is written to the store while it streams.
 _SAVE_EVERY_S = 1.0
 # How long a stop waits for the node that generates the reply to confirm.
 _REMOTE_STOP_TIMEOUT_S = 5.0
+# A reply's last save that the store refused is retried this often at first,
+# doubling up to the cap, for this long; a restart's recovery catches the rest.
+_RESAVE_FIRST_S = 0.1
+_RESAVE_MAX_GAP_S = 5.0
+_RESAVE_FOR_S = 120.0
 # Statuses of replies whose text the model should see again as context.
 _CONTEXT_STATUSES = frozenset({"complete", "cancelled", "interrupted"})
 
@@ -78,6 +84,8 @@ class ChatService:
         self._shutting_down = False
         # Stops asked of other nodes, by request id, waiting for their answer.
         self._remote_stops: dict[str, asyncio.Future[str | None]] = {}
+        # Last saves the store refused, retried until it takes them.
+        self._resaves: set[asyncio.Task[None]] = set()
         broker.on_control(self._control)
 
     @property
@@ -143,20 +151,21 @@ class ChatService:
         if self._shutting_down:
             raise ClientError(503, "the server is shutting down")
         if conversation_id in self._replies:
-            raise ClientError(409, "a reply is still streaming; stop it or wait for it")
+            raise ClientError(409, _STILL_STREAMING)
         # Claim the slot before the first await, so a second message racing this
-        # one sees it and gets 409 instead of starting a second reply.
+        # one sees it and gets 409 instead of starting a second reply. Other nodes
+        # are kept out by the database (see `ReplyInProgress`).
         reply = self._replies[conversation_id] = _Reply(message_id="")
         try:
-            user = await self._store.add_message(conversation_id, "user", content, "complete")
-            if user is None:
+            started = await self._store.start_reply(conversation_id, content, self._model.name)
+            if started is None:
                 raise ClientError(404, f"no conversation {conversation_id}")
+            user, answer = started
             transcript = await self._store.transcript(conversation_id)
             assert transcript is not None, "the conversation was just written to"
-            answer = await self._store.add_message(
-                conversation_id, "assistant", "", "streaming", model=self._model.name
-            )
-            assert answer is not None
+        except ReplyInProgress:
+            self._replies.pop(conversation_id, None)
+            raise ClientError(409, _STILL_STREAMING) from None
         except BaseException:
             self._replies.pop(conversation_id, None)
             raise
@@ -183,7 +192,7 @@ class ChatService:
             # Kept, but nobody was told and no reply starts: say so, and don't pretend.
             self._replies.pop(conversation_id, None)
             why = f"No reply was started: {exc}."
-            await self._store.save_reply(answer.id, "", "error", None, why)
+            await self._save_last(answer.id, "", "error", None, why, None)
             raise ClientError(503, f"the message was saved but not announced: {exc}") from None
         reply.task = self._spawn(self._run(conversation_id, reply, history))
         return user, answer.id
@@ -206,6 +215,10 @@ class ChatService:
         """Cut every reply short, saving each as far as it got."""
         self._shutting_down = True
         tasks = [r.task for r in self._replies.values() if r.task is not None]
+        # A save still refused now is left to the next start's recovery.
+        tasks += self._resaves
+        for task in self._resaves:
+            task.cancel()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -314,9 +327,7 @@ class ChatService:
             )
             if self._broker.shared:
                 # Another node showing this conversation continues from here.
-                await self._store.save_reply(
-                    reply.message_id, "", "streaming", None, event_id=reply.last_event_id
-                )
+                await self._save_so_far(reply)
             # aclosing: whatever ends the loop, the model's upstream request is closed.
             async with contextlib.aclosing(model.reply(history)) as pieces:
                 async for piece in pieces:
@@ -337,13 +348,7 @@ class ChatService:
                     )
                     if now - saved_at >= _SAVE_EVERY_S:
                         saved_at = now
-                        await self._store.save_reply(
-                            reply.message_id,
-                            "".join(reply.parts),
-                            "streaming",
-                            None,
-                            event_id=reply.last_event_id,
-                        )
+                        await self._save_so_far(reply)
         except asyncio.CancelledError:
             if self._shutting_down:
                 status, finish = "interrupted", "interrupted"
@@ -368,21 +373,19 @@ class ChatService:
             error = f"The model failed unexpectedly ({type(exc).__name__})."
         text = "".join(reply.parts)
         try:
-            await asyncio.shield(
-                self._store.save_reply(
-                    reply.message_id,
-                    text,
-                    status,
-                    finish if status != "error" else None,
-                    error,
-                    event_id=reply.last_event_id or None,
-                )
+            refused = await self._save_last(
+                reply.message_id,
+                text,
+                status,
+                finish if status != "error" else None,
+                error,
+                reply.last_event_id or None,
             )
-        except StoreUnavailable as exc:
-            # The live ending still goes out; the transcript keeps the last save.
-            log.warning("reply %s was not saved: %s", reply.message_id, exc)
         finally:
             self._replies.pop(conversation_id, None)
+        if refused is not None:
+            # Listeners are told what the transcript will say once the store is back.
+            error = refused
         duration_ms = round((time.monotonic() - started) * 1000, 1)
         if error is not None:
             log.info("reply %s ended with an error: %s", reply.message_id, error)
@@ -397,6 +400,79 @@ class ChatService:
             "duration_ms": duration_ms,
         }
         await self._publish_last(reply, topic, "done", payload)
+
+    async def _save_so_far(self, reply: _Reply) -> None:
+        """Save a streaming reply's text so far.
+
+        Raises:
+            StoreUnavailable: the store refused it.
+        """
+        await self._store.save_reply(
+            reply.message_id,
+            "".join(reply.parts),
+            "streaming",
+            None,
+            event_id=reply.last_event_id,
+        )
+
+    async def _save_last(
+        self,
+        message_id: str,
+        text: str,
+        status: str,
+        finish: str | None,
+        error: str | None,
+        event_id: str | None,
+    ) -> str | None:
+        """Save a reply's ending, whatever cancels the caller; None, or the error it ends with.
+
+        When the store refuses, the reply is saved as an error instead, by a task
+        retrying with backoff: it must not stay "streaming" (which blocks its
+        conversation on every node) once the store takes writes again.
+        """
+        saving = asyncio.ensure_future(
+            self._store.save_reply(message_id, text, status, finish, error, event_id=event_id)
+        )
+        while not saving.done():
+            # A stop arriving while the ending is saved must not lose the ending.
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait({saving})
+        failure = saving.exception()
+        if failure is None:
+            return None
+        if isinstance(failure, StoreUnavailable):
+            log.warning("reply %s could not be saved: %s", message_id, failure)
+        else:
+            log.error("reply %s could not be saved", message_id, exc_info=failure)
+        why = f"The reply could not be saved: {failure or type(failure).__name__}."
+        task = self._spawn(self._resave(message_id, text, why, event_id))
+        self._resaves.add(task)
+        task.add_done_callback(self._resaves.discard)
+        return why
+
+    async def _resave(self, message_id: str, text: str, why: str, event_id: str | None) -> None:
+        gap_s = _RESAVE_FIRST_S
+        deadline = time.monotonic() + _RESAVE_FOR_S
+        while True:
+            await asyncio.sleep(gap_s)
+            try:
+                await self._store.save_reply(
+                    message_id, text, "error", None, why, event_id=event_id
+                )
+            except StoreUnavailable as exc:
+                if time.monotonic() + gap_s > deadline:
+                    log.error(
+                        "reply %s is still not saved after %.0fs (%s); the next start "
+                        "marks it interrupted",
+                        message_id,
+                        _RESAVE_FOR_S,
+                        exc,
+                    )
+                    return
+                gap_s = min(gap_s * 2, _RESAVE_MAX_GAP_S)
+                continue
+            log.info("reply %s saved after all, as an error", message_id)
+            return
 
     async def _publish_last(
         self, reply: _Reply, topic: str, event: str, payload: dict[str, object]

@@ -294,7 +294,7 @@ async def test_reopening_keeps_everything_and_migrates_once(backend: Backend) ->
         assert await again.transcript(conversation.id) == before
         await again.close()
     if backend.kind == "postgresql":
-        assert await backend.rows("SELECT version FROM schema_version") == [(1,)]
+        assert await backend.rows("SELECT version FROM schema_version") == [(1,), (2,)]
 
 
 async def test_stores_opening_together_on_a_new_database_all_work(backend: Backend) -> None:
@@ -305,7 +305,7 @@ async def test_stores_opening_together_on_a_new_database_all_work(backend: Backe
     nodes = await backend.rows("SELECT node_id FROM nodes")
     assert sorted(n for (n,) in nodes) == sorted(s.node_id for s in stores)
     if backend.kind == "postgresql":
-        assert await backend.rows("SELECT version FROM schema_version") == [(1,)]
+        assert await backend.rows("SELECT version FROM schema_version") == [(1,), (2,)]
 
 
 async def test_a_file_from_before_leases_gains_the_columns_and_is_recovered(

@@ -248,6 +248,19 @@ class Store(Protocol):
         """Append a message; None if the conversation does not exist."""
         ...
 
+    async def start_reply(
+        self, conversation_id: str, content: str, model: str
+    ) -> tuple[StoredMessage, StoredMessage] | None:
+        """Append the user's message and a "streaming" reply to it, both or neither.
+
+        None if the conversation does not exist.
+
+        Raises:
+            ReplyInProgress: the conversation has a streaming reply (nothing is written).
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        ...
+
     async def save_reply(
         self,
         message_id: str,

@@ -13,8 +13,10 @@ leases (see `open`), timed by the database's clock so node clocks may differ.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit, urlunsplit
 from uuid import uuid4
 
@@ -33,7 +35,7 @@ from sse.chat.store.base import (
     stop_lease_task,
     title_from,
 )
-from sse.errors import StoreError, StoreUnavailable
+from sse.errors import ReplyInProgress, StoreError, StoreUnavailable
 
 __all__ = ["PostgresStore", "redact_url"]
 
@@ -75,7 +77,18 @@ _MIGRATIONS: tuple[str, ...] = (
         seen_at     TIMESTAMPTZ NOT NULL
     );
     """,
+    # One reply at a time per conversation, across nodes (see `ReplyInProgress`).
+    # Older databases may hold two streaming replies of one conversation: all
+    # but the newest are marked interrupted first, as recovery would.
+    """
+    UPDATE messages SET status = 'interrupted' WHERE status = 'streaming' AND seq <
+        (SELECT MAX(seq) FROM messages AS m WHERE m.conversation_id = messages.conversation_id
+         AND m.status = 'streaming');
+    CREATE UNIQUE INDEX IF NOT EXISTS messages_one_streaming_reply ON messages (conversation_id)
+        WHERE status = 'streaming';
+    """,
 )
+_ONE_REPLY = "messages_one_streaming_reply"
 # Keys of pg_advisory_xact_lock: any bigint, the same on every node ("ssechat" + n).
 _MIGRATION_LOCK = int.from_bytes(b"ssechat1", "big")
 _RECOVERY_LOCK = int.from_bytes(b"ssechat2", "big")
@@ -334,52 +347,79 @@ class PostgresStore:
 
         The first user message also becomes the conversation's title. A message
         added as "streaming" is owned by this node until it is saved otherwise.
+
+        Raises:
+            ReplyInProgress: a "streaming" message while the conversation has one.
+            StoreUnavailable: the database failed; nothing is written.
         """
-        now = time.time()
-        content = _text(content)
-        message = StoredMessage(str(uuid4()), role, content, status, None, model, now)
-        owner = self.node_id if status == "streaming" else None
+        message = StoredMessage(
+            str(uuid4()), role, _text(content), status, None, model, time.time()
+        )
         pool = self._open_pool()
         with self._health.watch(_pg_unavailable, write=True):
-            return await self._append(pool, conversation_id, message, owner)
+            async with pool.acquire() as conn, _one_reply(), conn.transaction():
+                return message if await self._insert(conn, conversation_id, message) else None
 
-    async def _append(
-        self, pool: asyncpg.Pool, conversation_id: str, message: StoredMessage, owner: str | None
-    ) -> StoredMessage | None:
-        async with pool.acquire() as conn, conn.transaction():
-            # FOR UPDATE: nodes appending to one conversation take turns, so
-            # each reads the seq the previous one wrote.
-            title: str | None = await conn.fetchval(
-                "SELECT title FROM conversations WHERE id = $1 FOR UPDATE", conversation_id
-            )
-            if title is None:
-                return None
-            seq: int = await conn.fetchval(
-                "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = $1",
-                conversation_id,
-            )
-            await conn.execute(
-                "INSERT INTO messages (id, conversation_id, seq, role, content, status, model, "
-                "created_at, updated_at, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
-                message.id,
-                conversation_id,
-                seq,
-                message.role,
-                message.content,
-                message.status,
-                message.model,
-                message.created_at,
-                owner,
-            )
-            if message.role == "user" and title == NEW_TITLE and message.content.strip():
-                title = title_from(message.content)
-            await conn.execute(
-                "UPDATE conversations SET updated_at = $1, title = $2 WHERE id = $3",
-                message.created_at,
-                title,
-                conversation_id,
-            )
-        return message
+    async def start_reply(
+        self, conversation_id: str, content: str, model: str
+    ) -> tuple[StoredMessage, StoredMessage] | None:
+        """Append the user's message and a "streaming" reply to it, both or neither.
+
+        None if the conversation does not exist.
+
+        Raises:
+            ReplyInProgress: the conversation has a streaming reply (nothing is written).
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        now = time.time()
+        user = StoredMessage(str(uuid4()), "user", _text(content), "complete", None, None, now)
+        answer = StoredMessage(str(uuid4()), "assistant", "", "streaming", None, model, now)
+        pool = self._open_pool()
+        # One transaction: a refused or failed reply takes its user message with it.
+        with self._health.watch(_pg_unavailable, write=True):
+            async with pool.acquire() as conn, _one_reply(), conn.transaction():
+                if not await self._insert(conn, conversation_id, user):
+                    return None
+                await self._insert(conn, conversation_id, answer)
+        return user, answer
+
+    async def _insert(
+        self, conn: asyncpg.Connection, conversation_id: str, message: StoredMessage
+    ) -> bool:
+        """Insert `message` inside the caller's transaction; False if no such conversation."""
+        # FOR UPDATE: nodes appending to one conversation take turns, so
+        # each reads the seq the previous one wrote.
+        title: str | None = await conn.fetchval(
+            "SELECT title FROM conversations WHERE id = $1 FOR UPDATE", conversation_id
+        )
+        if title is None:
+            return False
+        seq: int = await conn.fetchval(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = $1",
+            conversation_id,
+        )
+        await conn.execute(
+            "INSERT INTO messages (id, conversation_id, seq, role, content, status, model, "
+            "created_at, updated_at, owner) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9)",
+            message.id,
+            conversation_id,
+            seq,
+            message.role,
+            message.content,
+            message.status,
+            message.model,
+            message.created_at,
+            self.node_id if message.status == "streaming" else None,
+        )
+        if message.role == "user" and title == NEW_TITLE and message.content.strip():
+            title = title_from(message.content)
+        await conn.execute(
+            "UPDATE conversations SET updated_at = $1, title = $2 WHERE id = $3",
+            message.created_at,
+            title,
+            conversation_id,
+        )
+        return True
 
     async def save_reply(
         self,
@@ -408,6 +448,17 @@ class PostgresStore:
                 time.time(),
                 message_id,
             )
+
+
+@contextlib.asynccontextmanager
+async def _one_reply() -> AsyncIterator[None]:
+    """A second streaming reply of a conversation, raised as `ReplyInProgress`."""
+    try:
+        yield
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name != _ONE_REPLY:
+            raise
+        raise ReplyInProgress("a reply of this conversation is streaming") from None
 
 
 async def _migrate(conn: asyncpg.Connection) -> None:

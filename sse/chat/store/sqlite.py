@@ -43,7 +43,7 @@ from sse.chat.store.base import (
     stop_lease_task,
     title_from,
 )
-from sse.errors import StoreError, StoreUnavailable
+from sse.errors import ReplyInProgress, StoreError, StoreUnavailable
 
 __all__ = ["SqliteStore"]
 
@@ -86,6 +86,20 @@ _ADDED_COLUMNS = {"error": "TEXT", "owner": "TEXT", "event_id": "TEXT"}
 _STREAMING_INDEX = (
     "CREATE INDEX IF NOT EXISTS messages_streaming ON messages (owner) WHERE status = 'streaming'"
 )
+# One reply at a time per conversation, for every process on the file (see
+# `ReplyInProgress`). Files made before it may hold two streaming replies of one
+# conversation; all but the newest are marked interrupted, as recovery would.
+_ONE_REPLY = "messages_one_streaming_reply"
+_ONE_REPLY_FIX = (
+    "UPDATE messages SET status = 'interrupted' WHERE status = 'streaming' AND seq < "
+    "(SELECT MAX(seq) FROM messages AS m WHERE m.conversation_id = messages.conversation_id "
+    "AND m.status = 'streaming')"
+)
+_ONE_REPLY_INDEX = (
+    f"CREATE UNIQUE INDEX IF NOT EXISTS {_ONE_REPLY} ON messages (conversation_id) "
+    "WHERE status = 'streaming'"
+)
+
 
 _NODE_ID = re.compile(r"[0-9a-f]{32}")
 # How long a statement waits for another process's lock before it fails.
@@ -418,49 +432,80 @@ class SqliteStore:
 
         The first user message also becomes the conversation's title. A message
         added as "streaming" is owned by this node until it is saved otherwise.
+
+        Raises:
+            ReplyInProgress: a "streaming" message while the conversation has one.
+            StoreUnavailable: the database failed; nothing is written.
         """
-        now = time.time()
-        message = StoredMessage(str(uuid4()), role, content, status, None, model, now)
-        owner = self.node_id if status == "streaming" else None
+        message = StoredMessage(str(uuid4()), role, content, status, None, model, time.time())
 
         def insert(db: sqlite3.Connection) -> StoredMessage | None:
             with db:  # one transaction: the seq read and the insert belong together
                 db.execute("BEGIN IMMEDIATE")
-                row = db.execute(
-                    "SELECT title FROM conversations WHERE id = ?", (conversation_id,)
-                ).fetchone()
-                if row is None:
-                    return None
-                seq = db.execute(
-                    "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?",
-                    (conversation_id,),
-                ).fetchone()[0]
-                db.execute(
-                    "INSERT INTO messages (id, conversation_id, seq, role, content, status, "
-                    "model, created_at, updated_at, owner) VALUES (:id, :conversation_id, :seq, "
-                    ":role, :content, :status, :model, :now, :now, :owner)",
-                    {
-                        "id": message.id,
-                        "conversation_id": conversation_id,
-                        "seq": seq,
-                        "role": role,
-                        "content": content,
-                        "status": status,
-                        "model": model,
-                        "now": now,
-                        "owner": owner,
-                    },
-                )
-                title = row[0]
-                if role == "user" and title == NEW_TITLE and content.strip():
-                    title = title_from(content)
-                db.execute(
-                    "UPDATE conversations SET updated_at = ?, title = ? WHERE id = ?",
-                    (now, title, conversation_id),
-                )
-            return message
+                return message if self._insert(db, conversation_id, message) else None
 
-        return await self._run(insert, write=True)
+        return await self._run(_one_reply(insert), write=True)
+
+    async def start_reply(
+        self, conversation_id: str, content: str, model: str
+    ) -> tuple[StoredMessage, StoredMessage] | None:
+        """Append the user's message and a "streaming" reply to it, both or neither.
+
+        None if the conversation does not exist.
+
+        Raises:
+            ReplyInProgress: the conversation has a streaming reply (nothing is written).
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        now = time.time()
+        user = StoredMessage(str(uuid4()), "user", content, "complete", None, None, now)
+        answer = StoredMessage(str(uuid4()), "assistant", "", "streaming", None, model, now)
+
+        def insert(db: sqlite3.Connection) -> tuple[StoredMessage, StoredMessage] | None:
+            with db:  # one transaction: a refused reply takes its user message with it
+                db.execute("BEGIN IMMEDIATE")
+                if not self._insert(db, conversation_id, user):
+                    return None
+                self._insert(db, conversation_id, answer)
+            return user, answer
+
+        return await self._run(_one_reply(insert), write=True)
+
+    def _insert(self, db: sqlite3.Connection, conversation_id: str, message: StoredMessage) -> bool:
+        """Insert `message` inside the caller's transaction; False if no such conversation."""
+        row = db.execute(
+            "SELECT title FROM conversations WHERE id = ?", (conversation_id,)
+        ).fetchone()
+        if row is None:
+            return False
+        seq = db.execute(
+            "SELECT COALESCE(MAX(seq), 0) + 1 FROM messages WHERE conversation_id = ?",
+            (conversation_id,),
+        ).fetchone()[0]
+        db.execute(
+            "INSERT INTO messages (id, conversation_id, seq, role, content, status, "
+            "model, created_at, updated_at, owner) VALUES (:id, :conversation_id, :seq, "
+            ":role, :content, :status, :model, :now, :now, :owner)",
+            {
+                "id": message.id,
+                "conversation_id": conversation_id,
+                "seq": seq,
+                "role": message.role,
+                "content": message.content,
+                "status": message.status,
+                "model": message.model,
+                "now": message.created_at,
+                "owner": self.node_id if message.status == "streaming" else None,
+            },
+        )
+        title = row[0]
+        if message.role == "user" and title == NEW_TITLE and message.content.strip():
+            title = title_from(message.content)
+        db.execute(
+            "UPDATE conversations SET updated_at = ?, title = ? WHERE id = ?",
+            (message.created_at, title, conversation_id),
+        )
+        return True
 
     async def save_reply(
         self,
@@ -513,6 +558,21 @@ def _file_problem(path: Path, identity: tuple[int, int]) -> str | None:
     return None
 
 
+def _one_reply(fn: Callable[[sqlite3.Connection], T]) -> Callable[[sqlite3.Connection], T]:
+    """`fn`, with a second streaming reply of a conversation raised as `ReplyInProgress`."""
+
+    def guarded(db: sqlite3.Connection) -> T:
+        try:
+            return fn(db)
+        except sqlite3.IntegrityError as exc:
+            # SQLite names the index's column, not the index, in its message.
+            if str(exc) != "UNIQUE constraint failed: messages.conversation_id":
+                raise
+            raise ReplyInProgress("a reply of this conversation is streaming") from None
+
+    return guarded
+
+
 def _use_wal(db: sqlite3.Connection) -> None:
     """Switch the file to WAL mode (it stays so), waiting for others doing the same.
 
@@ -548,3 +608,7 @@ def _migrate(db: sqlite3.Connection) -> None:
             if name not in columns:  # a file made before replies kept this
                 db.execute(f"ALTER TABLE messages ADD COLUMN {name} {kind}")
         db.execute(_STREAMING_INDEX)
+        found = db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (_ONE_REPLY,))
+        if found.fetchone() is None:
+            db.execute(_ONE_REPLY_FIX)
+            db.execute(_ONE_REPLY_INDEX)
