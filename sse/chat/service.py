@@ -33,10 +33,13 @@ _SAVE_EVERY_S = 1.0
 # How long a stop waits for the node that generates the reply to confirm.
 _REMOTE_STOP_TIMEOUT_S = 5.0
 # A reply's last save that the store refused is retried this often at first,
-# doubling up to the cap, for this long; a restart's recovery catches the rest.
+# doubling up to the cap, for as long as the server runs: a message left
+# "streaming" would answer 409 to its conversation on every node. Past the
+# warning time an operator is told once. Bounded: while the store refuses
+# writes no reply can start, so no new retries begin.
 _RESAVE_FIRST_S = 0.1
 _RESAVE_MAX_GAP_S = 5.0
-_RESAVE_FOR_S = 120.0
+_RESAVE_WARN_AFTER_S = 120.0
 # Statuses of replies whose text the model should see again as context.
 _CONTEXT_STATUSES = frozenset({"complete", "cancelled", "interrupted"})
 
@@ -452,7 +455,7 @@ class ChatService:
 
     async def _resave(self, message_id: str, text: str, why: str, event_id: str | None) -> None:
         gap_s = _RESAVE_FIRST_S
-        deadline = time.monotonic() + _RESAVE_FOR_S
+        warn_at = time.monotonic() + _RESAVE_WARN_AFTER_S
         while True:
             await asyncio.sleep(gap_s)
             try:
@@ -460,15 +463,14 @@ class ChatService:
                     message_id, text, "error", None, why, event_id=event_id
                 )
             except StoreUnavailable as exc:
-                if time.monotonic() + gap_s > deadline:
+                if warn_at and time.monotonic() > warn_at:
+                    warn_at = 0.0
                     log.error(
-                        "reply %s is still not saved after %.0fs (%s); the next start "
-                        "marks it interrupted",
+                        "reply %s is still not saved after %.0fs (%s); still trying",
                         message_id,
-                        _RESAVE_FOR_S,
+                        _RESAVE_WARN_AFTER_S,
                         exc,
                     )
-                    return
                 gap_s = min(gap_s * 2, _RESAVE_MAX_GAP_S)
                 continue
             log.info("reply %s saved after all, as an error", message_id)
