@@ -1,4 +1,5 @@
-"""WebSockets: frames and checks as tables, then real sockets with the `websockets` client.
+"""WebSockets over real sockets, with the `websockets` client (the pure tables are in
+tests/protocol/test_websocket.py and tests/app/test_sockets.py).
 
 What a library will not send (unmasked frames, bad UTF-8, reserved bits, a
 client that never answers a ping) goes through `RawSocket`, a client written
@@ -16,7 +17,6 @@ import os
 import socket
 import struct
 import uuid
-import zlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,25 +27,10 @@ from websockets.typing import Origin
 from wsproto.connection import Connection as WsprotoConnection
 from wsproto.connection import ConnectionType
 from wsproto.events import CloseConnection, Event, Ping, TextMessage
-from wsproto.frame_protocol import FrameDecoder
 
-from sse.app.commands import PostCommand, SendCommand, parse_command
-from sse.app.handshake import check_handshake
-from sse.app.values import Request
 from sse.config import Config
-from sse.errors import ClientError, ConfigError
+from sse.errors import ConfigError
 from sse.io.server import Server
-from sse.protocol.frame import Frame
-from sse.protocol.sse import Event as SseEvent
-from sse.protocol.websocket import (
-    deflate_message,
-    deflated_frames,
-    encode_frame,
-    event_payload,
-    handshake_response,
-    payloads,
-    text_frames,
-)
 from tests.support.client import (
     Connection,
     EventStream,
@@ -63,182 +48,10 @@ UPGRADE = [
     ("sec-websocket-key", KEY),
     ("sec-websocket-version", "13"),
 ]
-JSON = [("content-type", "application/json")]
 OP_TEXT, OP_BINARY, OP_CONT, OP_CLOSE, OP_PING = 0x1, 0x2, 0x0, 0x8, 0x9
 
 
 # -- pure: frames, payloads, handshake checks, commands ----------------------------
-
-
-def _decode_as_client(data: bytes) -> list[tuple[int, bytes | str, bool]]:
-    """Frames as wsproto's client-side decoder reads them: opcode, payload, fin."""
-    decoder = FrameDecoder(client=True)
-    decoder.receive_bytes(data)
-    out = []
-    while (frame := decoder.process_buffer()) is not None:
-        out.append((int(frame.opcode), frame.payload, frame.message_finished))
-    return out
-
-
-@pytest.mark.parametrize(
-    ("size", "head"),
-    [
-        (0, b"\x81\x00"),
-        (125, b"\x81\x7d"),
-        (126, b"\x81\x7e\x00\x7e"),
-        (65535, b"\x81\x7e\xff\xff"),
-        (65536, b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
-    ],
-)
-def test_frame_uses_the_shortest_length_form_unmasked(size: int, head: bytes) -> None:
-    payload = b"a" * size
-    data = encode_frame(payload)
-    assert data == head + payload
-    assert _decode_as_client(data) == [(OP_TEXT, payload, True)]
-
-
-def test_compressed_frame_sets_rsv1_and_binary_its_opcode() -> None:
-    assert encode_frame(b"x", compressed=True)[:1] == b"\xc1"
-    assert encode_frame(b"x", 0x2)[:1] == b"\x82"
-
-
-def test_payloads_splits_frames_written_back_to_back() -> None:
-    parts = [b"", b"a" * 125, b"b" * 300, b"c" * 70_000]
-    assert list(payloads(b"".join(encode_frame(p) for p in parts))) == parts
-
-
-@pytest.mark.parametrize(
-    ("event", "text"),
-    [
-        (SseEvent("hi", id="e-1"), '{"id":"e-1","event":"message","data":"hi"}'),
-        (SseEvent("{}", event="gap", id="e-2"), '{"id":"e-2","event":"gap","data":"{}"}'),
-        # As an EventSource sees them: CRLF and lone CR become LF.
-        (SseEvent("a\r\nb\rc\nd", id="3"), '{"id":"3","event":"message","data":"a\\nb\\nc\\nd"}'),
-        (
-            SseEvent('é "q" \u2028', id="4"),
-            '{"id":"4","event":"message","data":"é \\"q\\" \u2028"}',
-        ),
-    ],
-)
-def test_event_payload_is_json_with_id_event_and_data(event: SseEvent, text: str) -> None:
-    assert event_payload(event) == text.encode()
-
-
-def test_a_frame_of_several_events_is_one_text_frame_per_event_encoded_once() -> None:
-    one = Frame.of(SseEvent("one", id="e-1"), 1)
-    two = Frame.of(SseEvent("two", event="user", id="e-2"), 2)
-    batch = Frame(2, "e-2", one.raw + two.raw, b"", parts=(one, two))
-    data = text_frames(batch)
-    assert [json.loads(p) for _, p, _ in _decode_as_client(data)] == [
-        {"id": "e-1", "event": "message", "data": "one"},
-        {"id": "e-2", "event": "user", "data": "two"},
-    ]
-    assert text_frames(batch) is data  # cached: the next connection pays nothing
-    # Each event was encoded once, and a batch of the same events reuses that.
-    assert data == text_frames(one) + text_frames(two)
-
-
-def test_shared_deflate_is_a_plain_rfc7692_message_and_cached() -> None:
-    frame = Frame.of(SseEvent("hello " * 50, id="e-1"), 1)
-    data = deflated_frames(frame, 15)
-    assert data[0] == 0xC1  # FIN, RSV1 (compressed), text
-    (payload,) = payloads(data)
-    inflated = zlib.decompressobj(-15).decompress(payload + b"\x00\x00\xff\xff")
-    assert frame.event is not None
-    assert inflated == event_payload(frame.event)
-    assert deflated_frames(frame, 15) is data
-    assert deflate_message(b"same", 10) == deflate_message(b"same", 10)
-
-
-def test_handshake_response_carries_the_rfc6455_accept_token() -> None:
-    # The example of RFC 6455 section 1.3.
-    assert handshake_response("dGhlIHNhbXBsZSBub25jZQ==") == (
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
-    )
-    assert handshake_response("dGhlIHNhbXBsZSBub25jZQ==", b"permessage-deflate").endswith(
-        b"\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
-    )
-
-
-def _req(headers: list[tuple[str, str]], method: str = "GET") -> Request:
-    return Request(method, "/ws", {}, dict(headers))
-
-
-def _without(name: str) -> list[tuple[str, str]]:
-    return [(k, v) for k, v in UPGRADE if k != name]
-
-
-@pytest.mark.parametrize(
-    ("headers", "method", "status"),
-    [
-        (UPGRADE, "GET", None),
-        ([*_without("connection"), ("connection", "keep-alive, Upgrade")], "GET", None),
-        ([*_without("upgrade"), ("upgrade", "WebSocket")], "GET", None),
-        (UPGRADE, "HEAD", 400),
-        ([], "GET", 400),
-        (_without("upgrade"), "GET", 400),
-        (_without("connection"), "GET", 400),
-        (_without("sec-websocket-key"), "GET", 400),
-        ([*_without("sec-websocket-key"), ("sec-websocket-key", "c2hvcnQ=")], "GET", 400),
-        (_without("sec-websocket-version"), "GET", 400),
-        ([*_without("sec-websocket-version"), ("sec-websocket-version", "8")], "GET", 426),
-    ],
-)
-def test_handshake_check_follows_rfc6455_section_4_2(
-    headers: list[tuple[str, str]], method: str, status: int | None
-) -> None:
-    refused = check_handshake(_req(headers, method), ("*",))
-    assert (refused.status if refused else None) == status
-    if refused is not None:
-        assert ("sec-websocket-version", "13") in refused.headers
-
-
-@pytest.mark.parametrize(
-    ("origin", "allowed", "status"),
-    [
-        (None, ("https://ok.example",), None),
-        ("https://ok.example", ("https://ok.example",), None),
-        ("https://evil.example", ("https://ok.example",), 403),
-        ("https://evil.example", ("*",), None),
-    ],
-)
-def test_origin_is_checked_against_the_cors_allow_list(
-    origin: str | None, allowed: tuple[str, ...], status: int | None
-) -> None:
-    headers = [*UPGRADE, ("origin", origin)] if origin else UPGRADE
-    refused = check_handshake(_req(headers), allowed)
-    assert (refused.status if refused else None) == status
-
-
-@pytest.mark.parametrize(
-    ("text", "conversation", "expected"),
-    [
-        ('{"type":"send","message":"hi"}', False, SendCommand("hi")),
-        ('{"type":"send","message":""}', False, SendCommand("")),
-        ('{"type":"message","content":"hi"}', True, PostCommand("hi")),
-        ("nope", False, 400),
-        ("[" * 100_000, False, 400),
-        ("[]", False, 400),
-        ('{"message":"hi"}', False, 400),
-        ('{"type":"message","content":"hi"}', False, 400),
-        ('{"type":"send","message":"hi"}', True, 400),
-        ('{"type":"send"}', False, 400),
-        ('{"type":"send","message":1}', False, 400),
-        ('{"type":"send","message":"\\ud800"}', False, 400),
-        ('{"type":"message","content":"  "}', True, 400),
-        ('{"type":"message","content":"' + "x" * 11 + '"}', True, 413),
-    ],
-)
-def test_commands_are_checked_like_the_post_bodies(
-    text: str, conversation: bool, expected: object
-) -> None:
-    if isinstance(expected, int):
-        with pytest.raises(ClientError) as caught:
-            parse_command(text, conversation=conversation, max_content_chars=10)
-        assert caught.value.status == expected
-    else:
-        assert parse_command(text, conversation=conversation, max_content_chars=10) == expected
 
 
 def test_impossible_ws_settings_are_refused() -> None:
