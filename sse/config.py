@@ -41,7 +41,7 @@ GROUPS = (
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """How a `Config` field is set from the command line."""
+    """How a `Config` field is set: its flag, and from it its file key and environment variable."""
 
     flag: str
     help: str
@@ -54,6 +54,17 @@ class Option:
     to_fields: Callable[[Any], Mapping[str, object]] | None = None
     # What --help says the default is, when the field's own default would mislead.
     shown_default: str | None = None
+
+    @property
+    def key(self) -> str:
+        """Its key in a --config file: the flag without dashes (and `no-`, if it negates)."""
+        name = self.flag.removeprefix("--")
+        return name.removeprefix("no-") if self.negates else name
+
+    @property
+    def env_var(self) -> str:
+        """Its environment variable: SSECHAT_ and the key, upper-cased, dashes as underscores."""
+        return "SSECHAT_" + self.key.upper().replace("-", "_")
 
 
 def _opt(default: Any, flag: str, help: str, group: str, **more: Any) -> Any:
@@ -291,7 +302,7 @@ class Config:
         to_fields=_db_fields,
     )
     # postgresql://... : conversations in PostgreSQL instead of the SQLite file (set by --db).
-    db_url: str | None = field(default=None, repr=False)
+    db_url: str | None = field(default=None, repr=False, metadata={"set_by": "--db"})
     model: str = _opt(
         "echo",
         "--model",
