@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -172,6 +174,39 @@ def test_port_comes_from_the_environment(tmp_path: Path) -> None:
         assert proc.address == ("127.0.0.1", port)
     finally:
         assert proc.terminate() == 0
+
+
+async def test_config_file_and_environment_reach_the_running_server(tmp_path: Path) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    file = tmp_path / "ssechat.toml"
+    db = json.dumps(str(tmp_path / "chat.sqlite3"))
+    file.write_text(f"port = 1\nmax-body-bytes = 65536\nhistory-size = 7\ndb = {db}\n")
+    # The variables beat the file, and SSECHAT_PORT beats the older PORT.
+    env = {"SSECHAT_PORT": str(port), "PORT": "2", "SSECHAT_MAX_BODY_BYTES": "64"}
+    printed = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(ROOT / "server.py"), "--config", str(file), "--print-config"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, **env},
+    )
+    assert printed.returncode == 0, printed.stderr
+    effective = tomllib.loads(printed.stdout)
+    assert (effective["port"], effective["max-body-bytes"], effective["history-size"]) == (
+        port,
+        64,
+        7,
+    )
+    proc = ServerProcess("--config", str(file), env=env)
+    try:
+        assert proc.address == ("127.0.0.1", port)
+        assert (await post_message(proc.address, "hi")).status == 200
+        assert (await post_message(proc.address, "x" * 64)).status == 413
+    finally:
+        assert await asyncio.to_thread(proc.terminate) == 0
 
 
 @pytest.mark.parametrize(
