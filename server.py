@@ -1,8 +1,9 @@
 """ssechat: start the Server-Sent Events chat server.
 
-Builds a `Config` from the command line (`sse.cli`) and runs the server until SIGINT or
-SIGTERM, then shuts down gracefully and exits 0. With `--workers N` it
-supervises N such servers sharing the port instead (`sse.io.workers`).
+Builds a `Config` from the command line, the environment and the --config file
+(`sse.cli`) and runs the server until SIGINT or SIGTERM, then shuts down
+gracefully and exits 0. With `--workers N` it supervises N such servers sharing
+the port instead (`sse.io.workers`).
 """
 
 from __future__ import annotations

@@ -50,6 +50,7 @@ _CONFIG_ENV = "SSECHAT_CONFIG"
 _PORT_ENV = "PORT"
 # The model's key is never an option: on the command line it would show in `ps`.
 _API_KEY_ENV = "OPENAI_API_KEY"
+_API_KEY_HINT = f" (the model's key is read from {_API_KEY_ENV} only)"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 _MASK = "***"
@@ -122,7 +123,7 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
         metavar="FILE",
         type=Path,
         help="read options from this TOML file, one key per option named like its flag "
-        "without the dashes (history-size = 500, join-announcement = false); flags and "
+        "without the leading -- (history-size = 500, join-announcement = false); flags and "
         f"SSECHAT_ variables beat it (also from {_CONFIG_ENV})",
     )
     parser.add_argument(
@@ -236,9 +237,11 @@ def _file_layer(path: Path, fields: Sequence[_Field]) -> dict[str, tuple[object,
         where = f"{path}: {key}"  # errors name the key; a value's source is the file
         if key not in by_key:
             if key in aliases and aliases[key] != key:
-                hint = f"; keys are the flag names without dashes: write {aliases[key]}"
+                hint = f"; keys are the flag names without the leading --: write {aliases[key]}"
                 if key.startswith("no-"):
                     hint += f" = {str(not value).lower() if isinstance(value, bool) else 'false'}"
+            elif "api-key" in key or "api_key" in key:
+                hint = _API_KEY_HINT
             else:
                 hint = _suggest(key, list(by_key))
             raise ConfigError(f"{where}: unknown key{hint}")
@@ -267,6 +270,8 @@ def _env_layer(env: Mapping[str, str], fields: Sequence[_Field]) -> dict[str, tu
         if name.startswith(_PREFIX) and name not in known:
             if name in negated:
                 hint = f" (write {negated[name]}=false)"
+            elif "API_KEY" in name:
+                hint = _API_KEY_HINT
             else:
                 hint = _suggest(name, sorted(known))
             raise ConfigError(f"environment variable {name}: no such option{hint}")

@@ -2,7 +2,8 @@
 
 Each field that a user may set carries its command-line flag, help text and
 group as metadata (`Option`), so an option is declared once: `sse.cli` builds
-the parser and the `Config` from these fields.
+the parser, the SSECHAT_ environment variables, the keys of the --config file
+and the `Config` from these fields.
 """
 
 from __future__ import annotations

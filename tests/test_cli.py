@@ -200,19 +200,29 @@ def _refusal(tmp_path: Path, text: str | None = None, **env: str) -> str:
         ),
         (
             "history_size = 5\n", {},
-            "DIR/ssechat.toml: history_size: unknown key; keys are the flag names without "
-            "dashes: write history-size",
+            "DIR/ssechat.toml: history_size: unknown key; keys are the flag names without the "
+            "leading --: write history-size",
         ),
         (
             "no-join-announcement = true\n", {},
             "DIR/ssechat.toml: no-join-announcement: unknown key; keys are the flag names "
-            "without dashes: write join-announcement = false",
+            "without the leading --: write join-announcement = false",
         ),
         ("[listening]\nport = 1\n", {}, "DIR/ssechat.toml: listening: unknown key"),
         (
             None, {"SSECHAT_HISTORY_SIZ": "5"},
             "environment variable SSECHAT_HISTORY_SIZ: no such option "
             "(did you mean SSECHAT_HISTORY_SIZE?)",
+        ),
+        (
+            'model-api-key = "sk-1"\n', {},
+            "DIR/ssechat.toml: model-api-key: unknown key "
+            "(the model's key is read from OPENAI_API_KEY only)",
+        ),
+        (
+            None, {"SSECHAT_MODEL_API_KEY": "sk-1"},
+            "environment variable SSECHAT_MODEL_API_KEY: no such option "
+            "(the model's key is read from OPENAI_API_KEY only)",
         ),
         (
             None, {"SSECHAT_NO_JOIN_ANNOUNCEMENT": "1"},
