@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import difflib
 import json
+import math
 import os
 import re
 import sys
@@ -364,6 +365,8 @@ def _toml(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "inf"  # TOML's spelling; JSON has none (NaN is refused by Config)
     if isinstance(value, Path):
         value = str(value)
     return json.dumps(value)

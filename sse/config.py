@@ -409,7 +409,7 @@ class Config:
             "ws_ping_timeout_s": self.ws_ping_timeout_s,
         }
         for name, value in positive.items():
-            if value <= 0:
+            if not value > 0:  # not `<= 0`: NaN (float("nan") from any source) must fail too
                 raise ConfigError(f"{name} must be positive, got {value}")
         for name, value in {
             "max_flush_delay_s": self.max_flush_delay_s,
@@ -417,7 +417,7 @@ class Config:
             "retry_jitter_ms": self.retry_jitter_ms,
             "overload_retry_ms": self.overload_retry_ms,
         }.items():
-            if value < 0:
+            if not value >= 0:
                 raise ConfigError(f"{name} must not be negative, got {value}")
         if self.history_bytes > self.history_total_bytes:
             raise ConfigError(
@@ -426,7 +426,7 @@ class Config:
             )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
-        if self.echo_delay_s < 0:
+        if not self.echo_delay_s >= 0:
             raise ConfigError(f"echo_delay_s must not be negative, got {self.echo_delay_s}")
         if self.model not in MODELS:
             raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")

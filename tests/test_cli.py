@@ -256,6 +256,8 @@ def test_a_key_or_variable_that_names_no_option_is_refused(
         (None, {"SSECHAT_LOG_LEVEL": "loud"},
          "environment variable SSECHAT_LOG_LEVEL: expected one of debug, info, warning, error"),
         (None, {"PORT": "http"}, "environment variable PORT: expected an integer, got 'http'"),
+        (None, {"SSECHAT_PING_INTERVAL": "nan"}, "ping_interval_s must be positive, got nan"),
+        (None, {"SSECHAT_MAX_FLUSH_DELAY": "nan"}, "max_flush_delay_s must not be negative"),
     ],
 )  # fmt: skip
 def test_a_value_of_the_wrong_type_is_refused_naming_its_key(
