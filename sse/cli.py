@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import os
+import tomllib
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from sse.config import GROUPS, Config, Option
 
-__all__ = ["build_parser", "config_from_args", "parse_config"]
+__all__ = ["build_parser", "config_from_args", "parse_config", "version"]
+
+_DISTRIBUTION = "ssechat"
+# Beside the package in a checkout; an installed wheel has no such file next to it.
+_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 _DESCRIPTION = (
     "ssechat: a real-time chat server that pushes to browsers over Server-Sent "
@@ -25,6 +31,24 @@ _DESCRIPTION = (
     "chats with an assistant whose replies stream token by token; GET / serves "
     "the page."
 )
+
+
+def version() -> str:
+    """This program's version: a checkout's pyproject.toml, else the installed metadata.
+
+    The checkout is asked first: a release installed in the same environment must not
+    speak for the code that runs. Neither found (the package copied by hand): "unknown".
+    """
+    try:
+        project = tomllib.loads(_PYPROJECT.read_text())["project"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError):
+        project = {}
+    if project.get("name") == _DISTRIBUTION and isinstance(project.get("version"), str):
+        return str(project["version"])
+    try:
+        return importlib.metadata.version(_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -56,8 +80,9 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     """The command line; every option of `Config` has a flag."""
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
-        prog="server.py", description=_DESCRIPTION, formatter_class=_HelpFormatter
+        prog="ssechat", description=_DESCRIPTION, formatter_class=_HelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     groups = {name: parser.add_argument_group(name) if name else parser for name in GROUPS}
     for f, option, kind in _options():
         group = groups[option.group]
