@@ -33,7 +33,9 @@ log = logging.getLogger("ssechat")
 
 # How a worker of --workers runs this module again: by module name, which finds the
 # package wherever it is installed (a checkout's server.py passes its own path instead).
-SELF = (sys.executable, "-m", "sse.main")
+# -P: the working directory is not put on sys.path, so `ssechat` started inside a checkout
+# runs the installed copy in its workers too, like in its supervisor.
+SELF = (sys.executable, "-P", "-m", "sse.main")
 
 # Descriptors the process keeps for itself (listener, logs, the loop's own).
 _RESERVED_FDS = 64
