@@ -2,7 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# Two stamps: what running needs (requirements.txt), and everything (requirements-dev.txt).
+RUN_STAMP := $(VENV)/.installed-run
 STAMP  := $(VENV)/.installed
+PIP    := $(PY) -m pip install --quiet --disable-pip-version-check
 # Root installs directly; anyone else through sudo.
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # Debian packages the tests drive for real: the browser, Redis and PostgreSQL
@@ -12,13 +15,17 @@ SYSTEM_PACKAGES := chromium redis-server postgresql
 
 .PHONY: install system-deps run test lint format clean
 
-$(STAMP): requirements.txt requirements-dev.txt requirements-lock.txt
+$(RUN_STAMP): requirements.txt requirements-lock.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "ssechat needs Python 3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c requirements-lock.txt
+	$(PIP) -r requirements.txt -c requirements-lock.txt
 	@touch $@
 
-install: $(STAMP)  ## create .venv/ and install the pinned Python requirements
+$(STAMP): $(RUN_STAMP) requirements-dev.txt
+	$(PIP) -r requirements-dev.txt -c requirements-lock.txt
+	@touch $@
+
+install: $(STAMP)  ## create .venv/ and install the pinned Python requirements, test tools too
 
 system-deps:  ## install the Debian packages the tests need, when missing
 	@missing=""; for c in $(SYSTEM_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing=1; done; \
@@ -29,7 +36,7 @@ system-deps:  ## install the Debian packages the tests need, when missing
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES); \
 	fi
 
-run: $(STAMP)  ## start the server on the embedded defaults (http://127.0.0.1:3000)
+run: $(RUN_STAMP)  ## start the server on the embedded defaults (http://127.0.0.1:3000)
 	$(PY) server.py
 
 test: $(STAMP) system-deps lint  ## every test: wire, hub, real sockets, the browser

@@ -2,6 +2,7 @@
 
 The folder tree is the architecture. From the top down:
 
+    main.py     the `ssechat` command: parse, then serve or supervise --workers
     cli.py      the command line, built from the `Option` on each `Config` field
     io/         the only code holding a transport: HTTP/1.1 connections (h11), open
                 streams, WebSockets (wsproto), their one slow-client queue, the

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import importlib.metadata
 import json
 import math
 import os
@@ -30,7 +31,11 @@ from sse.config import GROUPS, Config, Option
 from sse.errors import ConfigError
 from sse.io.workers import WORKER_ENV
 
-__all__ = ["build_parser", "config_from_args", "parse_config", "render_config"]
+__all__ = ["build_parser", "config_from_args", "parse_config", "render_config", "version"]
+
+_DISTRIBUTION = "ssechat"
+# Beside the package in a checkout; an installed wheel has no such file next to it.
+_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 _DESCRIPTION = (
     "ssechat: a real-time chat server that pushes to browsers over Server-Sent "
@@ -55,6 +60,24 @@ _API_KEY_HINT = f" (the model's key is read from {_API_KEY_ENV} only)"
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 _MASK = "***"
+
+
+def version() -> str:
+    """This program's version: a checkout's pyproject.toml, else the installed metadata.
+
+    The checkout is asked first: a release installed in the same environment must not
+    speak for the code that runs. Neither found (the package copied by hand): "unknown".
+    """
+    try:
+        project = tomllib.loads(_PYPROJECT.read_text())["project"]
+    except (OSError, tomllib.TOMLDecodeError, KeyError):
+        project = {}
+    if project.get("name") == _DISTRIBUTION and isinstance(project.get("version"), str):
+        return str(project["version"])
+    try:
+        return importlib.metadata.version(_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -92,11 +115,12 @@ def build_parser(env: Mapping[str, str] | None = None) -> argparse.ArgumentParse
     """The command line; every option of `Config` has a flag, plus --config and --print-config."""
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(
-        prog="server.py",
+        prog="ssechat",
         description=f"{_DESCRIPTION} {_ENV_LINE}",
         formatter_class=_HelpFormatter,
         argument_default=argparse.SUPPRESS,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     groups = {name: parser.add_argument_group(name) if name else parser for name in GROUPS}
     for f, option, kind in _options():
         group = groups[option.group]

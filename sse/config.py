@@ -26,7 +26,11 @@ LOOPS = ("auto", "uvloop", "asyncio")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
+_PACKAGE_DIR = Path(__file__).resolve().parent
+# The browser page: an installed wheel carries it inside the package (pyproject.toml,
+# force-include of client/ as sse/client/); a checkout has it beside the package.
+_PACKAGED_CLIENT = _PACKAGE_DIR / "client"
+CLIENT_DIR = _PACKAGED_CLIENT if _PACKAGED_CLIENT.is_dir() else _PACKAGE_DIR.parent / "client"
 
 # The sections of --help, in order; "" is the parser's own (ungrouped) section.
 GROUPS = (

@@ -1,10 +1,10 @@
 """`--workers N`: N server processes on one port (SO_REUSEPORT), supervised.
 
 The supervisor is the process the user started. It reserves the port, then runs
-`server.py` again for each worker with the same arguments plus the concrete port
-and `--workers 1`. Each worker is a whole server with its own event loop and
-binds the port with SO_REUSEPORT, so the kernel spreads new connections over
-the workers. Events cross workers only through Redis (`--redis-url`).
+the same program (`ssechat`, `server.py`) again for each worker with the same
+arguments plus the concrete port and `--workers 1`. Each worker is a whole server
+with its own event loop and binds the port with SO_REUSEPORT, so the kernel
+spreads new connections over the workers. Events cross workers only through Redis (`--redis-url`).
 
 Each worker gets one end of a socket pair, its lifeline: it writes one byte on
 it once it listens, and the supervisor's end reaching EOF tells it that the
@@ -20,7 +20,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -368,10 +367,10 @@ def _who(worker: _Worker) -> tuple[int, int]:
     return worker.index, worker.proc.pid if worker.proc is not None else 0
 
 
-def supervise(config: Config, script: str, args: Sequence[str]) -> int:
-    """Run `config.workers` workers of `script` on one port; returns the exit status.
+def supervise(config: Config, command: Sequence[str], args: Sequence[str]) -> int:
+    """Run `config.workers` workers of `command` on one port; returns the exit status.
 
-    Each worker runs `script` with `args`, then the reserved port and
+    Each worker runs `command` with `args`, then the reserved port and
     `--workers 1` (argparse keeps the last of a repeated flag).
     """
     try:
@@ -379,4 +378,4 @@ def supervise(config: Config, script: str, args: Sequence[str]) -> int:
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
         return 1
-    return asyncio.run(Supervisor(config, [sys.executable, script, *args], reserved).run())
+    return asyncio.run(Supervisor(config, [*command, *args], reserved).run())

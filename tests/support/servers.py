@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from sse.io.server import Server
@@ -35,15 +35,21 @@ MakeServer = Callable[..., Awaitable[Server]]
 
 
 class ServerProcess:
-    """`python server.py` in a child process, its log collected from stderr."""
+    """`python server.py` (or `command`) in a child process, its log collected from stderr."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        command: Sequence[str] = (sys.executable, str(ROOT / "server.py")),
+        cwd: Path = ROOT,
+    ) -> None:
         self.lines: list[str] = []
         self._ready = threading.Event()
         self.address: tuple[str, int] = ("", 0)
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "server.py"), *args],
-            cwd=ROOT,
+            [*command, *args],
+            cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
