@@ -291,7 +291,7 @@ class HttpConnection(asyncio.Protocol):
         request = self._request
         assert request is not None, "h11 yields EndOfMessage only after a Request"
         overloaded = self._overloaded
-        if overloaded and request.path != "/healthz":
+        if overloaded and request.path != "/healthz" and request.path != "/readyz":
             self._answer_overloaded(request)
             return
         try:
@@ -301,7 +301,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if overloaded and isinstance(result, Reply):
             # A liveness probe must not restart a server that one client filled:
-            # /healthz is answered past the cap, and then the connection closes.
+            # /healthz (and /readyz) is answered past the cap, and then the
+            # connection closes (`_send_reply` sees `_overloaded` for an awaited one).
             self._send_reply(result, close=True)
             return
         if isinstance(result, Reply | OpenStream | OpenSocket):
@@ -388,7 +389,7 @@ class HttpConnection(asyncio.Protocol):
         request = self._request
         if transport is None or self._phase is Phase.CLOSING:
             return
-        close = close or self._server.draining
+        close = close or self._server.draining or self._overloaded
         conn = self._h11
         try:
             out = conn.send(_response(reply, close))

@@ -41,6 +41,10 @@ log = logging.getLogger("ssechat")
 _FLUSH_DUTY = 4.0
 # How many recent broadcasts /healthz summarises.
 _BROADCASTS_KEPT = 1000
+# /readyz: how long the database and the broker get to answer, and how long an
+# answer is reused, so that a flood of probes costs one query a second at most.
+_READY_TIMEOUT_S = 1.0
+_READY_CACHE_S = 1.0
 
 
 class Server:
@@ -86,6 +90,7 @@ class Server:
             [*Room(config, self.broker).routes(), *conversation_routes(self.chat, config)],
             load_static(config.client_dir),
             self.health,
+            self.readiness,
         )
         self.connections: set[Connection] = set()
         self.streams: dict[UUID, OpenSink] = {}
@@ -101,6 +106,9 @@ class Server:
         self._listener: asyncio.Server | None = None
         self.address: tuple[str, int] = (config.host, config.port)
         self._random = random.Random()
+        self._ready_reasons: list[str] = []
+        self._ready_at = -_READY_CACHE_S
+        self._ready_check: asyncio.Task[None] | None = None
 
     def health(self) -> Mapping[str, object]:
         """The numbers `GET /healthz` reports; "degraded" names its causes."""
@@ -125,6 +133,32 @@ class Server:
             **self.broker.health(),
             "broadcast_ms": self._broadcast_summary(),
         }
+
+    def readiness(self) -> list[str] | Awaitable[list[str]]:
+        """Why `GET /readyz` should fail (empty: ready); checks at most once a second."""
+        if self.draining:
+            return ["draining for shutdown"]
+        if time.monotonic() - self._ready_at < _READY_CACHE_S:
+            return self._ready_reasons
+        return self._await_readiness()
+
+    async def _await_readiness(self) -> list[str]:
+        # Probes that arrive while a check runs wait for that check, not a new one.
+        if self._ready_check is None:
+            self._ready_check = self.spawn(self._check_ready())
+        await asyncio.shield(self._ready_check)
+        return ["draining for shutdown"] if self.draining else self._ready_reasons
+
+    async def _check_ready(self) -> None:
+        try:
+            store, broker = await asyncio.gather(
+                self.store.ready(_READY_TIMEOUT_S), self.broker.ready(_READY_TIMEOUT_S)
+            )
+            reasons = [f"database: {store}"] if store is not None else []
+            self._ready_reasons = reasons + ([broker] if broker is not None else [])
+            self._ready_at = time.monotonic()
+        finally:
+            self._ready_check = None
 
     def _broadcast_summary(self) -> dict[str, float | int]:
         took = sorted(self._broadcast_s)
