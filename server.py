@@ -22,6 +22,7 @@ from typing import Any
 from sse.cli import parse_config
 from sse.config import Config
 from sse.errors import StartError
+from sse.io.logs import JsonFormatter
 from sse.io.server import Server
 from sse.io.workers import Lifeline, WorkerSlot, supervise, worker_slot_from_env
 
@@ -96,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter(None if slot is None else slot.index))
     runner = _loop_runner(config.loop, parser)
     if slot is None and config.workers > 1:
         script = str(Path(__file__).resolve())

@@ -54,10 +54,10 @@ class App:
         }
         for path in static:
             self._exact[path] = {"GET": self._static_file}
-        self._patterns: list[tuple[re.Pattern[str], Mapping[str, Handler]]] = []
+        self._patterns: list[tuple[re.Pattern[str], Mapping[str, Handler], str]] = []
         for route in routes:
             if PATH_PARAM.search(route.pattern):
-                self._patterns.append((route.compile(), route.methods))
+                self._patterns.append((route.compile(), route.methods, route.pattern))
             else:
                 self._exact[route.pattern] = route.methods
 
@@ -69,11 +69,20 @@ class App:
         methods = self._exact.get(path)
         if methods is not None:
             return methods, {}
-        for regex, methods in self._patterns:
+        for regex, methods, _ in self._patterns:
             found = regex.match(path)
             if found is not None:
                 return methods, found.groupdict()
         return None
+
+    def route_of(self, path: str) -> str:
+        """The pattern `path` matches (`/conversations/{id}`), for logs without ids in them."""
+        if path in self._exact:
+            return path
+        for regex, _, pattern in self._patterns:
+            if regex.match(path) is not None:
+                return pattern
+        return "(no route)"
 
     def handle(self, req: Request, body: bytes) -> Result | Awaitable[Result]:
         """Route `req` and answer it; client mistakes become 4xx replies."""

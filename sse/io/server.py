@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -106,6 +107,9 @@ class Server:
         self._listener: asyncio.Server | None = None
         self.address: tuple[str, int] = (config.host, config.port)
         self._random = random.Random()
+        # Request ids: this node's prefix and a counter, no uuid4 per request.
+        self._request_prefix = self.node[:12]
+        self._request_ids = itertools.count(1)
         self._ready_reasons: list[str] = []
         self._ready_at = -_READY_CACHE_S
         self._ready_check: asyncio.Task[None] | None = None
@@ -229,6 +233,10 @@ class Server:
         if not task.cancelled() and task.exception() is not None:
             log.error("task failed", exc_info=task.exception())
 
+    def request_id(self) -> str:
+        """A new id for a request that brought none: unique across nodes, cheap to make."""
+        return f"{self._request_prefix}-{next(self._request_ids)}"
+
     def jittered(self, base_ms: int) -> int:
         """`base_ms` plus up to `retry_jitter_ms`, so reconnects spread out."""
         return base_ms + self._random.randint(0, self.config.retry_jitter_ms)
@@ -251,6 +259,8 @@ class Server:
         """Forget a closed stream; it gets no further frames."""
         self.broker.detach(stream.topic, stream.key)
         self.streams.pop(stream.key, None)
+        if not log.isEnabledFor(logging.INFO):
+            return
         took = time.monotonic() - stream.opened_at
         log.info(
             "stream %s closed for %s after %.1fs (%d replayed): %s",
@@ -259,6 +269,12 @@ class Server:
             took,
             stream.replayed,
             reason,
+            extra={
+                "stream": str(stream.key),
+                "client_ip": peer.rpartition(":")[0] or peer,
+                "lifetime_s": round(took, 3),
+                "reason": reason,
+            },
         )
 
     def add_socket(self, sock: OpenSink) -> None:
