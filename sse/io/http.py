@@ -24,7 +24,7 @@ from sse.errors import BrokerUnavailable
 from sse.io.hooks import ServerState
 from sse.io.stream import Stream
 from sse.io.websocket import accept
-from sse.protocol.http1 import status_phrase
+from sse.protocol.http1 import status_phrase, with_header
 from sse.protocol.sse import encode_retry
 from sse.pubsub.hub import Resume
 
@@ -537,6 +537,7 @@ class HttpConnection(asyncio.Protocol):
             peer=self._peer,
             trailing=trailing,
             write_paused=self._write_paused,
+            request_id=self._request_id,
         )
         if isinstance(result, Reply):
             self._send_reply(result)
@@ -675,7 +676,7 @@ class HttpConnection(asyncio.Protocol):
         rid = self._request_id
         if not rid:  # h11 refused the request before it had headers
             rid = self._request_id = self._server.request_id().encode()
-        return head[:-2] + b"x-request-id: " + rid + b"\r\n\r\n"
+        return with_header(head, b"x-request-id", rid)
 
     def _access(self, status: int, size: int) -> None:
         if not access_log.isEnabledFor(logging.INFO):

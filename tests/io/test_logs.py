@@ -6,6 +6,7 @@ import json
 from collections.abc import Callable
 
 import pytest
+from websockets.asyncio.client import connect
 
 from tests.support.client import (
     Connection,
@@ -139,3 +140,11 @@ async def test_stream_responses_echo_the_request_id(make_server: MakeServer) -> 
     plain = await EventStream.open(server.address)
     assert plain.headers["x-request-id"].startswith(server.node[:12] + "-")
     await plain.close()
+
+
+async def test_a_websocket_handshake_echoes_the_request_id(make_server: MakeServer) -> None:
+    server = await make_server()
+    host, port = server.address
+    async with connect(f"ws://{host}:{port}/ws", additional_headers={"X-Request-Id": "ws-7"}) as ws:
+        assert ws.response is not None
+        assert ws.response.headers["x-request-id"] == "ws-7"
