@@ -24,6 +24,7 @@ MODELS = ("echo", "openai")
 WS_COMPRESSION = ("off", "shared", "per-connection")
 LOOPS = ("auto", "uvloop", "asyncio")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _PACKAGE_DIR = Path(__file__).resolve().parent
@@ -379,6 +380,13 @@ class Config:
         "logging level; info logs one line per request and per stream opened/closed",
         "",
         choices=LOG_LEVELS,
+    )
+    log_format: str = _opt(
+        "text",
+        "--log-format",
+        "text lines, or json: one object per line with the request id, route and status",
+        "",
+        choices=LOG_FORMATS,
     )
     # Set for each worker of --workers, never by hand.
     reuse_port: bool = False

@@ -25,6 +25,7 @@ from typing import Any
 from sse.cli import parse_config
 from sse.config import Config
 from sse.errors import StartError
+from sse.io.logs import JsonFormatter
 from sse.io.server import Server
 from sse.io.workers import Lifeline, WorkerSlot, supervise, worker_slot_from_env
 
@@ -110,6 +111,9 @@ def main(argv: Sequence[str] | None = None, command: Sequence[str] = SELF) -> in
         format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if config.log_format == "json":
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(JsonFormatter(None if slot is None else slot.index))
     runner = _loop_runner(config.loop, parser)
     if slot is None and config.workers > 1:
         return supervise(config, command, sys.argv[1:] if argv is None else argv)

@@ -41,18 +41,23 @@ class App:
         routes: Sequence[Route],
         static: Mapping[str, StaticFile],
         health: Callable[[], Mapping[str, object]],
+        readiness: Callable[[], Sequence[str] | Awaitable[Sequence[str]]] = tuple,
     ) -> None:
         self._config = config
         self._static = static
         self._health = health
+        self._readiness = readiness
         # Fixed paths are looked up in a dict: the seed API's hot path pays no regex.
-        self._exact: dict[str, Mapping[str, Handler]] = {"/healthz": {"GET": self._healthz}}
+        self._exact: dict[str, Mapping[str, Handler]] = {
+            "/healthz": {"GET": self._healthz},
+            "/readyz": {"GET": self._readyz},
+        }
         for path in static:
             self._exact[path] = {"GET": self._static_file}
-        self._patterns: list[tuple[re.Pattern[str], Mapping[str, Handler]]] = []
+        self._patterns: list[tuple[re.Pattern[str], Mapping[str, Handler], str]] = []
         for route in routes:
             if PATH_PARAM.search(route.pattern):
-                self._patterns.append((route.compile(), route.methods))
+                self._patterns.append((route.compile(), route.methods, route.pattern))
             else:
                 self._exact[route.pattern] = route.methods
 
@@ -64,11 +69,20 @@ class App:
         methods = self._exact.get(path)
         if methods is not None:
             return methods, {}
-        for regex, methods in self._patterns:
+        for regex, methods, _ in self._patterns:
             found = regex.match(path)
             if found is not None:
                 return methods, found.groupdict()
         return None
+
+    def route_of(self, path: str) -> str:
+        """The pattern `path` matches (`/conversations/{id}`), for logs without ids in them."""
+        if path in self._exact:
+            return path
+        for regex, _, pattern in self._patterns:
+            if regex.match(path) is not None:
+                return pattern
+        return "(no route)"
 
     def handle(self, req: Request, body: bytes) -> Result | Awaitable[Result]:
         """Route `req` and answer it; client mistakes become 4xx replies."""
@@ -131,9 +145,29 @@ class App:
     def _healthz(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         return json_reply(200, dict(self._health()), (("cache-control", "no-store"),))
 
+    def _readyz(
+        self, req: Request, body: bytes, params: Mapping[str, str]
+    ) -> Reply | Awaitable[Reply]:
+        # Readiness, unlike liveness, may fail: a balancer then sends traffic elsewhere.
+        reasons = self._readiness()
+        if isinstance(reasons, Sequence):
+            return _readiness_reply(reasons)
+        return self._await_readyz(reasons)
+
+    @staticmethod
+    async def _await_readyz(pending: Awaitable[Sequence[str]]) -> Reply:
+        return _readiness_reply(await pending)
+
     def _static_file(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         file = self._static[req.path]
         return Reply(200, file.body, file.content_type, (("cache-control", "no-cache"),))
+
+
+def _readiness_reply(reasons: Sequence[str]) -> Reply:
+    headers = (("cache-control", "no-store"),)
+    if reasons:
+        return json_reply(503, {"status": "not ready", "reasons": list(reasons)}, headers)
+    return json_reply(200, {"status": "ready"}, headers)
 
 
 def _with_cors(result: Result, cors: tuple[tuple[str, str], ...]) -> Result:

@@ -95,6 +95,10 @@ class ServerState(Protocol):
         """Run `coro` as a task the server keeps and waits for when it stops."""
         ...
 
+    def request_id(self) -> str:
+        """A new id for a request that brought none: unique across nodes, cheap to make."""
+        ...
+
     def jittered(self, base_ms: int) -> int:
         """`base_ms` plus a random part, so reconnects spread out."""
         ...

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum, auto
@@ -23,7 +24,7 @@ from sse.errors import BrokerUnavailable
 from sse.io.hooks import ServerState
 from sse.io.stream import Stream
 from sse.io.websocket import accept
-from sse.protocol.http1 import status_phrase
+from sse.protocol.http1 import status_phrase, with_header
 from sse.protocol.sse import encode_retry
 from sse.pubsub.hub import Resume
 
@@ -45,10 +46,14 @@ _LINGER_MAX_BYTES = 1 << 20
 _RAW_408 = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 # Sent when opening a stream failed after h11 framed its 200 head (not yet written).
 _RAW_500_BODY = b'{"error": "internal server error"}'
-_RAW_500 = (
+_RAW_500_HEAD = (
     b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
-    b"content-length: %d\r\nconnection: close\r\n\r\n%b" % (len(_RAW_500_BODY), _RAW_500_BODY)
+    b"content-length: %d\r\nconnection: close\r\n" % len(_RAW_500_BODY)
 )
+# An X-Request-Id we echo as given; anything else is replaced by one of ours.
+# It is trusted from every client for now: issue 14 restricts that to trusted
+# proxies. Its characters are safe in a header, so no validation by h11 is needed.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 
 
 # h11 events are immutable: one end-of-message serves every reply.
@@ -93,6 +98,7 @@ class HttpConnection(asyncio.Protocol):
         "_peer",
         "_phase",
         "_request",
+        "_request_id",
         "_server",
         "_started",
         "_stream",
@@ -118,6 +124,7 @@ class HttpConnection(asyncio.Protocol):
         self._on_deadline: Callable[[], None] | None = None
         self._loop = asyncio.get_running_loop()
         self._request: Request | None = None
+        self._request_id = b""
         self._target = ""
         self._version = ""
         self._body = bytearray()
@@ -249,6 +256,12 @@ class HttpConnection(asyncio.Protocol):
             key = name.decode("ascii", "replace")  # h11 lower-cases names
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
+        given = headers.get("x-request-id")
+        self._request_id = (
+            given
+            if given is not None and _SANE_REQUEST_ID.fullmatch(given)
+            else self._server.request_id()
+        ).encode()
         self._request = Request(
             event.method.decode("ascii", "replace"),
             (parts.path if parts is not None else target) or "/",
@@ -291,7 +304,7 @@ class HttpConnection(asyncio.Protocol):
         request = self._request
         assert request is not None, "h11 yields EndOfMessage only after a Request"
         overloaded = self._overloaded
-        if overloaded and request.path != "/healthz":
+        if overloaded and request.path != "/healthz" and request.path != "/readyz":
             self._answer_overloaded(request)
             return
         try:
@@ -301,7 +314,8 @@ class HttpConnection(asyncio.Protocol):
             return
         if overloaded and isinstance(result, Reply):
             # A liveness probe must not restart a server that one client filled:
-            # /healthz is answered past the cap, and then the connection closes.
+            # /healthz (and /readyz) is answered past the cap, and then the
+            # connection closes (`_send_reply` sees `_overloaded` for an awaited one).
             self._send_reply(result, close=True)
             return
         if isinstance(result, Reply | OpenStream | OpenSocket):
@@ -361,7 +375,7 @@ class HttpConnection(asyncio.Protocol):
         log.exception("error handling %s %s from %s", request.method, self._target, self._peer)
         if self._phase is not Phase.STREAMING and self._transport is not None:
             # h11 framed the stream's head, but it was never written: answer in its place.
-            self._transport.write(_RAW_500)
+            self._transport.write(self._with_request_id(_RAW_500_HEAD + b"\r\n") + _RAW_500_BODY)
             self._access(500, len(_RAW_500_BODY))
         self._close()
 
@@ -388,10 +402,10 @@ class HttpConnection(asyncio.Protocol):
         request = self._request
         if transport is None or self._phase is Phase.CLOSING:
             return
-        close = close or self._server.draining
+        close = close or self._server.draining or self._overloaded
         conn = self._h11
         try:
-            out = conn.send(_response(reply, close))
+            out = self._with_request_id(conn.send(_response(reply, close)))
             if reply.body and (request is None or request.method != "HEAD") and reply.status != 204:
                 out += conn.send(h11.Data(data=reply.body))
             out += conn.send(_END_OF_MESSAGE)
@@ -409,6 +423,7 @@ class HttpConnection(asyncio.Protocol):
             return
         conn.start_next_cycle()
         self._request = None
+        self._request_id = b""
         self._got_bytes = False
         self._phase = Phase.AWAIT_REQUEST
         self._arm(self._config.header_timeout_s, self._on_header_timeout)
@@ -421,8 +436,12 @@ class HttpConnection(asyncio.Protocol):
             self._send_reply(Reply(200, b"", None, (*_STREAM_HEADERS, *opening.cors)))
             return
         server = self._server
-        head = self._h11.send(
-            h11.Response(status_code=200, headers=[*_STREAM_HEADERS, *opening.cors], reason=b"OK")
+        head = self._with_request_id(
+            self._h11.send(
+                h11.Response(
+                    status_code=200, headers=[*_STREAM_HEADERS, *opening.cors], reason=b"OK"
+                )
+            )
         )
         # h11 picks the framing: chunked for HTTP/1.1, close-delimited for 1.0.
         # From here on we frame the body ourselves, so a broadcast is one write.
@@ -518,6 +537,7 @@ class HttpConnection(asyncio.Protocol):
             peer=self._peer,
             trailing=trailing,
             write_paused=self._write_paused,
+            request_id=self._request_id,
         )
         if isinstance(result, Reply):
             self._send_reply(result)
@@ -561,7 +581,9 @@ class HttpConnection(asyncio.Protocol):
 
     def _protocol_error(self, exc: h11.RemoteProtocolError) -> None:
         status = exc.error_status_hint
-        log.info("bad request from %s: %s (%d)", self._peer, exc, status)
+        # h11 quotes the offending bytes, which may be a cookie: only at debug level.
+        log.info("bad request from %s (%d)", self._peer, status)
+        log.debug("bad request from %s: %s", self._peer, exc)
         if self._h11.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self._send_reply(json_reply(status, {"error": f"bad request: {exc}"}), close=True)
         else:
@@ -645,12 +667,26 @@ class HttpConnection(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
 
+    def _with_request_id(self, head: bytes) -> bytes:
+        """`head` (as h11 framed it) with the request's X-Request-Id before its blank line.
+
+        Spliced in rather than passed to h11: the cached, validated heads of
+        `_response` stay shared by every request; the id matched `_SANE_REQUEST_ID`.
+        """
+        rid = self._request_id
+        if not rid:  # h11 refused the request before it had headers
+            rid = self._request_id = self._server.request_id().encode()
+        return with_header(head, b"x-request-id", rid)
+
     def _access(self, status: int, size: int) -> None:
         if not access_log.isEnabledFor(logging.INFO):
             return
         request = self._request
         method = request.method if request is not None else "-"
         took_ms = (time.monotonic() - self._started) * 1000 if self._started else 0.0
+        # Neither headers nor body nor query are logged: they carry cookies, tokens
+        # and message text. The route pattern stands in for a path with ids in it.
+        route = self._server.app.route_of(request.path) if request is not None else "-"
         access_log.info(
             '%s "%s %s HTTP/%s" %d %s %.1fms',
             self._peer,
@@ -660,6 +696,15 @@ class HttpConnection(asyncio.Protocol):
             status,
             "-" if size < 0 else size,
             took_ms,
+            extra={
+                "request_id": self._request_id.decode(),
+                "method": method,
+                "route": route,
+                "status": status,
+                "duration_ms": round(took_ms, 3),
+                "bytes": None if size < 0 else size,
+                "client_ip": self._peer.rpartition(":")[0] or self._peer,
+            },
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import random
@@ -41,6 +42,10 @@ log = logging.getLogger("ssechat")
 _FLUSH_DUTY = 4.0
 # How many recent broadcasts /healthz summarises.
 _BROADCASTS_KEPT = 1000
+# /readyz: how long the database and the broker get to answer, and how long an
+# answer is reused, so that a flood of probes costs one query a second at most.
+_READY_TIMEOUT_S = 1.0
+_READY_CACHE_S = 1.0
 
 
 class Server:
@@ -86,6 +91,7 @@ class Server:
             [*Room(config, self.broker).routes(), *conversation_routes(self.chat, config)],
             load_static(config.client_dir),
             self.health,
+            self.readiness,
         )
         self.connections: set[Connection] = set()
         self.streams: dict[UUID, OpenSink] = {}
@@ -101,6 +107,12 @@ class Server:
         self._listener: asyncio.Server | None = None
         self.address: tuple[str, int] = (config.host, config.port)
         self._random = random.Random()
+        # Request ids: this node's prefix and a counter, no uuid4 per request.
+        self._request_prefix = self.node[:12]
+        self._request_ids = itertools.count(1)
+        self._ready_reasons: list[str] = []
+        self._ready_at = -_READY_CACHE_S
+        self._ready_check: asyncio.Task[None] | None = None
 
     def health(self) -> Mapping[str, object]:
         """The numbers `GET /healthz` reports; "degraded" names its causes."""
@@ -125,6 +137,32 @@ class Server:
             **self.broker.health(),
             "broadcast_ms": self._broadcast_summary(),
         }
+
+    def readiness(self) -> list[str] | Awaitable[list[str]]:
+        """Why `GET /readyz` should fail (empty: ready); checks at most once a second."""
+        if self.draining:
+            return ["draining for shutdown"]
+        if time.monotonic() - self._ready_at < _READY_CACHE_S:
+            return self._ready_reasons
+        return self._await_readiness()
+
+    async def _await_readiness(self) -> list[str]:
+        # Probes that arrive while a check runs wait for that check, not a new one.
+        if self._ready_check is None:
+            self._ready_check = self.spawn(self._check_ready())
+        await asyncio.shield(self._ready_check)
+        return ["draining for shutdown"] if self.draining else self._ready_reasons
+
+    async def _check_ready(self) -> None:
+        try:
+            store, broker = await asyncio.gather(
+                self.store.ready(_READY_TIMEOUT_S), self.broker.ready(_READY_TIMEOUT_S)
+            )
+            reasons = [f"database: {store}"] if store is not None else []
+            self._ready_reasons = reasons + ([broker] if broker is not None else [])
+            self._ready_at = time.monotonic()
+        finally:
+            self._ready_check = None
 
     def _broadcast_summary(self) -> dict[str, float | int]:
         took = sorted(self._broadcast_s)
@@ -195,6 +233,10 @@ class Server:
         if not task.cancelled() and task.exception() is not None:
             log.error("task failed", exc_info=task.exception())
 
+    def request_id(self) -> str:
+        """A new id for a request that brought none: unique across nodes, cheap to make."""
+        return f"{self._request_prefix}-{next(self._request_ids)}"
+
     def jittered(self, base_ms: int) -> int:
         """`base_ms` plus up to `retry_jitter_ms`, so reconnects spread out."""
         return base_ms + self._random.randint(0, self.config.retry_jitter_ms)
@@ -217,6 +259,8 @@ class Server:
         """Forget a closed stream; it gets no further frames."""
         self.broker.detach(stream.topic, stream.key)
         self.streams.pop(stream.key, None)
+        if not log.isEnabledFor(logging.INFO):
+            return
         took = time.monotonic() - stream.opened_at
         log.info(
             "stream %s closed for %s after %.1fs (%d replayed): %s",
@@ -225,6 +269,12 @@ class Server:
             took,
             stream.replayed,
             reason,
+            extra={
+                "stream": str(stream.key),
+                "client_ip": peer.rpartition(":")[0] or peer,
+                "lifetime_s": round(took, 3),
+                "reason": reason,
+            },
         )
 
     def add_socket(self, sock: OpenSink) -> None:

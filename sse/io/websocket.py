@@ -38,6 +38,7 @@ from sse.errors import BrokerUnavailable
 from sse.io.backlog import Backlog
 from sse.io.hooks import ServerState
 from sse.protocol.frame import Frame
+from sse.protocol.http1 import with_header
 from sse.protocol.websocket import (
     TEXT_ENCODING,
     Deflater,
@@ -134,6 +135,7 @@ def accept(
     peer: str,
     trailing: bytes,
     write_paused: bool,
+    request_id: bytes = b"",
 ) -> Reply | WebSocket:
     """Answer the handshake with 101 and take the transport over, or say why not."""
     config = server.config
@@ -159,6 +161,8 @@ def accept(
         except ValueError as exc:  # a parameter that is not a number
             return json_reply(400, {"error": f"bad Sec-WebSocket-Extensions: {exc}"})
     head = handshake_response(request.headers["sec-websocket-key"], agreed)
+    if request_id:  # checked by sse.io.http, as for every other response
+        head = with_header(head, b"x-request-id", request_id)
     # Only the extensions the client agreed to are enabled; wsproto drops the rest.
     conn = Connection(ConnectionType.SERVER, extensions)
     encoding, encode, compression = _encoder(extensions)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from http import HTTPStatus
 
-__all__ = ["LAST_CHUNK", "chunk", "status_phrase"]
+__all__ = ["LAST_CHUNK", "chunk", "status_phrase", "with_header"]
 
 # RFC 9112 section 7.1: the zero-size chunk and the empty trailer section end a body.
 LAST_CHUNK = b"0\r\n\r\n"
@@ -26,3 +26,12 @@ def status_phrase(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
+
+
+def with_header(head: bytes, name: bytes, value: bytes) -> bytes:
+    """A framed response `head` with one more field line before its blank line.
+
+    For a field whose name and value are known to be valid (RFC 9110 section
+    5.5): it skips h11's validation, so a validated head can be shared.
+    """
+    return b"%b%b: %b\r\n\r\n" % (head[:-2], name, value)

@@ -74,6 +74,10 @@ class Broker(Protocol):
         """What `/healthz` reports about the broker."""
         ...
 
+    async def ready(self, timeout_s: float) -> str | None:
+        """None if the broker answers within `timeout_s`, else why not (for `/readyz`)."""
+        ...
+
     def on_control(self, handler: ControlHandler) -> None:
         """Have `handler` called with every control message any node sends."""
 
@@ -121,6 +125,10 @@ class MemoryBroker:
     def health(self) -> Mapping[str, object]:
         """Always up."""
         return {"broker": self.name}
+
+    async def ready(self, timeout_s: float) -> str | None:
+        """Always ready: the hub is in this process."""
+        return None
 
     def on_control(self, handler: ControlHandler) -> None:
         """No other node can send any."""

@@ -245,6 +245,17 @@ class RedisBroker:
             "channels_read": len(self._positions),
         }
 
+    async def ready(self, timeout_s: float) -> str | None:
+        """None if Redis answers a PING within `timeout_s`, else why not."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._client.ping()
+        except TimeoutError:
+            return f"redis: no answer to PING within {timeout_s:g}s"
+        except (RedisError, OSError) as exc:
+            return f"redis: {exc}"
+        return None
+
     @property
     def available(self) -> bool:
         """False while the reader cannot reach Redis."""

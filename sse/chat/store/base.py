@@ -213,6 +213,10 @@ class Store(Protocol):
         """`{"ok": true}`, or `{"ok": false, "error": ...}`: cheap, for every `/healthz`."""
         ...
 
+    async def ready(self, timeout_s: float) -> str | None:
+        """None if a trivial query (`SELECT 1`) answers within `timeout_s`, else why not."""
+        ...
+
     async def open(self) -> int:
         """Open (creating tables as needed), take the lease; how many replies were recovered."""
         ...

@@ -184,6 +184,20 @@ class PostgresStore:
         """`{"ok": ...}` and what went wrong, from the recent operations: no query."""
         return self._health.report()
 
+    async def ready(self, timeout_s: float) -> str | None:
+        """None if `SELECT 1` answers within `timeout_s` (waiting for a pooled connection too)."""
+        pool = self._pool
+        if pool is None:
+            return "store is not open"
+        try:
+            async with asyncio.timeout(timeout_s):
+                await pool.fetchval("SELECT 1")
+        except TimeoutError:
+            return f"no answer to SELECT 1 within {timeout_s:g}s"
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            return f"SELECT 1 failed: {exc}"
+        return None
+
     def _open_pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise StoreError("store is not open")

@@ -227,6 +227,25 @@ class SqliteStore:
         self._check_file()
         return self._health.report()
 
+    async def ready(self, timeout_s: float) -> str | None:
+        """None if `SELECT 1` answers within `timeout_s` and the file is still ours."""
+        db = self._db
+        if db is None:
+            return "store is not open"
+        self._check_file()
+        if self._health.fault is not None:
+            return self._health.fault
+        loop = asyncio.get_running_loop()
+        try:
+            # Through the one worker thread: a database busy with writes is not ready.
+            async with asyncio.timeout(timeout_s):
+                await loop.run_in_executor(self._executor, _select_one, db)
+        except TimeoutError:
+            return f"no answer to SELECT 1 within {timeout_s:g}s"
+        except sqlite3.Error as exc:
+            return f"SELECT 1 failed: {exc}"
+        return None
+
     async def _run(self, fn: Callable[[sqlite3.Connection], T], *, write: bool = False) -> T:
         db = self._db
         if db is None:
@@ -612,3 +631,7 @@ def _migrate(db: sqlite3.Connection) -> None:
         if found.fetchone() is None:
             db.execute(_ONE_REPLY_FIX)
             db.execute(_ONE_REPLY_INDEX)
+
+
+def _select_one(db: sqlite3.Connection) -> None:
+    db.execute("SELECT 1").fetchone()
