@@ -3,10 +3,12 @@
 The folder tree is the architecture. From the top down:
 
     main.py     the `ssechat` command: parse, then serve or supervise --workers
-    cli.py      the command line, built from the `Option` on each `Config` field
+    main.py     the `ssechat` command (and a checkout's server.py): serve or supervise
+    cli.py      the configuration from flags, SSECHAT_ variables and a TOML file, built
+                from the `Option` on each `Config` field
     io/         the only code holding a transport: HTTP/1.1 connections (h11), open
                 streams, WebSockets (wsproto), their one slow-client queue, the
-                server (composition root) and the --workers supervisor
+                server (composition root), the --workers supervisor, JSON logs
     app/        what requests mean: values in, values out; the router, the room,
                 the conversation routes, WebSocket commands, CORS, the page
     chat/       the chat application: conversations (service), their store
