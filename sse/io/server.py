@@ -117,7 +117,11 @@ class Server:
     def health(self) -> Mapping[str, object]:
         """The numbers `GET /healthz` reports; "degraded" names its causes."""
         store = self.store.health()
+        broker = self.broker.health()
         causes = [] if store.get("ok") else [f"store: {store.get('error')}"]
+        # The broker's own view, no round trip: Redis is "down" once a call failed.
+        if broker.get("redis") == "down":
+            causes.append("redis: down (events are not carried between nodes)")
         status = "draining" if self.draining else "degraded" if causes else "ok"
         history_events, history_bytes = self.hub.history_held()
         return {
@@ -134,7 +138,7 @@ class Server:
             # of each channel: the history itself lives in Redis).
             "history_events": history_events,
             "history_bytes": history_bytes,
-            **self.broker.health(),
+            **broker,
             "broadcast_ms": self._broadcast_summary(),
         }
 

@@ -36,9 +36,12 @@ async def test_readyz_is_503_with_a_reason_while_redis_is_down_and_200_again_aft
     assert isinstance(reasons, list)
     assert len(reasons) == 1
     assert str(reasons[0]).startswith("redis: ")
-    # Liveness is not readiness: the process itself is fine.
+    # Liveness is not readiness: the process itself is fine, and says what is wrong.
     health = await request(server.address, "GET", "/healthz")
     assert health.status == 200
+    body = json_object(health)
+    assert body["status"] == "degraded"
+    assert body["causes"] == ["redis: down (events are not carried between nodes)"]
     redis_server.start()
 
     async def ready() -> bool:
