@@ -9,12 +9,10 @@ import json
 import uuid
 from collections.abc import Mapping
 
-from sse.app.values import Request
+from sse.app.values import JSON_TYPE, Request
 from sse.errors import ClientError
 
 __all__ = ["last_event_id", "parse_json_object", "path_conversation_id", "require_text"]
-
-_JSON = "application/json"
 
 
 def parse_json_object(req: Request, body: bytes) -> dict[str, object]:
@@ -27,9 +25,9 @@ def parse_json_object(req: Request, body: bytes) -> dict[str, object]:
     # can send a body without a type, but never `application/json` without a
     # CORS preflight (Fetch, "CORS-safelisted request-header").
     media = req.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media != _JSON and not media.endswith("+json"):
+    if media != JSON_TYPE and not media.endswith("+json"):
         got = repr(media) if media else "no Content-Type"
-        raise ClientError(415, f"expected a JSON body (Content-Type: {_JSON}), got {got}")
+        raise ClientError(415, f"expected a JSON body (Content-Type: {JSON_TYPE}), got {got}")
     try:
         value = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:

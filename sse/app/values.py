@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
+    "JSON_TYPE",
     "PATH_PARAM",
     "Handler",
     "OpenSocket",
@@ -21,7 +22,7 @@ __all__ = [
     "json_reply",
 ]
 
-_JSON = "application/json"
+JSON_TYPE = "application/json"
 # What a socket's text message gets back: an answer now, or once the app has it.
 SocketCommands = Callable[[str], "bytes | Awaitable[bytes]"]
 
@@ -72,7 +73,7 @@ class OpenSocket:
 
 def json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
     """A reply whose body is `payload` as JSON."""
-    return Reply(status, json.dumps(payload).encode(), _JSON, headers)
+    return Reply(status, json.dumps(payload).encode(), JSON_TYPE, headers)
 
 
 def error_reply(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:

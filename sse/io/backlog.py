@@ -17,8 +17,9 @@ __all__ = ["Backlog"]
 class Backlog:
     """The bounded queue of one connection; a base of `Stream` and `WebSocket`.
 
-    Subclasses write their hot path themselves, as `if self._flowing(): write,
-    else self._enqueue(data)`: one test and one write per broadcast.
+    Subclasses write their hot path themselves, as `if not self._paused and not
+    self._pending: write, else self._enqueue(data)`: one test and one write per
+    broadcast, with no method call in between.
     """
 
     # Slots here and in each subclass: thousands of idle connections each hold one.
@@ -48,10 +49,6 @@ class Backlog:
             self._pending = deque(replay)
         self._pending_bytes = replay_bytes
         self._drain()
-
-    def _flowing(self) -> bool:
-        """Whether a write can go out now, with nothing waiting before it."""
-        return not self._paused and not self._pending
 
     def _enqueue(self, data: bytes) -> None:
         if self._pending is None:
