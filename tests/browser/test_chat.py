@@ -113,8 +113,7 @@ def assistant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProces
 @pytest.fixture
 def open_page(browser: Browser, assistant: ServerProcess) -> Iterator[OpenPage]:
     """Open a page in a fresh context (the module server's by default); fail on JS errors."""
-    host, port = assistant.address
-    with page_opener(browser, f"http://{host}:{port}/") as open_:
+    with page_opener(browser, f"{assistant.url}/") as open_:
         yield open_
 
 

@@ -73,8 +73,7 @@ def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture
 def open_page(browser: Browser, chat: ServerProcess) -> Iterator[OpenPage]:
     """Open a page in a fresh context (the chat page by default); fail on uncaught JS errors."""
-    host, port = chat.address
-    with page_opener(browser, f"http://{host}:{port}/") as open_:
+    with page_opener(browser, f"{chat.url}/") as open_:
         yield open_
 
 

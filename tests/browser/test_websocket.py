@@ -65,8 +65,7 @@ def page(browser: Browser, chat: ServerProcess) -> Iterator[Page]:
     errors: list[str] = []
     page = context.new_page()
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    host, port = chat.address
-    page.goto(f"http://{host}:{port}/healthz")
+    page.goto(f"{chat.url}/healthz")
     yield page
     context.close()
     assert errors == [], "uncaught errors in the page"
@@ -132,8 +131,7 @@ def test_chromium_socket_resumes_by_query_parameter(page: Page, chat: ServerProc
     missed = f"missed {_token()}"
     page.evaluate("() => window.sockets.first.ws.close(1000)")
     page.wait_for_function("() => window.sockets.first.closed !== null")
-    host, port = chat.address
-    page.request.post(f"http://{host}:{port}/send-message", data={"message": missed})
+    page.request.post(f"{chat.url}/send-message", data={"message": missed})
     _open(page, "again", _ws_url(chat, f"/ws?last_event_id={seen['id']}"))
     replayed = _wait_for(page, "again", "got.find(m => m.data === arg)", missed)
     assert replayed["event"] == "message"
@@ -174,8 +172,7 @@ OpenApp = Callable[..., Page]
 @pytest.fixture
 def open_app(browser: Browser, chat: ServerProcess) -> Iterator[OpenApp]:
     """Open the app's page (`/` of `chat` by default) in a fresh context; fail on JS errors."""
-    host, port = chat.address
-    with page_opener(browser, f"http://{host}:{port}/") as open_:
+    with page_opener(browser, f"{chat.url}/") as open_:
         yield open_
 
 
@@ -246,8 +243,8 @@ def test_page_socket_reconnects_after_a_restart_with_a_gap_notice(
     # A restart: same port, same database, new process.
     same = ("--db", str(tmp_path / "restarted.sqlite3"))
     first = spawn(*same)
-    host, port = first.address
-    page = open_app(f"http://{host}:{port}/?transport=ws")
+    port = first.address[1]
+    page = open_app(f"{first.url}/?transport=ws")
     status = page.locator("#status")
     expect(status).to_have_text("live")
     expect(page.locator("#transport-label")).to_have_text("WebSocket")
