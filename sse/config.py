@@ -15,9 +15,25 @@ from typing import Any
 
 from sse.errors import ConfigError
 
-__all__ = ["CLIENT_DIR", "GROUPS", "MODELS", "WS_COMPRESSION", "Config", "Option"]
+__all__ = ["AUTH_MODES", "CLIENT_DIR", "GROUPS", "MODELS", "WS_COMPRESSION", "Config", "Option"]
 
 MODELS = ("echo", "openai")
+# Who a request is: a signed guest cookie; that or an account; or a host application's JWT.
+AUTH_MODES = ("guest", "accounts", "jwt")
+# Signature algorithms a JWT may use, by the kind of key configured; never "none".
+JWT_HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
+JWT_KEY_ALGORITHMS = (
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "PS384",
+    "PS512",
+    "ES256",
+    "ES384",
+    "ES512",
+    "EdDSA",
+)
 # permessage-deflate (RFC 7692) on WebSockets: not offered; offered without
 # server context takeover, so each event is compressed once for every client;
 # or with it, so each connection keeps its own compressor (see sse.io.websocket).
@@ -41,6 +57,7 @@ GROUPS = (
     "WebSockets (GET /ws, /conversations/{id}/ws)",
     "request limits",
     "conversations and models",
+    "identity and access",
     "",
 )
 
@@ -93,6 +110,7 @@ _STREAMS = "event streams"
 _WS = "WebSockets (GET /ws, /conversations/{id}/ws)"
 _LIMITS = "request limits"
 _CHAT = "conversations and models"
+_AUTH = "identity and access"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +127,10 @@ class Config:
     cors_origins: tuple[str, ...] = _opt(
         ("*",),
         "--cors-origin",
-        "origin allowed to read responses from another site, e.g. "
-        "https://chat.example.com; repeat for several; '*' allows any "
-        "(the endpoints carry no credentials) [default: *]",
+        "origin allowed to use the API from another site, e.g. "
+        "https://chat.example.com; repeat for several; '*' lets any site use it "
+        "without cookies, never with them: only origins named here may send "
+        "cookies (and get Access-Control-Allow-Credentials) [default: *]",
         _NET,
         metavar="ORIGIN",
     )
@@ -388,6 +407,91 @@ class Config:
         "",
         choices=LOG_FORMATS,
     )
+    auth: str = _opt(
+        "guest",
+        "--auth",
+        "who a request is: 'guest' gives each browser a signed session cookie; "
+        "'accounts' adds sign-up and sign-in with a username and password; 'jwt' "
+        "trusts tokens minted by the host application (Authorization: Bearer, or "
+        "the ssechat_token cookie)",
+        _AUTH,
+        choices=AUTH_MODES,
+    )
+    session_secret: str | None = _opt(
+        None,
+        "--session-secret",
+        "key that signs session cookies and stream tickets (32 characters or more); "
+        "every node behind one address must have the same one "
+        "[default: generated once, kept in --session-secret-file]",
+        _AUTH,
+        secret=True,
+    )
+    session_secret_file: Path | None = _opt(
+        None,
+        "--session-secret-file",
+        "where the generated session key is kept (mode 0600) when --session-secret "
+        "is not given [default: beside the SQLite file, <db>.secret; with "
+        "PostgreSQL, ssechat.secret in the working directory]",
+        _AUTH,
+        metavar="FILE",
+    )
+    public_url: str | None = _opt(
+        None,
+        "--public-url",
+        "the address browsers use, e.g. https://chat.example.com: its origin is "
+        "this server's own, and https makes the cookies Secure [default: taken "
+        "from each request's Host]",
+        _AUTH,
+        metavar="URL",
+    )
+    session_days: float = _opt(
+        30.0,
+        "--session-days",
+        "how long an account's sign-in lasts",
+        _AUTH,
+        metavar="DAYS",
+    )
+    jwt_secret: str | None = _opt(
+        None,
+        "--jwt-secret",
+        "verify tokens signed with this shared key (HS256); with --auth jwt",
+        _AUTH,
+        secret=True,
+    )
+    jwt_public_key: Path | None = _opt(
+        None,
+        "--jwt-public-key",
+        "verify tokens with this PEM public key (RS256 for RSA, ES256 for EC P-256); "
+        "with --auth jwt",
+        _AUTH,
+        metavar="FILE",
+    )
+    jwks_url: str | None = _opt(
+        None,
+        "--jwks-url",
+        "verify tokens with the keys published at this JWKS URL (RS256 and ES256); with --auth jwt",
+        _AUTH,
+        metavar="URL",
+    )
+    jwt_algorithms: tuple[str, ...] = _opt(
+        (),
+        "--jwt-algorithm",
+        "signature algorithm a token may use; repeat for several; never taken from "
+        "the token itself [default: by the key: HS256; RS256 or ES256]",
+        _AUTH,
+        metavar="ALG",
+    )
+    jwt_audience: str | None = _opt(
+        None, "--jwt-audience", "tokens must carry this 'aud' claim", _AUTH
+    )
+    jwt_issuer: str | None = _opt(None, "--jwt-issuer", "tokens must carry this 'iss' claim", _AUTH)
+    public_room: bool = _opt(
+        False,
+        "--public-room",
+        "with --auth jwt, let anyone use the room (GET /events, POST /send-message) "
+        "without a token, as in the other modes",
+        _AUTH,
+    )
     # Set for each worker of --workers, never by hand.
     reuse_port: bool = False
 
@@ -419,6 +523,7 @@ class Config:
             "ws_max_message_bytes": self.ws_max_message_bytes,
             "ws_ping_interval_s": self.ws_ping_interval_s,
             "ws_ping_timeout_s": self.ws_ping_timeout_s,
+            "session_days": self.session_days,
         }
         for name, value in positive.items():
             if not value > 0:  # not `<= 0`: NaN (float("nan") from any source) must fail too
@@ -464,3 +569,41 @@ class Config:
             )
         if not self.cors_origins:
             raise ConfigError("cors_origins must name at least one origin, or '*'")
+        self._check_auth()
+
+    def _check_auth(self) -> None:
+        if self.auth not in AUTH_MODES:
+            choices = ", ".join(AUTH_MODES)
+            raise ConfigError(f"auth must be one of {choices}, got {self.auth!r}")
+        if self.session_secret is not None and len(self.session_secret) < 32:
+            raise ConfigError("--session-secret must be at least 32 characters long")
+        if self.public_url is not None and not self.public_url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"--public-url must be an http:// or https:// URL, got {self.public_url!r}"
+            )
+        keys = {
+            "--jwt-secret": self.jwt_secret,
+            "--jwt-public-key": self.jwt_public_key,
+            "--jwks-url": self.jwks_url,
+        }
+        given = [flag for flag, value in keys.items() if value]
+        if self.auth != "jwt":
+            jwt_only = [*given, *(["--jwt-algorithm"] if self.jwt_algorithms else [])]
+            if jwt_only or self.jwt_audience or self.jwt_issuer or self.public_room:
+                raise ConfigError("the --jwt-* options and --public-room need --auth jwt")
+            return
+        if len(given) != 1:
+            raise ConfigError(
+                "--auth jwt needs exactly one of --jwt-secret, --jwt-public-key or "
+                f"--jwks-url (got {', '.join(given) or 'none'})"
+            )
+        if self.jwt_secret is not None and len(self.jwt_secret) < 32:
+            raise ConfigError("--jwt-secret must be at least 32 characters long (RFC 7518, 3.2)")
+        allowed = JWT_HMAC_ALGORITHMS if self.jwt_secret else JWT_KEY_ALGORITHMS
+        for algorithm in self.jwt_algorithms:
+            if algorithm not in allowed:
+                kind = "a shared secret" if self.jwt_secret else "a public key"
+                raise ConfigError(
+                    f"--jwt-algorithm {algorithm} cannot be used with {kind}; "
+                    f"choose from {', '.join(allowed)}"
+                )

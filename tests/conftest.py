@@ -12,9 +12,16 @@ from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from sse.config import Config
 from sse.io.server import Server
+from tests.support.client import forget_cookies
 from tests.support.postgres_server import PostgresServer
 from tests.support.redis_server import RedisServer
 from tests.support.servers import CHROMIUM, CHROMIUM_ARGS, MakeServer, ServerProcess
+
+
+@pytest.fixture(autouse=True)
+def _no_cookies_from_other_tests() -> None:
+    """Each test is a new person: the test client's cookie jars start empty."""
+    forget_cookies()
 
 
 @pytest.fixture
@@ -28,6 +35,8 @@ async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
             "shutdown_timeout_s": 2.0,
             "db_path": tmp_path / f"chat{len(servers)}.sqlite3",
             "echo_delay_s": 0.005,
+            # One key for the test's servers, as nodes share one; kept out of the checkout.
+            "session_secret_file": tmp_path / "session.secret",
         }
         settings.update(overrides)
         server = Server(Config(**settings))
@@ -56,6 +65,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
     def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
         db = [] if "--db" in args else ["--db", str(tmp_path / f"chat{len(procs)}.sqlite3")]
+        if "--session-secret-file" not in args and "--session-secret" not in args:
+            db += ["--session-secret-file", str(tmp_path / "session.secret")]
         proc = ServerProcess("--port", "0", *db, *args, env=env)
         procs.append(proc)
         return proc

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from sse.app.commands import conversation_commands
 from sse.app.handshake import check_handshake
 from sse.app.inputs import last_event_id, parse_json_object, path_conversation_id, require_text
+from sse.app.origins import CookieOrigins
 from sse.app.values import OpenSocket, OpenStream, Reply, Request, Route, json_reply
 from sse.chat.service import ChatService, topic_of
 from sse.chat.store.base import ConversationSummary, StoredMessage
@@ -16,6 +17,7 @@ from sse.errors import BrokerUnavailable, ClientError
 __all__ = ["conversation_routes"]
 
 _LIST_LIMIT_MAX = 200
+_TITLE_MAX_CHARS = 200
 _NO_STORE = (("cache-control", "no-store"),)
 
 
@@ -37,13 +39,28 @@ def _message(m: StoredMessage, labels: Mapping[str, str]) -> dict[str, object]:
     }
 
 
+def _missing(conversation_id: str) -> ClientError:
+    # Someone else's conversation is answered exactly as one that does not exist:
+    # its id must not be confirmed to anyone but its owner.
+    return ClientError(404, f"no conversation {conversation_id}")
+
+
 class _ChatApi:
-    def __init__(self, service: ChatService, config: Config) -> None:
+    """Every handler acts for `req.who`, and the store sees only that owner's conversations."""
+
+    def __init__(self, service: ChatService, config: Config, origins: CookieOrigins) -> None:
         self._service = service
         self._config = config
+        self._origins = origins
+
+    async def _check_owner(self, req: Request, params: Mapping[str, str]) -> str:
+        conversation_id = path_conversation_id(params)
+        if not await self._service.store.exists(req.who.owner, conversation_id):
+            raise _missing(conversation_id)
+        return conversation_id
 
     async def create(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
-        summary = await self._service.create()
+        summary = await self._service.create(req.who.owner)
         location = f"/conversations/{summary.id}"
         return json_reply(201, _summary(summary), (("location", location),))
 
@@ -57,17 +74,17 @@ class _ChatApi:
             or not 1 <= int(raw) <= _LIST_LIMIT_MAX
         ):
             raise ClientError(400, f"limit must be a whole number from 1 to {_LIST_LIMIT_MAX}")
-        items = await self._service.store.list_conversations(int(raw))
+        items = await self._service.store.list_conversations(req.who.owner, int(raw))
         return json_reply(200, {"conversations": [_summary(c) for c in items]}, _NO_STORE)
 
     async def transcript(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         conversation_id = path_conversation_id(params)
         try:
-            snapshot = await self._service.snapshot(conversation_id)
+            snapshot = await self._service.snapshot(req.who.owner, conversation_id)
         except BrokerUnavailable as exc:
             raise ClientError(503, f"the conversation cannot be read now: {exc}") from None
         if snapshot is None:
-            raise ClientError(404, f"no conversation {conversation_id}")
+            raise _missing(conversation_id)
         model = self._service.model
         labels = {model.name: model.label}
         # A client that opens the stream with ?last_event_id=<that id> continues
@@ -78,11 +95,29 @@ class _ChatApi:
         payload["messages"] = [_message(m, labels) for m in snapshot.transcript.messages]
         return json_reply(200, payload, _NO_STORE)
 
-    async def events(self, req: Request, body: bytes, params: Mapping[str, str]) -> OpenStream:
+    async def rename(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         conversation_id = path_conversation_id(params)
-        if not await self._service.store.exists(conversation_id):
-            raise ClientError(404, f"no conversation {conversation_id}")
-        return OpenStream(topic_of(conversation_id), last_event_id(req))
+        title = " ".join(require_text(parse_json_object(req, body), "title").split())
+        if not title:
+            raise ClientError(400, '"title" must not be empty')
+        if len(title) > _TITLE_MAX_CHARS:
+            raise ClientError(413, f'"title" is longer than {_TITLE_MAX_CHARS} characters')
+        summary = await self._service.rename(req.who.owner, conversation_id, title)
+        if summary is None:
+            raise _missing(conversation_id)
+        return json_reply(200, _summary(summary), _NO_STORE)
+
+    async def delete(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        conversation_id = path_conversation_id(params)
+        if not await self._service.delete(req.who.owner, conversation_id):
+            raise _missing(conversation_id)
+        return Reply(204)
+
+    async def events(self, req: Request, body: bytes, params: Mapping[str, str]) -> OpenStream:
+        conversation_id = await self._check_owner(req, params)
+        return OpenStream(
+            topic_of(conversation_id), last_event_id(req), expires_at=req.who.expires_at
+        )
 
     async def post(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         conversation_id = path_conversation_id(params)
@@ -92,39 +127,44 @@ class _ChatApi:
         limit = self._config.max_content_chars
         if len(content) > limit:
             raise ClientError(413, f'"content" is longer than the limit of {limit} characters')
-        user, reply_id = await self._service.post(conversation_id, content)
+        user, reply_id = await self._service.post(req.who.owner, conversation_id, content)
         return json_reply(202, {"message_id": user.id, "reply_id": reply_id})
 
     async def socket(
         self, req: Request, body: bytes, params: Mapping[str, str]
     ) -> Reply | OpenSocket:
-        refused = check_handshake(req, self._config.cors_origins)
+        refused = check_handshake(req, self._config.cors_origins, self._origins)
         if refused is not None:
             return refused
-        conversation_id = path_conversation_id(params)
-        if not await self._service.store.exists(conversation_id):
-            raise ClientError(404, f"no conversation {conversation_id}")
+        conversation_id = await self._check_owner(req, params)
         commands = conversation_commands(
-            self._service, conversation_id, max_content_chars=self._config.max_content_chars
+            self._service,
+            req.who.owner,
+            conversation_id,
+            max_content_chars=self._config.max_content_chars,
         )
-        return OpenSocket(topic_of(conversation_id), last_event_id(req), commands)
+        return OpenSocket(
+            topic_of(conversation_id), last_event_id(req), commands, expires_at=req.who.expires_at
+        )
 
     async def stop(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
-        conversation_id = path_conversation_id(params)
-        if not await self._service.store.exists(conversation_id):
-            raise ClientError(404, f"no conversation {conversation_id}")
-        stopped = await self._service.stop(conversation_id)
+        conversation_id = await self._check_owner(req, params)
+        stopped = await self._service.stop(req.who.owner, conversation_id)
         return json_reply(200, {"stopped": stopped is not None, "message_id": stopped})
 
 
 def conversation_routes(service: ChatService, config: Config) -> list[Route]:
-    """The conversation routes, for `App`."""
-    api = _ChatApi(service, config)
+    """The conversation routes, for `App`: each one private to the conversation's owner."""
+    api = _ChatApi(service, config, CookieOrigins.from_config(config))
     return [
-        Route("/conversations", {"GET": api.list, "POST": api.create}),
-        Route("/conversations/{id}", {"GET": api.transcript}),
-        Route("/conversations/{id}/events", {"GET": api.events}),
-        Route("/conversations/{id}/messages", {"POST": api.post}),
-        Route("/conversations/{id}/stop", {"POST": api.stop}),
-        Route("/conversations/{id}/ws", {"GET": api.socket}),
+        Route("/conversations", {"GET": api.list, "POST": api.create}, identity=True),
+        Route(
+            "/conversations/{id}",
+            {"GET": api.transcript, "PATCH": api.rename, "DELETE": api.delete},
+            identity=True,
+        ),
+        Route("/conversations/{id}/events", {"GET": api.events}, identity=True),
+        Route("/conversations/{id}/messages", {"POST": api.post}, identity=True),
+        Route("/conversations/{id}/stop", {"POST": api.stop}, identity=True),
+        Route("/conversations/{id}/ws", {"GET": api.socket}, identity=True),
     ]

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Mapping
 from sse.app.commands import room_commands
 from sse.app.handshake import check_handshake
 from sse.app.inputs import last_event_id, parse_json_object, require_text
+from sse.app.origins import CookieOrigins
 from sse.app.values import OpenSocket, OpenStream, Reply, Request, Route
 from sse.config import Config
 from sse.errors import BrokerUnavailable, ClientError, EncodeError
@@ -30,13 +31,20 @@ class Room:
     def __init__(self, config: Config, broker: Broker) -> None:
         self._config = config
         self._broker = broker
+        self._origins = CookieOrigins.from_config(config)
 
     def routes(self) -> list[Route]:
-        """The room's routes, for `App`."""
+        """The room's routes, for `App`.
+
+        Open to anyone, as the seed's were, except in jwt mode without
+        --public-room: then a valid token (or ticket) is needed. Identity is
+        never resolved otherwise, so the seed API's hot path pays nothing for it.
+        """
+        private = self._config.auth == "jwt" and not self._config.public_room
         return [
-            Route("/events", {"GET": self._events}),
-            Route("/send-message", {"POST": self._send_message}),
-            Route("/ws", {"GET": self._socket}),
+            Route("/events", {"GET": self._events}, identity=private),
+            Route("/send-message", {"POST": self._send_message}, identity=private),
+            Route("/ws", {"GET": self._socket}, identity=private),
         ]
 
     def send(self, message: str) -> str | Awaitable[str]:
@@ -59,7 +67,8 @@ class Room:
 
     def _events(self, req: Request, body: bytes, params: Mapping[str, str]) -> OpenStream:
         last_id = last_event_id(req)
-        return OpenStream(ROOM, last_id, self._announce(last_id))
+        expires_at = req.identity.expires_at if req.identity is not None else None
+        return OpenStream(ROOM, last_id, self._announce(last_id), expires_at=expires_at)
 
     def _send_message(
         self, req: Request, body: bytes, params: Mapping[str, str]
@@ -70,11 +79,13 @@ class Room:
         return _sent_reply(sent)
 
     def _socket(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply | OpenSocket:
-        refused = check_handshake(req, self._config.cors_origins)
+        refused = check_handshake(req, self._config.cors_origins, self._origins)
         if refused is not None:
             return refused
         last_id = last_event_id(req)
-        return OpenSocket(ROOM, last_id, room_commands(self.send), self._announce(last_id))
+        expires_at = req.identity.expires_at if req.identity is not None else None
+        commands = room_commands(self.send)
+        return OpenSocket(ROOM, last_id, commands, self._announce(last_id), expires_at=expires_at)
 
 
 async def _published(published: Awaitable[str]) -> str:

@@ -8,10 +8,15 @@ what to do, and writes the `Reply`, opens the `OpenStream` or upgrades to the
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import replace
 
 from sse.app.cors import cors_headers, preflight_headers
+from sse.app.origins import CookieOrigins, carries_our_cookie
+from sse.app.page import page_headers
+from sse.app.refusals import reauth_event, refused_stream
 from sse.app.static import StaticFile
 from sse.app.values import (
     PATH_PARAM,
@@ -25,11 +30,18 @@ from sse.app.values import (
     error_reply,
     json_reply,
 )
+from sse.auth.gate import Gate
+from sse.auth.identity import Verdict
 from sse.config import Config
 from sse.errors import ClientError, StoreUnavailable
 from sse.protocol.sse import encode_retry
 
 __all__ = ["App"]
+
+# Methods that change something: with our cookie, only from an origin we trust.
+_WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# A route's handlers, and whether they need to know who asks.
+_Methods = tuple[Mapping[str, Handler], bool]
 
 
 class App:
@@ -42,37 +54,50 @@ class App:
         static: Mapping[str, StaticFile],
         health: Callable[[], Mapping[str, object]],
         readiness: Callable[[], Sequence[str] | Awaitable[Sequence[str]]] = tuple,
+        gate: Gate | None = None,
     ) -> None:
         self._config = config
         self._static = static
         self._health = health
         self._readiness = readiness
+        self._gate = gate
+        self._cookie_origins = CookieOrigins.from_config(config)
+        self._page_headers = page_headers(self._cookie_origins.named)
+        self._random = random.Random()
         # Fixed paths are looked up in a dict: the seed API's hot path pays no regex.
-        self._exact: dict[str, Mapping[str, Handler]] = {
-            "/healthz": {"GET": self._healthz},
-            "/readyz": {"GET": self._readyz},
+        self._exact: dict[str, _Methods] = {
+            "/healthz": ({"GET": self._healthz}, False),
+            "/readyz": ({"GET": self._readyz}, False),
         }
         for path in static:
-            self._exact[path] = {"GET": self._static_file}
-        self._patterns: list[tuple[re.Pattern[str], Mapping[str, Handler], str]] = []
+            self._exact[path] = ({"GET": self._static_file}, False)
+        self._patterns: list[tuple[re.Pattern[str], _Methods, str]] = []
         for route in routes:
+            if route.identity and gate is None:
+                raise ValueError(f"route {route.pattern} needs identities, and no Gate was given")
+            entry = (route.methods, route.identity)
             if PATH_PARAM.search(route.pattern):
-                self._patterns.append((route.compile(), route.methods, route.pattern))
+                self._patterns.append((route.compile(), entry, route.pattern))
             else:
-                self._exact[route.pattern] = route.methods
+                self._exact[route.pattern] = entry
+
+    @property
+    def cookie_origins(self) -> CookieOrigins:
+        """Which origins may act with the cookies a request carries."""
+        return self._cookie_origins
 
     def is_stream(self, req: Request) -> bool:
         """Whether `req` asks for an event stream (for answers that skip routing)."""
         return req.method in ("GET", "HEAD") and req.path.endswith("/events")
 
-    def _match(self, path: str) -> tuple[Mapping[str, Handler], Mapping[str, str]] | None:
-        methods = self._exact.get(path)
-        if methods is not None:
-            return methods, {}
-        for regex, methods, _ in self._patterns:
+    def _match(self, path: str) -> tuple[_Methods, Mapping[str, str]] | None:
+        entry = self._exact.get(path)
+        if entry is not None:
+            return entry, {}
+        for regex, entry, _ in self._patterns:
             found = regex.match(path)
             if found is not None:
-                return methods, found.groupdict()
+                return entry, found.groupdict()
         return None
 
     def route_of(self, path: str) -> str:
@@ -91,7 +116,7 @@ class App:
         matched = self._match(req.path)
         if matched is None:
             return error_reply(404, f"no such path: {req.path}", cors)
-        methods, params = matched
+        (methods, identity), params = matched
         if req.method == "OPTIONS":
             allow = self._allow(methods)
             asked = req.headers.get("access-control-request-headers")
@@ -102,6 +127,93 @@ class App:
         if handler is None:
             allow_header = ("allow", self._allow(methods))
             return error_reply(405, f"{req.method} is not allowed here", (*cors, allow_header))
+        if (
+            origin is not None
+            and req.method in _WRITES
+            and carries_our_cookie(req.headers)
+            and not self._cookie_origins.allows(origin, req.headers)
+        ):
+            # Another site's page acting with this browser's cookies: change nothing.
+            message = f"origin {origin!r} may not send this site's cookies; nothing was changed"
+            return error_reply(403, message, cors)
+        if identity:
+            return self._identify(req, body, params, handler, cors)
+        return self._call(req, body, params, handler, cors)
+
+    def _identify(
+        self,
+        req: Request,
+        body: bytes,
+        params: Mapping[str, str],
+        handler: Handler,
+        cors: tuple[tuple[str, str], ...],
+    ) -> Result | Awaitable[Result]:
+        gate = self._gate
+        assert gate is not None, "checked when the routes were given"
+        verdict = gate.resolve(req.headers, req.query, stream=self.is_stream(req))
+        if isinstance(verdict, Verdict):
+            return self._as(verdict, req, body, params, handler, cors)
+        return self._await_identity(verdict, req, body, params, handler, cors)
+
+    async def _await_identity(
+        self,
+        pending: Awaitable[Verdict],
+        req: Request,
+        body: bytes,
+        params: Mapping[str, str],
+        handler: Handler,
+        cors: tuple[tuple[str, str], ...],
+    ) -> Result:
+        try:
+            verdict = await pending
+        except StoreUnavailable as exc:
+            return self._store_unavailable(req, exc, cors)
+        result = self._as(verdict, req, body, params, handler, cors)
+        return result if isinstance(result, Reply | OpenStream | OpenSocket) else await result
+
+    def _as(
+        self,
+        verdict: Verdict,
+        req: Request,
+        body: bytes,
+        params: Mapping[str, str],
+        handler: Handler,
+        cors: tuple[tuple[str, str], ...],
+    ) -> Result | Awaitable[Result]:
+        """Run `handler` as the verdict's identity, or refuse the request without one."""
+        identity = verdict.identity
+        if identity is None:
+            return self._unidentified(req, verdict.problem or "missing", cors)
+        req = replace(req, identity=identity)
+        # A new guest's cookie rides with the CORS headers onto whatever the
+        # handler answers, errors included (`_with_cors`).
+        cookies = tuple(("set-cookie", c) for c in verdict.cookies)
+        return self._call(req, body, params, handler, (*cors, *cookies))
+
+    def _unidentified(self, req: Request, problem: str, cors: tuple[tuple[str, str], ...]) -> Reply:
+        # A stream whose credential can be renewed is told so on a 200 the browser
+        # survives; only a first stream with no credential at all gets the 401.
+        if self.is_stream(req) and problem != "missing":
+            retry = self._config.retry_ms + self._random.randint(0, self._config.retry_jitter_ms)
+            return refused_stream(reauth_event(problem, retry), cors)
+        messages = {
+            "missing": "sign-in required: send a token (Authorization: Bearer) or a ticket",
+            "expired": "the credential has expired",
+            "revoked": "the credential is no longer valid",
+            "invalid": "the credential is not valid",
+        }
+        payload = {"error": messages.get(problem, problem), "reason": problem}
+        challenge = ("www-authenticate", "Bearer") if self._config.auth == "jwt" else None
+        return json_reply(401, payload, (*cors, *((challenge,) if challenge else ())))
+
+    def _call(
+        self,
+        req: Request,
+        body: bytes,
+        params: Mapping[str, str],
+        handler: Handler,
+        cors: tuple[tuple[str, str], ...],
+    ) -> Result | Awaitable[Result]:
         try:
             result = handler(req, body, params)
         except ClientError as exc:
@@ -160,7 +272,7 @@ class App:
 
     def _static_file(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         file = self._static[req.path]
-        return Reply(200, file.body, file.content_type, (("cache-control", "no-cache"),))
+        return Reply(200, file.body, file.content_type, self._page_headers)
 
 
 def _readiness_reply(reasons: Sequence[str]) -> Reply:
@@ -172,7 +284,12 @@ def _readiness_reply(reasons: Sequence[str]) -> Reply:
 
 def _with_cors(result: Result, cors: tuple[tuple[str, str], ...]) -> Result:
     if not cors or isinstance(result, OpenSocket):
-        return result  # a 101 has no body to share; sse.io.websocket checks Origin instead
+        return result  # a 101 has no body to share; sse.app.handshake checks Origin instead
     if isinstance(result, OpenStream):
-        return OpenStream(result.topic, result.last_event_id, result.announce, cors)
-    return Reply(result.status, result.body, result.content_type, (*cors, *result.headers))
+        return replace(result, cors=tuple(h for h in cors if h[0] != "set-cookie"))
+    headers = result.headers
+    if any(name == "set-cookie" for name, _ in headers):
+        # The handler set the session itself (a sign-in): a new guest's cookie
+        # would undo it.
+        cors = tuple(h for h in cors if h[0] != "set-cookie")
+    return Reply(result.status, result.body, result.content_type, (*cors, *headers))

@@ -7,8 +7,11 @@ import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from sse.auth.identity import Identity
+
 __all__ = [
     "JSON_TYPE",
+    "NOSNIFF",
     "PATH_PARAM",
     "Handler",
     "OpenSocket",
@@ -29,12 +32,22 @@ SocketCommands = Callable[[str], "bytes | Awaitable[bytes]"]
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One parsed request head; header names are lower case, repeats joined by ', '."""
+    """One parsed request head; header names are lower case, repeats joined by ', '.
+
+    `identity` is set by `App` for the routes that need one (see `Route.identity`).
+    """
 
     method: str
     path: str
     query: Mapping[str, str]
     headers: Mapping[str, str]
+    identity: Identity | None = None
+
+    @property
+    def who(self) -> Identity:
+        """The identity `App` resolved for this route's request."""
+        assert self.identity is not None, "a route with identity=True always gets one"
+        return self.identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +62,17 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class OpenStream:
-    """Answer with an event stream of `topic`, replaying after `last_event_id` if set."""
+    """Answer with an event stream of `topic`, replaying after `last_event_id` if set.
+
+    A stream opened with a credential that expires (a JWT) ends at `expires_at`
+    (seconds since the epoch) with an `event: reauth`.
+    """
 
     topic: str
     last_event_id: str | None
     announce: str | None = None
     cors: tuple[tuple[str, str], ...] = field(default=())
+    expires_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,11 +87,16 @@ class OpenSocket:
     last_event_id: str | None
     commands: SocketCommands
     announce: str | None = None
+    expires_at: float | None = None
+
+
+# A JSON answer must never be sniffed into something a browser would run.
+NOSNIFF = ("x-content-type-options", "nosniff")
 
 
 def json_reply(status: int, payload: object, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
     """A reply whose body is `payload` as JSON."""
-    return Reply(status, json.dumps(payload).encode(), JSON_TYPE, headers)
+    return Reply(status, json.dumps(payload).encode(), JSON_TYPE, (NOSNIFF, *headers))
 
 
 def error_reply(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Reply:
@@ -88,10 +111,16 @@ PATH_PARAM = re.compile(r"\{(\w+)\}")
 
 @dataclass(frozen=True, slots=True)
 class Route:
-    """A path pattern such as `/conversations/{id}` and its handlers by method."""
+    """A path pattern such as `/conversations/{id}` and its handlers by method.
+
+    With `identity`, `App` resolves who is asking before a handler runs (the
+    handler reads `Request.who`), refuses what has no valid identity, and adds
+    the cookies a new guest needs to the reply.
+    """
 
     pattern: str
     methods: Mapping[str, Handler]
+    identity: bool = False
 
     def compile(self) -> re.Pattern[str]:
         """The pattern as a regex; each `{name}` matches one path segment."""

@@ -77,12 +77,15 @@ class ChatService:
         *,
         context_messages: int,
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
+        end_streams: Callable[[str, str, str], None] = lambda topic, event, data: None,
     ) -> None:
         self._broker = broker
         self._store = store
         self._model = model
         self._context_messages = context_messages
         self._spawn = spawn
+        # Ends this node's open streams of a topic with a last named event.
+        self._end_streams = end_streams
         self._replies: dict[str, _Reply] = {}
         self._shutting_down = False
         # Stops asked of other nodes, by request id, waiting for their answer.
@@ -101,7 +104,7 @@ class ChatService:
         """Where conversations are kept."""
         return self._store
 
-    async def snapshot(self, conversation_id: str) -> Snapshot | None:
+    async def snapshot(self, owner: str, conversation_id: str) -> Snapshot | None:
         """The transcript, with a reply that streams here shown as far as it got.
 
         `last_event_id` is exact: a stream opened after it continues the
@@ -118,7 +121,7 @@ class ChatService:
         broker = self._broker
         local = not broker.shared
         before = "" if local else await settle(broker.last_id(topic))
-        found = await self._store.transcript(conversation_id)
+        found = await self._store.transcript(owner, conversation_id)
         if found is None:
             return None
         # From here to the return no await: the live text and the id below
@@ -138,11 +141,44 @@ class ChatService:
             return Snapshot(found, True, str(streaming[-1].event_id))
         return Snapshot(found, False, before)
 
-    async def create(self) -> ConversationSummary:
-        """A new conversation."""
-        return await self._store.create_conversation()
+    async def create(self, owner: str) -> ConversationSummary:
+        """A new conversation of `owner`."""
+        return await self._store.create_conversation(owner)
 
-    async def post(self, conversation_id: str, content: str) -> tuple[StoredMessage, str]:
+    async def rename(
+        self, owner: str, conversation_id: str, title: str
+    ) -> ConversationSummary | None:
+        """Retitle `owner`'s conversation; None if `owner` has no such conversation."""
+        return await self._store.rename_conversation(owner, conversation_id, title)
+
+    async def delete(self, owner: str, conversation_id: str) -> bool:
+        """Delete `owner`'s conversation: its reply stops, its streams end, on every node.
+
+        Returns False when `owner` has no such conversation (nothing happens).
+        """
+        if not await self._store.exists(owner, conversation_id):
+            return False
+        await self.stop(owner, conversation_id)
+        if not await self._store.delete_conversation(owner, conversation_id):
+            return False
+        self._ended(conversation_id)
+        if self._broker.shared:
+            try:
+                await settle(
+                    self._broker.send_control({"op": "deleted", "conversation": conversation_id})
+                )
+            except BrokerUnavailable as exc:
+                # Deleted all the same; streams elsewhere end at their next reconnect (404).
+                log.warning("other nodes were not told of a deletion: %s", exc)
+        return True
+
+    def _ended(self, conversation_id: str) -> None:
+        payload = json.dumps({"conversation_id": conversation_id})
+        self._end_streams(topic_of(conversation_id), "deleted", payload)
+
+    async def post(
+        self, owner: str, conversation_id: str, content: str
+    ) -> tuple[StoredMessage, str]:
         """Append the user's message, announce it, and start the reply.
 
         Returns the stored user message and the id the reply will have.
@@ -160,11 +196,13 @@ class ChatService:
         # are kept out by the database (see `ReplyInProgress`).
         reply = self._replies[conversation_id] = _Reply(message_id="")
         try:
-            started = await self._store.start_reply(conversation_id, content, self._model.name)
+            started = await self._store.start_reply(
+                owner, conversation_id, content, self._model.name
+            )
             if started is None:
                 raise ClientError(404, f"no conversation {conversation_id}")
             user, answer = started
-            transcript = await self._store.transcript(conversation_id)
+            transcript = await self._store.transcript(owner, conversation_id)
             assert transcript is not None, "the conversation was just written to"
         except ReplyInProgress:
             self._replies.pop(conversation_id, None)
@@ -200,14 +238,21 @@ class ChatService:
         reply.task = self._spawn(self._run(conversation_id, reply, history))
         return user, answer.id
 
-    async def stop(self, conversation_id: str) -> str | None:
+    async def stop(self, owner: str, conversation_id: str) -> str | None:
         """Cancel the reply in progress and wait until it is saved; its id, or None.
 
         A reply generated by another node is stopped there, through the broker.
+        The caller has checked that `owner` has this conversation.
         """
         reply = self._replies.get(conversation_id)
         if reply is None or reply.task is None:
-            return await self._stop_elsewhere(conversation_id) if self._broker.shared else None
+            if not self._broker.shared:
+                return None
+            return await self._stop_elsewhere(owner, conversation_id)
+        return await self._stop_here(reply)
+
+    async def _stop_here(self, reply: _Reply) -> str | None:
+        assert reply.task is not None
         reply.task.cancel()
         # Shielded: a client that hangs up must not leave the reply half-stopped.
         with contextlib.suppress(asyncio.CancelledError):
@@ -227,8 +272,8 @@ class ChatService:
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _stop_elsewhere(self, conversation_id: str) -> str | None:
-        found = await self._store.transcript(conversation_id)
+    async def _stop_elsewhere(self, owner: str, conversation_id: str) -> str | None:
+        found = await self._store.transcript(owner, conversation_id)
         if found is None or not any(m.status == "streaming" for m in found.messages):
             return None
         request = uuid4().hex
@@ -259,13 +304,20 @@ class ChatService:
             reply = self._replies.get(fields.get("conversation", ""))
             if reply is not None and reply.task is not None:
                 self._spawn(self._stop_for(fields.get("request", ""), fields["conversation"]))
+        elif op == "deleted":
+            conversation_id = fields.get("conversation", "")
+            reply = self._replies.get(conversation_id)
+            if reply is not None and reply.task is not None:
+                reply.task.cancel()
+            self._ended(conversation_id)
         elif op == "stopped":
             answer = self._remote_stops.get(fields.get("request", ""))
             if answer is not None and not answer.done():
                 answer.set_result(fields.get("message_id") or None)
 
     async def _stop_for(self, request: str, conversation_id: str) -> None:
-        message_id = await self.stop(conversation_id)
+        reply = self._replies.get(conversation_id)
+        message_id = None if reply is None or reply.task is None else await self._stop_here(reply)
         log.info("reply of %s stopped at another node's request", conversation_id)
         try:
             await settle(

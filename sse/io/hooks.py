@@ -40,6 +40,9 @@ class OpenSink(Sink, Protocol):
     def heartbeat(self) -> None:
         """Show an idle proxy that the connection lives, if the client is not behind."""
 
+    def end(self, event: str, data: str) -> None:
+        """Close for the app's reason: `reauth`, or the topic `deleted`, told to the client."""
+
 
 class ServerState(Protocol):
     """The part of the server a connection may use."""
@@ -98,6 +101,9 @@ class ServerState(Protocol):
     def request_id(self) -> str:
         """A new id for a request that brought none: unique across nodes, cheap to make."""
         ...
+
+    def end_streams(self, topic: str, event: str, data: str) -> None:
+        """End every stream and WebSocket of `topic` here, telling each why."""
 
     def jittered(self, base_ms: int) -> int:
         """`base_ms` plus a random part, so reconnects spread out."""

@@ -19,6 +19,7 @@ from uuid import uuid4
 
 import h11
 
+from sse.app.refusals import reauth_event
 from sse.app.values import OpenSocket, OpenStream, Reply, Request, json_reply
 from sse.errors import BrokerUnavailable
 from sse.io.hooks import ServerState
@@ -54,6 +55,10 @@ _RAW_500_HEAD = (
 # It is trusted from every client for now: issue 14 restricts that to trusted
 # proxies. Its characters are safe in a header, so no validation by h11 is needed.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# Query parameters whose values are credentials: masked in the access log.
+_SECRET_PARAMS = re.compile(
+    r"([?&;](?:ticket|token|access_token|id_token|jwt|password|session)=)[^&;#]*", re.IGNORECASE
+)
 
 
 # h11 events are immutable: one end-of-message serves every reply.
@@ -453,6 +458,7 @@ class HttpConnection(asyncio.Protocol):
             chunked=chunked,
             limit_bytes=self._config.backlog_limit_bytes,
             abort=self.abort_stream,
+            finish=self.finish_stream,
         )
         # Set before the broker may wait: a client leaving meanwhile detaches it.
         self._stream = stream
@@ -508,6 +514,10 @@ class HttpConnection(asyncio.Protocol):
             self._transport.resume_reading()  # to notice a client that keeps talking
         self._access(200, -1)
         log.info("stream %s open for %s topic=%s%s", stream.key, self._peer, opening.topic, resumed)
+        if opening.expires_at is not None:
+            # Its credential runs out: the page is told to renew, never served on
+            # as nobody. The connection's timer is free while it streams.
+            self._arm(max(0.0, opening.expires_at - time.time()), self._credential_expired)
         # The stream frames its own bytes from here on: what parsed the request
         # would only cost memory for as long as the stream stays open.
         self._h11 = _SPENT
@@ -559,8 +569,8 @@ class HttpConnection(asyncio.Protocol):
         self._stream_close_reason = reason
         self._abort()
 
-    def finish_stream(self, reason: str) -> None:
-        """End the stream cleanly: a jittered retry, the last chunk, then close."""
+    def finish_stream(self, reason: str, last: bytes = b"") -> None:
+        """End the stream cleanly: `last` (an event), a jittered retry, the last chunk, close."""
         stream = self._stream
         transport = self._transport
         if stream is None or transport is None or self._phase is Phase.CLOSING:
@@ -568,8 +578,11 @@ class HttpConnection(asyncio.Protocol):
         self._stream_close_reason = reason
         # Jitter spreads the reconnects of every browser after a restart.
         retry = encode_retry(self._server.jittered(self._config.retry_ms))
-        transport.write(stream.frame_bytes(retry) + stream.last_bytes())
+        transport.write(stream.frame_bytes(last + retry) + stream.last_bytes())
         self._close()
+
+    def _credential_expired(self) -> None:
+        self.finish_stream("auth", reauth_event("expired"))
 
     def shutdown(self) -> None:
         """Server is draining: end a stream, close an idle connection, let a request finish."""
@@ -687,11 +700,14 @@ class HttpConnection(asyncio.Protocol):
         # Neither headers nor body nor query are logged: they carry cookies, tokens
         # and message text. The route pattern stands in for a path with ids in it.
         route = self._server.app.route_of(request.path) if request is not None else "-"
+        target = self._target
+        if "?" in target:
+            target = _SECRET_PARAMS.sub(r"\1***", target)
         access_log.info(
             '%s "%s %s HTTP/%s" %d %s %.1fms',
             self._peer,
             method,
-            self._target or "-",
+            target or "-",
             self._version or "-",
             status,
             "-" if size < 0 else size,

@@ -19,10 +19,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from typing import Any
 from uuid import UUID, uuid4
 
+from sse.app.accounts import identity_routes
 from sse.app.conversations import conversation_routes
 from sse.app.room import Room
 from sse.app.router import App
 from sse.app.static import load_static
+from sse.auth.gate import Gate
+from sse.auth.secret import session_secret
 from sse.chat.models.factory import build_model
 from sse.chat.service import ChatService
 from sse.chat.store.factory import build_store
@@ -85,13 +88,20 @@ class Server:
             build_model(config),
             context_messages=config.context_messages,
             spawn=self.spawn,
+            end_streams=self.end_streams,
         )
+        self.gate = Gate(config, self.store, session_secret(config), self.broker.claim_once)
         self.app = App(
             config,
-            [*Room(config, self.broker).routes(), *conversation_routes(self.chat, config)],
+            [
+                *Room(config, self.broker).routes(),
+                *conversation_routes(self.chat, config),
+                *identity_routes(config, self.gate, self.store),
+            ],
             load_static(config.client_dir),
             self.health,
             self.readiness,
+            self.gate,
         )
         self.connections: set[Connection] = set()
         self.streams: dict[UUID, OpenSink] = {}
@@ -240,6 +250,13 @@ class Server:
     def request_id(self) -> str:
         """A new id for a request that brought none: unique across nodes, cheap to make."""
         return f"{self._request_prefix}-{next(self._request_ids)}"
+
+    def end_streams(self, topic: str, event: str, data: str) -> None:
+        """End every stream and WebSocket of `topic` on this node with a last `event`."""
+        # A scan, not an index: it runs when a conversation is deleted, rarely.
+        for sink in [*self.streams.values(), *self.sockets.values()]:
+            if sink.topic == topic:
+                sink.end(event, data)
 
     def jittered(self, base_ms: int) -> int:
         """`base_ms` plus up to `retry_jitter_ms`, so reconnects spread out."""

@@ -10,7 +10,7 @@ from uuid import UUID
 from sse.io.backlog import Backlog
 from sse.protocol.frame import Frame
 from sse.protocol.http1 import LAST_CHUNK, chunk
-from sse.protocol.sse import encode_comment
+from sse.protocol.sse import Event, encode, encode_comment
 
 __all__ = ["Stream"]
 
@@ -22,7 +22,7 @@ class Stream(Backlog):
     stream is aborted, and its browser resumes with Last-Event-ID.
     """
 
-    __slots__ = ("_abort", "_chunked", "key", "opened_at", "replayed", "topic")
+    __slots__ = ("_abort", "_chunked", "_finish", "key", "opened_at", "replayed", "topic")
 
     def __init__(
         self,
@@ -33,9 +33,11 @@ class Stream(Backlog):
         chunked: bool,
         limit_bytes: int,
         abort: Callable[[str], None],
+        finish: Callable[[str, bytes], None],
     ) -> None:
         super().__init__(transport, limit_bytes, paused=False)
         self._abort = abort
+        self._finish = finish
         self._chunked = chunked
         self.key = key
         self.topic = topic
@@ -59,6 +61,10 @@ class Stream(Backlog):
     def abort_stream(self, reason: str) -> None:
         """Drop the stream at once (its client resumes by id)."""
         self._abort(reason)
+
+    def end(self, event: str, data: str) -> None:
+        """End the stream with one last `event` (reauth, deleted) carrying `data`."""
+        self._finish(event, encode(Event(data, event=event)))
 
     def last_bytes(self) -> bytes:
         """What ends the body: the last chunk (RFC 9112 section 7.1), or nothing for 1.0."""

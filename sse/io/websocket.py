@@ -61,6 +61,12 @@ _CONTEXT_MEM_LEVEL = 5
 _ABNORMAL = 1006
 # RFC 6455 section 7.4.2, registered by IANA: the server cannot serve now, come back.
 _TRY_AGAIN_LATER = 1013
+# Codes of our own (RFC 6455 section 7.4.2: 4000-4999 are the application's):
+# renew the credential and reconnect; the conversation was deleted.
+_REAUTH = 4001
+_ENDED = 4004
+# A Close frame's reason fits in 123 bytes; ours are ASCII.
+_MAX_REASON_CHARS = 120
 
 
 class _Phase(Enum):
@@ -259,6 +265,7 @@ class WebSocket(Backlog, asyncio.Protocol):
         "_conn",
         "_encode",
         "_encoding",
+        "_expiry",
         "_message",
         "_message_binary",
         "_message_bytes",
@@ -294,6 +301,13 @@ class WebSocket(Backlog, asyncio.Protocol):
         self._encode = encode
         self._phase = _Phase.OPEN
         self._timer: asyncio.TimerHandle | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        if opening.expires_at is not None:
+            # The credential it was opened with runs out: the page renews and reconnects.
+            delay_s = max(0.0, opening.expires_at - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay_s, self.end, "reauth", "the credential expired"
+            )
         self._message: list[str] = []
         self._message_bytes = 0
         self._message_binary = False
@@ -361,6 +375,8 @@ class WebSocket(Backlog, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         """The one exit path: unsubscribe, cancel timers, forget the connection."""
         self._cancel_timer()
+        if self._expiry is not None:
+            self._expiry.cancel()
         self._phase = _Phase.CLOSED
         self._drop_backlog()
         server = self._server
@@ -568,6 +584,11 @@ class WebSocket(Backlog, asyncio.Protocol):
         self._close_reason += "; the client did not finish the close handshake in time"
         self._phase = _Phase.CLOSED
         self._transport.abort()
+
+    def end(self, event: str, data: str) -> None:
+        """Close for a reason of the app's: `reauth` (4001) or the topic `deleted` (4004)."""
+        code = _REAUTH if event == "reauth" else _ENDED
+        self.close(code, f"{event}: {data}"[:_MAX_REASON_CHARS])
 
     def shutdown(self) -> None:
         """The server is draining: close with 1001 (going away, RFC 6455 section 7.4.1)."""

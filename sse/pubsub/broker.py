@@ -11,6 +11,8 @@ Callers take both through `settle`.
 from __future__ import annotations
 
 import inspect
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 from uuid import UUID
@@ -20,6 +22,9 @@ from sse.pubsub.hub import Hub, Resume, Sink
 __all__ = ["Broker", "ControlHandler", "MemoryBroker", "settle"]
 
 T = TypeVar("T")
+# One-shot claims remembered at most by a process (tickets minted in the last
+# minute); past it the oldest are forgotten, which only shortens their minute.
+_MAX_CLAIMS = 100_000
 # Receives each control message between nodes (e.g. "stop that reply").
 ControlHandler = Callable[[Mapping[str, str]], None]
 
@@ -81,6 +86,16 @@ class Broker(Protocol):
     def on_control(self, handler: ControlHandler) -> None:
         """Have `handler` called with every control message any node sends."""
 
+    def claim_once(self, key: str, ttl_s: int) -> bool | Awaitable[bool]:
+        """True the first time `key` is claimed within `ttl_s` seconds, on any node.
+
+        What makes a stream ticket single-use across nodes.
+
+        Raises:
+            BrokerUnavailable: it could not be checked.
+        """
+        ...
+
     def send_control(self, fields: Mapping[str, str]) -> Awaitable[None] | None:
         """Send a control message to every node, this one included.
 
@@ -97,6 +112,7 @@ class MemoryBroker:
 
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
+        self._claims: OrderedDict[str, float] = OrderedDict()  # key -> when it lapses
 
     async def start(self) -> None:
         """Nothing to connect to."""
@@ -132,6 +148,18 @@ class MemoryBroker:
 
     def on_control(self, handler: ControlHandler) -> None:
         """No other node can send any."""
+
+    def claim_once(self, key: str, ttl_s: int) -> bool:
+        """True the first time `key` is claimed within `ttl_s` seconds."""
+        now = time.monotonic()
+        claims = self._claims
+        while claims and (next(iter(claims.values())) <= now or len(claims) >= _MAX_CLAIMS):
+            claims.popitem(last=False)
+        lapses = claims.get(key)
+        if lapses is not None and lapses > now:
+            return False
+        claims[key] = now + ttl_s
+        return True
 
     def send_control(self, fields: Mapping[str, str]) -> None:
         """There is no other node to tell."""

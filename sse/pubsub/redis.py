@@ -296,6 +296,18 @@ class RedisBroker:
         """Call `handler` with every control message, in the reader's task."""
         self._control_handlers.append(handler)
 
+    async def claim_once(self, key: str, ttl_s: int) -> bool:
+        """True the first time `key` is claimed within `ttl_s` seconds, on any node (SET NX).
+
+        Raises:
+            BrokerUnavailable: Redis did not answer.
+        """
+        try:
+            claimed = await self._client.set(f"ssechat:once:{key}", "1", nx=True, ex=ttl_s)
+        except RedisError as exc:
+            raise BrokerUnavailable(f"Redis is unreachable ({exc})") from exc
+        return bool(claimed)
+
     # -- subscribing -----------------------------------------------------------
 
     async def attach(self, topic: str, key: UUID, sink: Sink, last_event_id: str | None) -> Resume:

@@ -17,6 +17,52 @@ from sse.protocol.sse import Comment, DecodedEvent, Decoder
 Headers = Sequence[tuple[str, str]]
 
 
+class CookieJar:
+    """A browser's cookies for one host: what Set-Cookie gave, sent back as Cookie.
+
+    As in a browser, cookies ignore the port, so a server restarted on another
+    port sees the same person. Every request of a test uses the default jar
+    (one person) unless it passes `jar=` (someone else) or `jar=None` (no cookies).
+    """
+
+    def __init__(self) -> None:
+        self.cookies: dict[str, str] = {}
+
+    def header(self) -> str | None:
+        return "; ".join(f"{k}={v}" for k, v in self.cookies.items()) or None
+
+    def take(self, raw: Sequence[tuple[bytes, bytes]]) -> None:
+        for name, value in raw:
+            if name.lower() != b"set-cookie":
+                continue
+            pair, _, attributes = value.decode().partition(";")
+            key, _, cookie = pair.strip().partition("=")
+            if "max-age=0" in attributes.lower().replace(" ", "") or not cookie:
+                self.cookies.pop(key, None)
+            else:
+                self.cookies[key] = cookie
+
+
+_jars: dict[str, CookieJar] = {}
+
+
+def default_jar(address: tuple[str, int]) -> CookieJar:
+    """The cookies the test's one person holds for `address`'s host."""
+    return _jars.setdefault(address[0], CookieJar())
+
+
+def forget_cookies() -> None:
+    """A new test starts with no cookies (the conftest calls this before each one)."""
+    _jars.clear()
+
+
+class _Default:
+    pass
+
+
+DEFAULT: Any = _Default()
+
+
 @dataclass
 class Response:
     """A whole response: status, lower-cased headers, body."""
@@ -41,15 +87,21 @@ def headers_of(raw: Sequence[tuple[bytes, bytes]]) -> dict[str, str]:
 class Connection:
     """One keep-alive client connection."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        jar: CookieJar | None = None,
+    ) -> None:
         self.reader = reader
         self.writer = writer
         self.h11 = h11.Connection(h11.CLIENT)
+        self.jar = jar
 
     @classmethod
-    async def open(cls, address: tuple[str, int]) -> Connection:
+    async def open(cls, address: tuple[str, int], jar: CookieJar | None = DEFAULT) -> Connection:
         reader, writer = await asyncio.open_connection(*address)
-        return cls(reader, writer)
+        return cls(reader, writer, default_jar(address) if jar is DEFAULT else jar)
 
     async def _next(self, timeout: float) -> h11.Event | type[h11.NEED_DATA]:
         while True:
@@ -63,6 +115,9 @@ class Connection:
         self, method: str, target: str, headers: Headers = (), body: bytes = b""
     ) -> None:
         hdrs = [("host", "127.0.0.1"), *headers]
+        cookie = self.jar.header() if self.jar is not None else None
+        if cookie is not None and not any(name.lower() == "cookie" for name, _ in headers):
+            hdrs.append(("cookie", cookie))
         if body:
             hdrs.append(("content-length", str(len(body))))
         data = self.h11.send(h11.Request(method=method, target=target, headers=hdrs))
@@ -78,6 +133,8 @@ class Connection:
             if isinstance(event, h11.InformationalResponse):
                 continue
             assert isinstance(event, h11.Response), event
+            if self.jar is not None:
+                self.jar.take(event.headers)
             return event.status_code, headers_of(event.headers)
 
     async def read_response(self, timeout: float = 5.0) -> Response:
@@ -118,9 +175,10 @@ async def request(
     target: str,
     headers: Headers = (),
     body: bytes = b"",
+    jar: CookieJar | None = DEFAULT,
 ) -> Response:
-    """One request on its own connection."""
-    conn = await Connection.open(address)
+    """One request on its own connection, with the cookies of `jar` (the default person's)."""
+    conn = await Connection.open(address, jar)
     try:
         return await conn.request(method, target, headers, body)
     finally:
@@ -150,9 +208,13 @@ class EventStream:
 
     @classmethod
     async def open(
-        cls, address: tuple[str, int], target: str = "/events", headers: Headers = ()
+        cls,
+        address: tuple[str, int],
+        target: str = "/events",
+        headers: Headers = (),
+        jar: CookieJar | None = DEFAULT,
     ) -> EventStream:
-        conn = await Connection.open(address)
+        conn = await Connection.open(address, jar)
         await conn.send_request("GET", target, [("accept", "text/event-stream"), *headers])
         status, hdrs = await conn.read_head()
         return cls(conn, status, hdrs)
