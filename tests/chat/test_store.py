@@ -15,7 +15,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from sse.chat.store.base import NEW_TITLE, Store, StoredMessage
+from sse.chat.store.base import NEW_TITLE, Account, Store, StoredMessage
 from sse.chat.store.factory import build_store
 from sse.chat.store.postgres import PostgresStore
 from sse.chat.store.sqlite import SqliteStore
@@ -291,6 +291,261 @@ async def test_a_store_not_open_refuses_to_work(backend: Backend) -> None:
     with pytest.raises(StoreError, match="not open"):
         await store.list_conversations(OWNER, 1)
     await store.close()  # twice: idempotent
+
+
+# Owners
+
+
+async def _rows_of_conversations(backend: Backend) -> list[tuple[Any, ...]]:
+    """Every conversation and message row, in a stable order: what a refusal must not change."""
+    conversations = await backend.rows(
+        "SELECT id, title, created_at, updated_at, owner FROM conversations ORDER BY id"
+    )
+    messages = await backend.rows(
+        "SELECT id, conversation_id, seq, content, status, updated_at FROM messages ORDER BY id"
+    )
+    return conversations + messages
+
+
+async def test_another_owner_cannot_see_read_append_rename_or_delete(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    mine = await store.create_conversation(OWNER)
+    await store.add_message(OWNER, mine.id, "user", "mine", "complete")
+    # A reply streaming: the other owner's start_reply must not learn of it (no ReplyInProgress).
+    await store.add_message(OWNER, mine.id, "assistant", "", "streaming", model="echo")
+    theirs = await store.create_conversation(OTHER)
+    before = await _rows_of_conversations(backend)
+    transcript = await store.transcript(OWNER, mine.id)
+
+    assert [c.id for c in await store.list_conversations(OTHER, 10)] == [theirs.id]
+    assert not await store.exists(OTHER, mine.id)
+    assert await store.transcript(OTHER, mine.id) is None
+    assert await store.add_message(OTHER, mine.id, "user", "intruder", "complete") is None
+    assert await store.add_message(OTHER, mine.id, "assistant", "", "streaming") is None
+    assert await store.start_reply(OTHER, mine.id, "intruder", "echo") is None
+    assert await store.rename_conversation(OTHER, mine.id, "taken over") is None
+    assert not await store.delete_conversation(OTHER, mine.id)
+
+    assert await _rows_of_conversations(backend) == before
+    assert await store.transcript(OWNER, mine.id) == transcript
+    assert [c.id for c in await store.list_conversations(OWNER, 10)] == [mine.id]
+
+
+async def test_someone_elses_conversation_answers_like_a_missing_one(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    mine = await store.create_conversation(OWNER)
+    missing = str(uuid.uuid4())
+    for conversation_id in (mine.id, missing):
+        assert not await store.exists(OTHER, conversation_id)
+        assert await store.transcript(OTHER, conversation_id) is None
+        assert await store.start_reply(OTHER, conversation_id, "hi", "echo") is None
+        assert await store.rename_conversation(OTHER, conversation_id, "x") is None
+        assert not await store.delete_conversation(OTHER, conversation_id)
+
+
+async def test_an_empty_owner_is_refused(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    with pytest.raises(ValueError, match="owner"):
+        await store.create_conversation("")
+    with pytest.raises(ValueError, match="owner"):
+        await store.transfer_conversations("", OWNER)
+    with pytest.raises(ValueError, match="owner"):
+        await store.transfer_conversations(OWNER, "")
+    assert await backend.rows("SELECT id FROM conversations") == []
+
+
+async def test_rename_sets_the_title_and_the_update_time(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    renamed_one = await store.create_conversation(OWNER)
+    later = await store.create_conversation(OWNER)
+    renamed = await store.rename_conversation(OWNER, renamed_one.id, "Plans for Tuesday")
+    assert renamed is not None
+    assert (renamed.id, renamed.title, renamed.created_at) == (
+        renamed_one.id,
+        "Plans for Tuesday",
+        renamed_one.created_at,
+    )
+    assert renamed.updated_at >= later.updated_at
+    assert await store.list_conversations(OWNER, 10) == [renamed, later]
+    # A title given by hand is not replaced by the first message's.
+    await store.add_message(OWNER, renamed.id, "user", "first words", "complete")
+    found = await store.transcript(OWNER, renamed.id)
+    assert found is not None
+    assert found.conversation.title == "Plans for Tuesday"
+
+
+async def test_delete_removes_the_conversation_and_only_its_messages(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    doomed, doomed_reply = await _streaming_reply(store)
+    kept, _ = await _streaming_reply(store)
+    kept_rows = await backend.rows(f"SELECT id FROM messages WHERE conversation_id = '{kept}'")
+    assert await store.delete_conversation(OWNER, doomed)
+    assert not await store.exists(OWNER, doomed)
+    assert await store.transcript(OWNER, doomed) is None
+    assert await backend.rows(f"SELECT id FROM conversations WHERE id = '{doomed}'") == []
+    assert sorted(await backend.rows("SELECT id FROM messages")) == sorted(kept_rows)
+    assert [c.id for c in await store.list_conversations(OWNER, 10)] == [kept]
+    # Twice: nothing left to delete. The deleted reply's late save writes nothing.
+    assert not await store.delete_conversation(OWNER, doomed)
+    await store.save_reply(doomed_reply, "too late", "complete", "stop")
+    assert sorted(await backend.rows("SELECT id FROM messages")) == sorted(kept_rows)
+    # The conversation kept has its streaming reply still: the delete freed only its own.
+    assert (await _transcript_message(store, kept)).status == "streaming"
+
+
+async def test_transfer_moves_exactly_the_from_owners_conversations(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    guest = "guest:signing-in"
+    bystander = "jwt:carol"
+    guests = [await store.create_conversation(guest) for _ in range(2)]
+    accounts = [await store.create_conversation(OTHER)]
+    carols = [await store.create_conversation(bystander)]
+    assert await store.transfer_conversations(guest, OTHER) == 2
+    assert await store.list_conversations(guest, 10) == []
+    assert await store.list_conversations(OTHER, 10) == sorted(
+        guests + accounts, key=lambda c: (-c.updated_at, c.id)
+    )
+    assert await store.list_conversations(bystander, 10) == carols
+    # Their messages go with them, readable by the new owner only.
+    moved = await store.add_message(OTHER, guests[0].id, "user", "signed in now", "complete")
+    assert moved is not None
+    assert await store.transcript(guest, guests[0].id) is None
+    assert await store.transfer_conversations(guest, OTHER) == 0
+
+
+async def test_owners_reach_the_same_conversations_from_every_node(backend: Backend) -> None:
+    first, second = backend.make(), backend.make()
+    await first.open()
+    await second.open()
+    mine = await first.create_conversation(OWNER)
+    assert await second.exists(OWNER, mine.id)
+    assert not await second.exists(OTHER, mine.id)
+    assert await second.delete_conversation(OWNER, mine.id)
+    assert not await first.exists(OWNER, mine.id)
+
+
+# Accounts and sessions
+
+# An argon2 encoded hash; the store checks the form, never the hash itself.
+HASH = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo"
+
+
+async def test_an_account_is_made_once_per_username_whatever_its_case(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    alice = await store.create_account("Alice", HASH, "Alice Liddell")
+    assert alice is not None
+    assert uuid.UUID(hex=alice.id).version == 4
+    assert len(alice.id) == 32
+    assert (alice.username, alice.name, alice.password_hash) == ("Alice", "Alice Liddell", HASH)
+    for taken in ("Alice", "alice", "ALICE"):
+        assert await store.create_account(taken, HASH, "someone else") is None
+    assert await backend.rows("SELECT username FROM accounts") == [("Alice",)]
+    for spelled in ("alice", "ALICE", "Alice"):
+        assert await store.account_by_username(spelled) == alice
+    assert await store.account_by_username("bob") is None
+    bob = await store.create_account("bob", HASH, "Bob")
+    assert bob is not None
+    assert bob.id != alice.id
+
+
+async def test_accounts_made_at_once_on_two_nodes_share_no_username(backend: Backend) -> None:
+    first, second = backend.make(), backend.make()
+    await first.open()
+    await second.open()
+    made = await asyncio.gather(
+        *((first if n % 2 else second).create_account("Dora", HASH, f"d{n}") for n in range(6)),
+        *((first if n % 2 else second).create_account("DORA", HASH, f"D{n}") for n in range(6)),
+    )
+    assert len([m for m in made if m is not None]) == 1
+    assert len(await backend.rows("SELECT id FROM accounts")) == 1
+
+
+async def test_a_password_is_never_stored_in_place_of_its_hash(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    with pytest.raises(ValueError, match="argon2"):
+        await store.create_account("alice", "hunter2", "Alice")
+    assert await backend.rows("SELECT id FROM accounts") == []
+
+
+async def test_set_account_name_changes_only_the_display_name(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    alice = await store.create_account("alice", HASH, "Alice")
+    assert alice is not None
+    assert await store.set_account_name(alice.id, "Alice L.")
+    assert await store.account_by_username("alice") == Account(
+        alice.id, "alice", "Alice L.", HASH, alice.created_at
+    )
+    assert not await store.set_account_name(uuid.uuid4().hex, "nobody")
+
+
+async def test_a_session_works_until_it_is_deleted_on_every_node(backend: Backend) -> None:
+    first, second = backend.make(), backend.make()
+    await first.open()
+    await second.open()
+    alice = await first.create_account("alice", HASH, "Alice")
+    assert alice is not None
+    session = await first.create_session(alice.id, 3600)
+    assert len(session) == 43  # 32 random bytes, URL-safe base64 without padding
+    other = await first.create_session(alice.id, 3600)
+    assert other != session
+    assert await second.session_account(session) == alice
+    # The table keeps a hash: a copy of the database holds no working session id.
+    kept = await backend.rows("SELECT id, account_id FROM sessions")
+    assert len(kept) == 2
+    assert all(session not in row and other not in row for row in kept)
+    await second.delete_session(session)
+    assert await first.session_account(session) is None
+    assert await first.session_account(other) == alice
+    await first.delete_session(session)  # twice: nothing to do
+    assert await first.session_account("no-such-session") is None
+
+
+async def test_an_expired_session_stops_working_and_is_cleared_at_the_next_one(
+    backend: Backend,
+) -> None:
+    store = backend.make()
+    await store.open()
+    alice = await store.create_account("alice", HASH, "Alice")
+    bob = await store.create_account("bob", HASH, "Bob")
+    assert alice is not None
+    assert bob is not None
+    short = await store.create_session(alice.id, 0.2)
+    bobs_short = await store.create_session(bob.id, 0.2)
+    assert await store.session_account(short) == alice
+
+    async def expired() -> bool:
+        return await store.session_account(short) is None
+
+    await wait_until(expired, 10, "the short session to expire")
+    assert await store.session_account(bobs_short) is None
+    assert len(await backend.rows("SELECT id FROM sessions")) == 2
+    fresh = await store.create_session(alice.id, 3600)
+    # Alice's expired session is gone; Bob's waits for Bob's next sign-in.
+    owners = await backend.rows("SELECT account_id FROM sessions ORDER BY account_id")
+    assert sorted(owners) == sorted([(alice.id,), (bob.id,)])
+    assert await store.session_account(fresh) == alice
+
+
+async def test_a_session_needs_an_account_and_a_positive_age(backend: Backend) -> None:
+    store = backend.make()
+    await store.open()
+    with pytest.raises(StoreError, match="no account"):
+        await store.create_session(uuid.uuid4().hex, 60)
+    alice = await store.create_account("alice", HASH, "Alice")
+    assert alice is not None
+    for age in (0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="max_age_s"):
+            await store.create_session(alice.id, age)
+    assert await backend.rows("SELECT id FROM sessions") == []
 
 
 # Migrations
