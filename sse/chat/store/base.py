@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -16,15 +18,22 @@ __all__ = [
     "DEFAULT_LEASE_INTERVAL_S",
     "DEFAULT_STALE_AFTER_S",
     "NEW_TITLE",
+    "Account",
     "ConversationSummary",
     "Store",
     "StoreHealth",
     "StoredMessage",
     "Transcript",
     "check_lease_timing",
+    "check_owner",
+    "check_password_hash",
+    "check_session_age",
+    "new_session_id",
+    "session_key",
     "start_lease_task",
     "stop_lease_task",
     "title_from",
+    "username_key",
 ]
 
 log = logging.getLogger("ssechat.store")
@@ -147,6 +156,79 @@ class Transcript:
     messages: tuple[StoredMessage, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Account:
+    """Someone who signed up: the store keeps only an argon2 hash, never a password.
+
+    `username` is unique compared case-insensitively (see `username_key`) and
+    kept as it was typed; `name` is the display name; `created_at` is seconds
+    since the epoch.
+    """
+
+    id: str  # UUID4 hex
+    username: str
+    name: str
+    password_hash: str  # argon2's encoded form: "$argon2id$v=19$..."
+    created_at: float
+
+
+def check_owner(owner: str) -> None:
+    """Refuse an owner no request can be: the empty string.
+
+    An owner is opaque ("guest:...", "account:...", "jwt:..."); only the empty
+    string is refused, since it is what a missing principal looks like.
+
+    Raises:
+        ValueError: `owner` is empty.
+    """
+    if not owner:
+        raise ValueError("a conversation's owner must be a non-empty string")
+
+
+def username_key(username: str) -> str:
+    """The form of `username` that is unique: case-folded, so "Alice" and "ALICE" are one.
+
+    Computed here rather than by each database's lower(), so that SQLite and
+    PostgreSQL (whose lower() follows the database's locale) agree on every name.
+    """
+    return username.casefold()
+
+
+def check_password_hash(password_hash: str) -> None:
+    """Refuse anything but an argon2 encoded hash, so a password cannot be stored by mistake.
+
+    Raises:
+        ValueError: `password_hash` is not in argon2's encoded form.
+    """
+    if not password_hash.startswith("$argon2"):
+        raise ValueError("password_hash must be an argon2 encoded hash ($argon2...)")
+
+
+def check_session_age(max_age_s: float) -> None:
+    """Refuse a session that would be born expired.
+
+    Raises:
+        ValueError: `max_age_s` is not positive.
+    """
+    if not max_age_s > 0:
+        raise ValueError(f"max_age_s must be positive, got {max_age_s}")
+
+
+def new_session_id() -> str:
+    """A new session id: 32 random bytes, URL-safe base64, for the cookie."""
+    return secrets.token_urlsafe(32)
+
+
+def session_key(session_id: str) -> str:
+    """What the sessions table keeps for `session_id`: its SHA-256, hex.
+
+    A copy of the database (a backup, a dump) then holds no session that works:
+    the id is 256 random bits, so an unsalted fast hash is enough to make it
+    one-way, and a lookup stays one indexed equality.
+    """
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
 def title_from(content: str) -> str:
     """A conversation's title made of its first user message: one line, shortened."""
     line = " ".join(content.split())
@@ -225,43 +307,140 @@ class Store(Protocol):
         """Give up the lease and release the connections; idempotent."""
         ...
 
-    async def create_conversation(self) -> ConversationSummary:
-        """A new, empty conversation with an unguessable id (UUID4)."""
+    # Conversations. Every method a request reaches takes the owner (see
+    # `check_owner`), and the owner is part of each query: someone else's
+    # conversation answers exactly like one that does not exist. Conversations
+    # made before owners existed have none, and no owner reaches them.
+
+    async def create_conversation(self, owner: str) -> ConversationSummary:
+        """A new, empty conversation of `owner`, with an unguessable id (UUID4).
+
+        Raises:
+            ValueError: `owner` is empty.
+            StoreUnavailable: the database failed; nothing is written.
+        """
         ...
 
-    async def list_conversations(self, limit: int) -> list[ConversationSummary]:
-        """The most recently updated conversations first."""
+    async def list_conversations(self, owner: str, limit: int) -> list[ConversationSummary]:
+        """At most `limit` of `owner`'s conversations, the most recently updated first.
+
+        Equal update times order by id, compared bytewise.
+        """
         ...
 
-    async def exists(self, conversation_id: str) -> bool:
-        """Whether a conversation with this id exists."""
+    async def exists(self, owner: str, conversation_id: str) -> bool:
+        """Whether `owner` has a conversation with this id (False for someone else's)."""
         ...
 
-    async def transcript(self, conversation_id: str) -> Transcript | None:
-        """The conversation and its messages, or None if there is no such conversation."""
+    async def transcript(self, owner: str, conversation_id: str) -> Transcript | None:
+        """`owner`'s conversation and its messages; None if missing or someone else's."""
         ...
 
     async def add_message(
         self,
+        owner: str,
         conversation_id: str,
         role: str,
         content: str,
         status: str,
         model: str | None = None,
     ) -> StoredMessage | None:
-        """Append a message; None if the conversation does not exist."""
+        """Append a message to `owner`'s conversation; None (nothing written) if not theirs.
+
+        Raises:
+            ReplyInProgress: a "streaming" message while the conversation has one.
+            StoreUnavailable: the database failed; nothing is written.
+        """
         ...
 
     async def start_reply(
-        self, conversation_id: str, content: str, model: str
+        self, owner: str, conversation_id: str, content: str, model: str
     ) -> tuple[StoredMessage, StoredMessage] | None:
         """Append the user's message and a "streaming" reply to it, both or neither.
 
-        None if the conversation does not exist.
+        None, with nothing written, if the conversation is missing or not `owner`'s.
 
         Raises:
             ReplyInProgress: the conversation has a streaming reply (nothing is written).
             StoreUnavailable: the database failed; nothing is written.
+        """
+        ...
+
+    async def rename_conversation(
+        self, owner: str, conversation_id: str, title: str
+    ) -> ConversationSummary | None:
+        """Set the title of `owner`'s conversation (and its update time); None if not theirs.
+
+        Raises:
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        ...
+
+    async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
+        """Delete `owner`'s conversation and all its messages, in one transaction.
+
+        False, with nothing deleted, if it is missing or someone else's. A reply
+        still streaming in it is deleted too; its later saves change nothing.
+
+        Raises:
+            StoreUnavailable: the database failed; nothing is deleted.
+        """
+        ...
+
+    async def transfer_conversations(self, from_owner: str, to_owner: str) -> int:
+        """Give all of `from_owner`'s conversations to `to_owner` (a guest signing in); how many.
+
+        Raises:
+            ValueError: an owner is empty.
+            StoreUnavailable: the database failed; nothing is moved.
+        """
+        ...
+
+    # Accounts and sessions.
+
+    async def create_account(self, username: str, password_hash: str, name: str) -> Account | None:
+        """A new account; None if the username is taken, compared case-insensitively.
+
+        Raises:
+            ValueError: `password_hash` is not an argon2 encoded hash.
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        ...
+
+    async def account_by_username(self, username: str) -> Account | None:
+        """The account with this username, compared case-insensitively; None if there is none."""
+        ...
+
+    async def set_account_name(self, account_id: str, name: str) -> bool:
+        """Change an account's display name; False if there is no such account.
+
+        Raises:
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        ...
+
+    async def create_session(self, account_id: str, max_age_s: float) -> str:
+        """A new session of the account, live for `max_age_s`: its id, for the cookie.
+
+        Also deletes the account's expired sessions. The id is
+        `secrets.token_urlsafe(32)`; the table keeps only its hash.
+
+        Raises:
+            ValueError: `max_age_s` is not positive.
+            StoreError: there is no such account (nothing is written).
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        ...
+
+    async def session_account(self, session_id: str) -> Account | None:
+        """The account of a live session; None if the session is unknown, expired or deleted."""
+        ...
+
+    async def delete_session(self, session_id: str) -> None:
+        """Sign out: the session stops working at once, for every node on the database.
+
+        Raises:
+            StoreUnavailable: the database failed; the session may still work.
         """
         ...
 

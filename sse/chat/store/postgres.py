@@ -26,14 +26,21 @@ from sse.chat.store.base import (
     DEFAULT_LEASE_INTERVAL_S,
     DEFAULT_STALE_AFTER_S,
     NEW_TITLE,
+    Account,
     ConversationSummary,
     StoredMessage,
     StoreHealth,
     Transcript,
     check_lease_timing,
+    check_owner,
+    check_password_hash,
+    check_session_age,
+    new_session_id,
+    session_key,
     start_lease_task,
     stop_lease_task,
     title_from,
+    username_key,
 )
 from sse.errors import ReplyInProgress, StoreError, StoreUnavailable
 
@@ -86,6 +93,32 @@ _MIGRATIONS: tuple[str, ...] = (
          AND m.status = 'streaming');
     CREATE UNIQUE INDEX IF NOT EXISTS messages_one_streaming_reply ON messages (conversation_id)
         WHERE status = 'streaming';
+    """,
+    # Conversations belong to an owner ("guest:...", "account:..."). Those made
+    # before keep owner NULL: no owner matches NULL, so they are kept but reach
+    # nobody until an operator gives them to someone (UPDATE ... SET owner).
+    # Accounts' usernames are unique by `username_key` (see base.username_key),
+    # computed by the node so that SQLite and PostgreSQL agree; a session's id
+    # is kept as its hash (see base.session_key). Times are seconds since the
+    # epoch from the node's clock, like every other time here.
+    """
+    ALTER TABLE conversations ADD COLUMN IF NOT EXISTS owner TEXT;
+    CREATE INDEX IF NOT EXISTS conversations_by_owner ON conversations (owner, updated_at DESC);
+    CREATE TABLE IF NOT EXISTS accounts (
+        id              TEXT PRIMARY KEY,
+        username        TEXT NOT NULL,
+        username_key    TEXT NOT NULL UNIQUE,
+        name            TEXT NOT NULL,
+        password_hash   TEXT NOT NULL,
+        created_at      DOUBLE PRECISION NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS sessions (
+        id          TEXT PRIMARY KEY,
+        account_id  TEXT NOT NULL REFERENCES accounts(id),
+        created_at  DOUBLE PRECISION NOT NULL,
+        expires_at  DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS sessions_by_account ON sessions (account_id);
     """,
 )
 _ONE_REPLY = "messages_one_streaming_reply"
@@ -254,7 +287,7 @@ class PostgresStore:
                 "UPDATE messages SET status = 'interrupted' WHERE status = 'streaming' "
                 "AND (owner IS NULL OR owner NOT IN (SELECT node_id FROM nodes))"
             )
-        return int(status.rsplit(" ", 1)[-1])  # "UPDATE <rows>"
+        return _count(status)
 
     async def _keep_lease(self) -> None:
         pool = self._open_pool()
@@ -290,74 +323,92 @@ class PostgresStore:
         except TimeoutError:
             pool.terminate()
 
-    async def create_conversation(self) -> ConversationSummary:
-        """A new, empty conversation with an unguessable id (UUID4)."""
+    async def create_conversation(self, owner: str) -> ConversationSummary:
+        """A new, empty conversation of `owner`, with an unguessable id (UUID4).
+
+        Raises:
+            ValueError: `owner` is empty.
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        check_owner(owner)
         now = time.time()
         summary = ConversationSummary(str(uuid4()), NEW_TITLE, now, now)
         pool = self._open_pool()
         with self._health.watch(_pg_unavailable, write=True):
             await pool.execute(
-                "INSERT INTO conversations (id, title, created_at, updated_at) "
-                "VALUES ($1, $2, $3, $4)",
+                "INSERT INTO conversations (id, title, created_at, updated_at, owner) "
+                "VALUES ($1, $2, $3, $4, $5)",
                 summary.id,
                 summary.title,
                 now,
                 now,
+                owner,
             )
         return summary
 
-    async def list_conversations(self, limit: int) -> list[ConversationSummary]:
-        """The most recently updated conversations first."""
+    async def list_conversations(self, owner: str, limit: int) -> list[ConversationSummary]:
+        """At most `limit` of `owner`'s conversations, the most recently updated first."""
         pool = self._open_pool()
         with self._health.watch(_pg_unavailable, write=False):
             rows = await pool.fetch(
-                "SELECT id, title, created_at, updated_at FROM conversations "
-                'ORDER BY updated_at DESC, id COLLATE "C" LIMIT $1',
+                "SELECT id, title, created_at, updated_at FROM conversations WHERE owner = $1 "
+                'ORDER BY updated_at DESC, id COLLATE "C" LIMIT $2',
+                owner,
                 limit,
             )
         return [ConversationSummary(*row) for row in rows]
 
-    async def exists(self, conversation_id: str) -> bool:
-        """Whether a conversation with this id exists."""
+    async def exists(self, owner: str, conversation_id: str) -> bool:
+        """Whether `owner` has a conversation with this id (False for someone else's)."""
         pool = self._open_pool()
         with self._health.watch(_pg_unavailable, write=False):
-            row = await pool.fetchrow("SELECT 1 FROM conversations WHERE id = $1", conversation_id)
+            row = await pool.fetchrow(
+                "SELECT 1 FROM conversations WHERE id = $1 AND owner = $2", conversation_id, owner
+            )
         return row is not None
 
-    async def transcript(self, conversation_id: str) -> Transcript | None:
-        """The conversation and its messages, or None if there is no such conversation."""
+    async def transcript(self, owner: str, conversation_id: str) -> Transcript | None:
+        """`owner`'s conversation and its messages; None if missing or someone else's."""
         pool = self._open_pool()
         # One snapshot for both reads: another node may be appending.
         with self._health.watch(_pg_unavailable, write=False):
-            return await self._read_transcript(pool, conversation_id)
+            return await self._read_transcript(pool, owner, conversation_id)
 
-    async def _read_transcript(self, pool: asyncpg.Pool, conversation_id: str) -> Transcript | None:
+    async def _read_transcript(
+        self, pool: asyncpg.Pool, owner: str, conversation_id: str
+    ) -> Transcript | None:
         async with (
             pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             row = await conn.fetchrow(
-                "SELECT id, title, created_at, updated_at FROM conversations WHERE id = $1",
+                "SELECT id, title, created_at, updated_at FROM conversations "
+                "WHERE id = $1 AND owner = $2",
                 conversation_id,
+                owner,
             )
             if row is None:
                 return None
             rows = await conn.fetch(
-                "SELECT id, role, content, status, finish_reason, model, created_at, error, "
-                "event_id FROM messages WHERE conversation_id = $1 ORDER BY seq",
+                "SELECT m.id, m.role, m.content, m.status, m.finish_reason, m.model, "
+                "m.created_at, m.error, m.event_id FROM messages AS m "
+                "JOIN conversations AS c ON c.id = m.conversation_id "
+                "WHERE c.id = $1 AND c.owner = $2 ORDER BY m.seq",
                 conversation_id,
+                owner,
             )
         return Transcript(ConversationSummary(*row), tuple(StoredMessage(*r) for r in rows))
 
     async def add_message(
         self,
+        owner: str,
         conversation_id: str,
         role: str,
         content: str,
         status: str,
         model: str | None = None,
     ) -> StoredMessage | None:
-        """Append a message; None if the conversation does not exist.
+        """Append a message to `owner`'s conversation; None (nothing written) if not theirs.
 
         The first user message also becomes the conversation's title. A message
         added as "streaming" is owned by this node until it is saved otherwise.
@@ -372,14 +423,15 @@ class PostgresStore:
         pool = self._open_pool()
         with self._health.watch(_pg_unavailable, write=True):
             async with pool.acquire() as conn, _one_reply(), conn.transaction():
-                return message if await self._insert(conn, conversation_id, message) else None
+                inserted = await self._insert(conn, owner, conversation_id, message)
+                return message if inserted else None
 
     async def start_reply(
-        self, conversation_id: str, content: str, model: str
+        self, owner: str, conversation_id: str, content: str, model: str
     ) -> tuple[StoredMessage, StoredMessage] | None:
         """Append the user's message and a "streaming" reply to it, both or neither.
 
-        None if the conversation does not exist.
+        None, with nothing written, if the conversation is missing or not `owner`'s.
 
         Raises:
             ReplyInProgress: the conversation has a streaming reply (nothing is written).
@@ -392,19 +444,21 @@ class PostgresStore:
         # One transaction: a refused or failed reply takes its user message with it.
         with self._health.watch(_pg_unavailable, write=True):
             async with pool.acquire() as conn, _one_reply(), conn.transaction():
-                if not await self._insert(conn, conversation_id, user):
+                if not await self._insert(conn, owner, conversation_id, user):
                     return None
-                await self._insert(conn, conversation_id, answer)
+                await self._insert(conn, owner, conversation_id, answer)
         return user, answer
 
     async def _insert(
-        self, conn: asyncpg.Connection, conversation_id: str, message: StoredMessage
+        self, conn: asyncpg.Connection, owner: str, conversation_id: str, message: StoredMessage
     ) -> bool:
-        """Insert `message` inside the caller's transaction; False if no such conversation."""
+        """Insert `message` inside the caller's transaction; False if not `owner`'s conversation."""
         # FOR UPDATE: nodes appending to one conversation take turns, so
         # each reads the seq the previous one wrote.
         title: str | None = await conn.fetchval(
-            "SELECT title FROM conversations WHERE id = $1 FOR UPDATE", conversation_id
+            "SELECT title FROM conversations WHERE id = $1 AND owner = $2 FOR UPDATE",
+            conversation_id,
+            owner,
         )
         if title is None:
             return False
@@ -423,6 +477,7 @@ class PostgresStore:
             message.status,
             message.model,
             message.created_at,
+            # The node streaming it (see `open`'s leases), not the conversation's owner.
             self.node_id if message.status == "streaming" else None,
         )
         if message.role == "user" and title == NEW_TITLE and message.content.strip():
@@ -434,6 +489,77 @@ class PostgresStore:
             conversation_id,
         )
         return True
+
+    async def rename_conversation(
+        self, owner: str, conversation_id: str, title: str
+    ) -> ConversationSummary | None:
+        """Set the title of `owner`'s conversation (and its update time); None if not theirs.
+
+        Raises:
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=True):
+            row = await pool.fetchrow(
+                "UPDATE conversations SET title = $1, updated_at = $2 "
+                "WHERE id = $3 AND owner = $4 RETURNING id, title, created_at, updated_at",
+                _text(title),
+                time.time(),
+                conversation_id,
+                owner,
+            )
+        return None if row is None else ConversationSummary(*row)
+
+    async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
+        """Delete `owner`'s conversation and all its messages, in one transaction.
+
+        False, with nothing deleted, if it is missing or someone else's.
+
+        Raises:
+            StoreUnavailable: the database failed; nothing is deleted.
+        """
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=True):
+            async with pool.acquire() as conn, conn.transaction():
+                # The row lock first, as `_insert` takes it: a message another node
+                # is adding commits before we delete the messages, or finds the
+                # conversation gone; never one left pointing at a deleted row.
+                found = await conn.fetchval(
+                    "SELECT 1 FROM conversations WHERE id = $1 AND owner = $2 FOR UPDATE",
+                    conversation_id,
+                    owner,
+                )
+                if found is None:
+                    return False
+                # Messages first: they reference the conversation.
+                await conn.execute(
+                    "DELETE FROM messages WHERE conversation_id IN "
+                    "(SELECT id FROM conversations WHERE id = $1 AND owner = $2)",
+                    conversation_id,
+                    owner,
+                )
+                status: str = await conn.execute(
+                    "DELETE FROM conversations WHERE id = $1 AND owner = $2",
+                    conversation_id,
+                    owner,
+                )
+        return _count(status) == 1
+
+    async def transfer_conversations(self, from_owner: str, to_owner: str) -> int:
+        """Give all of `from_owner`'s conversations to `to_owner` (a guest signing in); how many.
+
+        Raises:
+            ValueError: an owner is empty.
+            StoreUnavailable: the database failed; nothing is moved.
+        """
+        check_owner(from_owner)
+        check_owner(to_owner)
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=True):
+            status: str = await pool.execute(
+                "UPDATE conversations SET owner = $1 WHERE owner = $2", to_owner, from_owner
+            )
+        return _count(status)
 
     async def save_reply(
         self,
@@ -462,6 +588,118 @@ class PostgresStore:
                 time.time(),
                 message_id,
             )
+
+    async def create_account(self, username: str, password_hash: str, name: str) -> Account | None:
+        """A new account; None if the username is taken, compared case-insensitively.
+
+        Raises:
+            ValueError: `password_hash` is not an argon2 encoded hash.
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        check_password_hash(password_hash)
+        account = Account(uuid4().hex, _text(username), _text(name), password_hash, time.time())
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=True):
+            # DO NOTHING rather than catching the violation: a taken name is an answer.
+            made = await pool.fetchval(
+                "INSERT INTO accounts (id, username, username_key, name, password_hash, "
+                "created_at) VALUES ($1, $2, $3, $4, $5, $6) "
+                "ON CONFLICT (username_key) DO NOTHING RETURNING id",
+                account.id,
+                account.username,
+                username_key(account.username),
+                account.name,
+                password_hash,
+                account.created_at,
+            )
+        return None if made is None else account
+
+    async def account_by_username(self, username: str) -> Account | None:
+        """The account with this username, compared case-insensitively; None if there is none."""
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=False):
+            row = await pool.fetchrow(
+                "SELECT id, username, name, password_hash, created_at FROM accounts "
+                "WHERE username_key = $1",
+                username_key(_text(username)),
+            )
+        return None if row is None else Account(*row)
+
+    async def set_account_name(self, account_id: str, name: str) -> bool:
+        """Change an account's display name; False if there is no such account.
+
+        Raises:
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=True):
+            status: str = await pool.execute(
+                "UPDATE accounts SET name = $1 WHERE id = $2", _text(name), account_id
+            )
+        return _count(status) == 1
+
+    async def create_session(self, account_id: str, max_age_s: float) -> str:
+        """A new session of the account, live for `max_age_s`: its id, for the cookie.
+
+        Also deletes the account's expired sessions, so an account's rows are
+        at most its live sessions. The table keeps only the id's hash.
+
+        Raises:
+            ValueError: `max_age_s` is not positive.
+            StoreError: there is no such account (nothing is written).
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        check_session_age(max_age_s)
+        session_id = new_session_id()
+        now = time.time()
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=True):
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "DELETE FROM sessions WHERE account_id = $1 AND expires_at <= $2",
+                    account_id,
+                    now,
+                )
+                # From the account's row: an unknown account inserts nothing.
+                status: str = await conn.execute(
+                    "INSERT INTO sessions (id, account_id, created_at, expires_at) "
+                    "SELECT $1, id, $2, $3 FROM accounts WHERE id = $4",
+                    session_key(session_id),
+                    now,
+                    now + max_age_s,
+                    account_id,
+                )
+        if _count(status) != 1:
+            raise StoreError(f"no account {account_id!r} to start a session of")
+        return session_id
+
+    async def session_account(self, session_id: str) -> Account | None:
+        """The account of a live session; None if the session is unknown, expired or deleted."""
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=False):
+            row = await pool.fetchrow(
+                "SELECT a.id, a.username, a.name, a.password_hash, a.created_at "
+                "FROM sessions AS s JOIN accounts AS a ON a.id = s.account_id "
+                "WHERE s.id = $1 AND s.expires_at > $2",
+                session_key(session_id),
+                time.time(),
+            )
+        return None if row is None else Account(*row)
+
+    async def delete_session(self, session_id: str) -> None:
+        """Sign out: the session stops working at once, for every node on the database.
+
+        Raises:
+            StoreUnavailable: the database failed; the session may still work.
+        """
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=True):
+            await pool.execute("DELETE FROM sessions WHERE id = $1", session_key(session_id))
+
+
+def _count(status: str) -> int:
+    """How many rows a statement touched, from its status ("UPDATE 3", "DELETE 1")."""
+    return int(status.rsplit(" ", 1)[-1])
 
 
 @contextlib.asynccontextmanager

@@ -34,14 +34,21 @@ from sse.chat.store.base import (
     DEFAULT_LEASE_INTERVAL_S,
     DEFAULT_STALE_AFTER_S,
     NEW_TITLE,
+    Account,
     ConversationSummary,
     StoredMessage,
     StoreHealth,
     Transcript,
     check_lease_timing,
+    check_owner,
+    check_password_hash,
+    check_session_age,
+    new_session_id,
+    session_key,
     start_lease_task,
     stop_lease_task,
     title_from,
+    username_key,
 )
 from sse.errors import ReplyInProgress, StoreError, StoreUnavailable
 
@@ -56,7 +63,8 @@ CREATE TABLE IF NOT EXISTS conversations (
     id          TEXT PRIMARY KEY,
     title       TEXT NOT NULL,
     created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
+    updated_at  REAL NOT NULL,
+    owner       TEXT
 );
 CREATE TABLE IF NOT EXISTS messages (
     id              TEXT PRIMARY KEY,
@@ -79,9 +87,34 @@ CREATE TABLE IF NOT EXISTS nodes (
     node_id     TEXT PRIMARY KEY,
     seen_at     REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS accounts (
+    id              TEXT PRIMARY KEY,
+    username        TEXT NOT NULL,
+    username_key    TEXT NOT NULL UNIQUE,
+    name            TEXT NOT NULL,
+    password_hash   TEXT NOT NULL,
+    created_at      REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id          TEXT PRIMARY KEY,
+    account_id  TEXT NOT NULL REFERENCES accounts(id),
+    created_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sessions_by_account ON sessions (account_id);
 """
-# Columns added after the first release, for files made before them: name -> type.
-_ADDED_COLUMNS = {"error": "TEXT", "owner": "TEXT", "event_id": "TEXT"}
+# Columns added after the first release, for files made before them: table ->
+# name -> type. A conversation's owner is NULL in files made before owners: no
+# owner string matches NULL, so those are kept but reach nobody until an
+# operator gives them to someone (UPDATE conversations SET owner = ...).
+_ADDED_COLUMNS = {
+    "messages": {"error": "TEXT", "owner": "TEXT", "event_id": "TEXT"},
+    "conversations": {"owner": "TEXT"},
+}
+# Made after the owner column exists: each listing reads one owner's rows in order.
+_OWNER_INDEX = (
+    "CREATE INDEX IF NOT EXISTS conversations_by_owner ON conversations (owner, updated_at DESC)"
+)
 # Made after the columns it names exist. Partial: recovery scans only live replies.
 _STREAMING_INDEX = (
     "CREATE INDEX IF NOT EXISTS messages_streaming ON messages (owner) WHERE status = 'streaming'"
@@ -382,72 +415,85 @@ class SqliteStore:
         finally:
             self._executor.shutdown(wait=True)
 
-    async def create_conversation(self) -> ConversationSummary:
-        """A new, empty conversation with an unguessable id (UUID4)."""
+    async def create_conversation(self, owner: str) -> ConversationSummary:
+        """A new, empty conversation of `owner`, with an unguessable id (UUID4).
+
+        Raises:
+            ValueError: `owner` is empty.
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        check_owner(owner)
         now = time.time()
         summary = ConversationSummary(str(uuid4()), NEW_TITLE, now, now)
 
         def insert(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO conversations (id, title, created_at, updated_at) VALUES (?, ?, ?, ?)",
-                (summary.id, summary.title, now, now),
+                "INSERT INTO conversations (id, title, created_at, updated_at, owner) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (summary.id, summary.title, now, now, owner),
             )
 
         await self._run(insert, write=True)
         return summary
 
-    async def list_conversations(self, limit: int) -> list[ConversationSummary]:
-        """The most recently updated conversations first."""
+    async def list_conversations(self, owner: str, limit: int) -> list[ConversationSummary]:
+        """At most `limit` of `owner`'s conversations, the most recently updated first."""
 
         def select(db: sqlite3.Connection) -> list[ConversationSummary]:
             rows = db.execute(
-                "SELECT id, title, created_at, updated_at FROM conversations "
+                "SELECT id, title, created_at, updated_at FROM conversations WHERE owner = ? "
                 "ORDER BY updated_at DESC, id LIMIT ?",
-                (limit,),
+                (owner, limit),
             ).fetchall()
             return [ConversationSummary(*row) for row in rows]
 
         return await self._run(select)
 
-    async def exists(self, conversation_id: str) -> bool:
-        """Whether a conversation with this id exists."""
+    async def exists(self, owner: str, conversation_id: str) -> bool:
+        """Whether `owner` has a conversation with this id (False for someone else's)."""
 
         def select(db: sqlite3.Connection) -> bool:
             row = db.execute(
-                "SELECT 1 FROM conversations WHERE id = ?", (conversation_id,)
+                "SELECT 1 FROM conversations WHERE id = ? AND owner = ?", (conversation_id, owner)
             ).fetchone()
             return row is not None
 
         return await self._run(select)
 
-    async def transcript(self, conversation_id: str) -> Transcript | None:
-        """The conversation and its messages, or None if there is no such conversation."""
+    async def transcript(self, owner: str, conversation_id: str) -> Transcript | None:
+        """`owner`'s conversation and its messages; None if missing or someone else's."""
 
         def select(db: sqlite3.Connection) -> Transcript | None:
-            row = db.execute(
-                "SELECT id, title, created_at, updated_at FROM conversations WHERE id = ?",
-                (conversation_id,),
-            ).fetchone()
-            if row is None:
-                return None
-            rows = db.execute(
-                "SELECT id, role, content, status, finish_reason, model, created_at, error, "
-                "event_id FROM messages WHERE conversation_id = ? ORDER BY seq",
-                (conversation_id,),
-            ).fetchall()
+            with db:  # one snapshot for both reads: another process may be appending
+                db.execute("BEGIN")
+                row = db.execute(
+                    "SELECT id, title, created_at, updated_at FROM conversations "
+                    "WHERE id = ? AND owner = ?",
+                    (conversation_id, owner),
+                ).fetchone()
+                if row is None:
+                    return None
+                rows = db.execute(
+                    "SELECT m.id, m.role, m.content, m.status, m.finish_reason, m.model, "
+                    "m.created_at, m.error, m.event_id FROM messages AS m "
+                    "JOIN conversations AS c ON c.id = m.conversation_id "
+                    "WHERE c.id = ? AND c.owner = ? ORDER BY m.seq",
+                    (conversation_id, owner),
+                ).fetchall()
             return Transcript(ConversationSummary(*row), tuple(StoredMessage(*r) for r in rows))
 
         return await self._run(select)
 
     async def add_message(
         self,
+        owner: str,
         conversation_id: str,
         role: str,
         content: str,
         status: str,
         model: str | None = None,
     ) -> StoredMessage | None:
-        """Append a message; None if the conversation does not exist.
+        """Append a message to `owner`'s conversation; None (nothing written) if not theirs.
 
         The first user message also becomes the conversation's title. A message
         added as "streaming" is owned by this node until it is saved otherwise.
@@ -461,16 +507,16 @@ class SqliteStore:
         def insert(db: sqlite3.Connection) -> StoredMessage | None:
             with db:  # one transaction: the seq read and the insert belong together
                 db.execute("BEGIN IMMEDIATE")
-                return message if self._insert(db, conversation_id, message) else None
+                return message if self._insert(db, owner, conversation_id, message) else None
 
         return await self._run(_one_reply(insert), write=True)
 
     async def start_reply(
-        self, conversation_id: str, content: str, model: str
+        self, owner: str, conversation_id: str, content: str, model: str
     ) -> tuple[StoredMessage, StoredMessage] | None:
         """Append the user's message and a "streaming" reply to it, both or neither.
 
-        None if the conversation does not exist.
+        None, with nothing written, if the conversation is missing or not `owner`'s.
 
         Raises:
             ReplyInProgress: the conversation has a streaming reply (nothing is written).
@@ -483,17 +529,19 @@ class SqliteStore:
         def insert(db: sqlite3.Connection) -> tuple[StoredMessage, StoredMessage] | None:
             with db:  # one transaction: a refused reply takes its user message with it
                 db.execute("BEGIN IMMEDIATE")
-                if not self._insert(db, conversation_id, user):
+                if not self._insert(db, owner, conversation_id, user):
                     return None
-                self._insert(db, conversation_id, answer)
+                self._insert(db, owner, conversation_id, answer)
             return user, answer
 
         return await self._run(_one_reply(insert), write=True)
 
-    def _insert(self, db: sqlite3.Connection, conversation_id: str, message: StoredMessage) -> bool:
-        """Insert `message` inside the caller's transaction; False if no such conversation."""
+    def _insert(
+        self, db: sqlite3.Connection, owner: str, conversation_id: str, message: StoredMessage
+    ) -> bool:
+        """Insert `message` inside the caller's transaction; False if not `owner`'s conversation."""
         row = db.execute(
-            "SELECT title FROM conversations WHERE id = ?", (conversation_id,)
+            "SELECT title FROM conversations WHERE id = ? AND owner = ?", (conversation_id, owner)
         ).fetchone()
         if row is None:
             return False
@@ -514,6 +562,7 @@ class SqliteStore:
                 "status": message.status,
                 "model": message.model,
                 "now": message.created_at,
+                # The node streaming it (see the module's leases), not the conversation's owner.
                 "owner": self.node_id if message.status == "streaming" else None,
             },
         )
@@ -525,6 +574,70 @@ class SqliteStore:
             (message.created_at, title, conversation_id),
         )
         return True
+
+    async def rename_conversation(
+        self, owner: str, conversation_id: str, title: str
+    ) -> ConversationSummary | None:
+        """Set the title of `owner`'s conversation (and its update time); None if not theirs.
+
+        Raises:
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        now = time.time()
+
+        def update(db: sqlite3.Connection) -> ConversationSummary | None:
+            row = db.execute(
+                "UPDATE conversations SET title = ?, updated_at = ? WHERE id = ? AND owner = ? "
+                "RETURNING id, title, created_at, updated_at",
+                (title, now, conversation_id, owner),
+            ).fetchone()
+            return None if row is None else ConversationSummary(*row)
+
+        return await self._run(update, write=True)
+
+    async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
+        """Delete `owner`'s conversation and all its messages, in one transaction.
+
+        False, with nothing deleted, if it is missing or someone else's.
+
+        Raises:
+            StoreUnavailable: the database failed; nothing is deleted.
+        """
+
+        def delete(db: sqlite3.Connection) -> bool:
+            with db:  # one transaction: never a conversation without the messages it had
+                db.execute("BEGIN IMMEDIATE")
+                # Messages first: they reference the conversation.
+                db.execute(
+                    "DELETE FROM messages WHERE conversation_id IN "
+                    "(SELECT id FROM conversations WHERE id = ? AND owner = ?)",
+                    (conversation_id, owner),
+                )
+                cur = db.execute(
+                    "DELETE FROM conversations WHERE id = ? AND owner = ?",
+                    (conversation_id, owner),
+                )
+                return cur.rowcount == 1
+
+        return await self._run(delete, write=True)
+
+    async def transfer_conversations(self, from_owner: str, to_owner: str) -> int:
+        """Give all of `from_owner`'s conversations to `to_owner` (a guest signing in); how many.
+
+        Raises:
+            ValueError: an owner is empty.
+            StoreUnavailable: the database failed; nothing is moved.
+        """
+        check_owner(from_owner)
+        check_owner(to_owner)
+
+        def update(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "UPDATE conversations SET owner = ? WHERE owner = ?", (to_owner, from_owner)
+            )
+            return cur.rowcount
+
+        return await self._run(update, write=True)
 
     async def save_reply(
         self,
@@ -550,6 +663,123 @@ class SqliteStore:
             )
 
         await self._run(update, write=True)
+
+    async def create_account(self, username: str, password_hash: str, name: str) -> Account | None:
+        """A new account; None if the username is taken, compared case-insensitively.
+
+        Raises:
+            ValueError: `password_hash` is not an argon2 encoded hash.
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        check_password_hash(password_hash)
+        account = Account(uuid4().hex, username, name, password_hash, time.time())
+
+        def insert(db: sqlite3.Connection) -> Account | None:
+            # DO NOTHING rather than catching the constraint: a taken name is an answer.
+            cur = db.execute(
+                "INSERT INTO accounts (id, username, username_key, name, password_hash, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (username_key) DO NOTHING",
+                (
+                    account.id,
+                    username,
+                    username_key(username),
+                    name,
+                    password_hash,
+                    account.created_at,
+                ),
+            )
+            return account if cur.rowcount == 1 else None
+
+        return await self._run(insert, write=True)
+
+    async def account_by_username(self, username: str) -> Account | None:
+        """The account with this username, compared case-insensitively; None if there is none."""
+
+        def select(db: sqlite3.Connection) -> Account | None:
+            return _account(
+                db.execute(
+                    "SELECT id, username, name, password_hash, created_at FROM accounts "
+                    "WHERE username_key = ?",
+                    (username_key(username),),
+                ).fetchone()
+            )
+
+        return await self._run(select)
+
+    async def set_account_name(self, account_id: str, name: str) -> bool:
+        """Change an account's display name; False if there is no such account.
+
+        Raises:
+            StoreUnavailable: the database failed; nothing is written.
+        """
+
+        def update(db: sqlite3.Connection) -> bool:
+            cur = db.execute("UPDATE accounts SET name = ? WHERE id = ?", (name, account_id))
+            return cur.rowcount == 1
+
+        return await self._run(update, write=True)
+
+    async def create_session(self, account_id: str, max_age_s: float) -> str:
+        """A new session of the account, live for `max_age_s`: its id, for the cookie.
+
+        Also deletes the account's expired sessions, so an account's rows are
+        at most its live sessions. The table keeps only the id's hash.
+
+        Raises:
+            ValueError: `max_age_s` is not positive.
+            StoreError: there is no such account (nothing is written).
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        check_session_age(max_age_s)
+        session_id = new_session_id()
+        now = time.time()
+
+        def insert(db: sqlite3.Connection) -> bool:
+            with db:  # one transaction: the clean-up and the new session
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "DELETE FROM sessions WHERE account_id = ? AND expires_at <= ?",
+                    (account_id, now),
+                )
+                # From the account's row: an unknown account inserts nothing.
+                cur = db.execute(
+                    "INSERT INTO sessions (id, account_id, created_at, expires_at) "
+                    "SELECT ?, id, ?, ? FROM accounts WHERE id = ?",
+                    (session_key(session_id), now, now + max_age_s, account_id),
+                )
+                return cur.rowcount == 1
+
+        if not await self._run(insert, write=True):
+            raise StoreError(f"no account {account_id!r} to start a session of")
+        return session_id
+
+    async def session_account(self, session_id: str) -> Account | None:
+        """The account of a live session; None if the session is unknown, expired or deleted."""
+        now = time.time()
+
+        def select(db: sqlite3.Connection) -> Account | None:
+            return _account(
+                db.execute(
+                    "SELECT a.id, a.username, a.name, a.password_hash, a.created_at "
+                    "FROM sessions AS s JOIN accounts AS a ON a.id = s.account_id "
+                    "WHERE s.id = ? AND s.expires_at > ?",
+                    (session_key(session_id), now),
+                ).fetchone()
+            )
+
+        return await self._run(select)
+
+    async def delete_session(self, session_id: str) -> None:
+        """Sign out: the session stops working at once, for every process on the file.
+
+        Raises:
+            StoreUnavailable: the database failed; the session may still work.
+        """
+
+        def delete(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM sessions WHERE id = ?", (session_key(session_id),))
+
+        await self._run(delete, write=True)
 
 
 def _sqlite_unavailable(exc: BaseException) -> str | None:
@@ -622,15 +852,21 @@ def _migrate(db: sqlite3.Connection) -> None:
         for statement in _SCHEMA.split(";"):
             if statement.strip():
                 db.execute(statement)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
-        for name, kind in _ADDED_COLUMNS.items():
-            if name not in columns:  # a file made before replies kept this
-                db.execute(f"ALTER TABLE messages ADD COLUMN {name} {kind}")
+        for table, added in _ADDED_COLUMNS.items():
+            columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            for name, kind in added.items():
+                if name not in columns:  # a file made before this column
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
         db.execute(_STREAMING_INDEX)
+        db.execute(_OWNER_INDEX)
         found = db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (_ONE_REPLY,))
         if found.fetchone() is None:
             db.execute(_ONE_REPLY_FIX)
             db.execute(_ONE_REPLY_INDEX)
+
+
+def _account(row: tuple[str, str, str, str, float] | None) -> Account | None:
+    return None if row is None else Account(*row)
 
 
 def _select_one(db: sqlite3.Connection) -> None:
