@@ -17,7 +17,7 @@ import pytest
 
 from sse.chat.store.base import NEW_TITLE, Account, Store, StoredMessage
 from sse.chat.store.factory import build_store
-from sse.chat.store.postgres import PostgresStore
+from sse.chat.store.postgres import _MIGRATIONS, PostgresStore
 from sse.chat.store.sqlite import SqliteStore
 from sse.config import Config
 from sse.errors import StoreError
@@ -523,10 +523,10 @@ async def test_an_expired_session_stops_working_and_is_cleared_at_the_next_one(
     assert await store.session_account(short) == alice
 
     async def expired() -> bool:
-        return await store.session_account(short) is None
+        found = [await store.session_account(s) for s in (short, bobs_short)]
+        return found == [None, None]
 
-    await wait_until(expired, 10, "the short session to expire")
-    assert await store.session_account(bobs_short) is None
+    await wait_until(expired, 10, "the short sessions to expire")
     assert len(await backend.rows("SELECT id FROM sessions")) == 2
     fresh = await store.create_session(alice.id, 3600)
     # Alice's expired session is gone; Bob's waits for Bob's next sign-in.
@@ -615,6 +615,106 @@ async def test_a_file_from_before_leases_gains_the_columns_and_is_recovered(
         await store.close()
 
 
+# The schema of the release before owners: conversations have no owner column.
+_BEFORE_OWNERS = """
+CREATE TABLE conversations (id TEXT PRIMARY KEY, title TEXT NOT NULL,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE messages (id TEXT PRIMARY KEY,
+    conversation_id TEXT NOT NULL REFERENCES conversations(id),
+    seq INTEGER NOT NULL, role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    content TEXT NOT NULL, status TEXT NOT NULL, finish_reason TEXT, model TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL, error TEXT, owner TEXT,
+    event_id TEXT, UNIQUE (conversation_id, seq));
+CREATE INDEX conversations_by_update ON conversations (updated_at DESC);
+CREATE TABLE nodes (node_id TEXT PRIMARY KEY, seen_at REAL NOT NULL);
+CREATE INDEX messages_streaming ON messages (owner) WHERE status = 'streaming';
+CREATE UNIQUE INDEX messages_one_streaming_reply ON messages (conversation_id)
+    WHERE status = 'streaming';
+INSERT INTO conversations VALUES ('old', 'From last year', 1.0, 2.0);
+INSERT INTO messages VALUES ('m', 'old', 1, 'user', 'hello', 'complete',
+    NULL, NULL, 2.0, 2.0, NULL, NULL, NULL);
+"""
+
+
+async def test_a_file_from_before_owners_keeps_its_conversations_for_nobody(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(path)
+    db.executescript(_BEFORE_OWNERS)
+    db.close()
+    stores = [SqliteStore(path) for _ in range(3)]
+    try:
+        # Several at once: the column is added once, not twice.
+        assert await asyncio.gather(*(s.open() for s in stores)) == [0, 0, 0]
+        store = stores[0]
+        rows = await _sqlite_rows(path, "SELECT id, title, owner FROM conversations")
+        assert rows == [("old", "From last year", None)]
+        for owner in (OWNER, OTHER, "None", "NULL", "null"):
+            assert await store.list_conversations(owner, 10) == []
+            assert not await store.exists(owner, "old")
+            assert await store.transcript(owner, "old") is None
+            assert await store.add_message(owner, "old", "user", "hi", "complete") is None
+            assert not await store.delete_conversation(owner, "old")
+        indexes = await _sqlite_rows(path, "SELECT name FROM sqlite_master WHERE type = 'index'")
+        assert ("conversations_by_owner",) in indexes
+        # The new tables are there, and new conversations have owners.
+        assert await store.create_account("alice", HASH, "Alice") is not None
+        mine = await store.create_conversation(OWNER)
+        assert await store.list_conversations(OWNER, 10) == [mine]
+        # An operator hands the old conversation to someone.
+        await _sqlite_rows(path, f"UPDATE conversations SET owner = '{OWNER}' WHERE id = 'old'")
+        found = await store.transcript(OWNER, "old")
+        assert found is not None
+        assert [m.content for m in found.messages] == ["hello"]
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_postgres_database_from_before_owners_migrates_once_with_nodes_together(
+    postgres_url: str,
+) -> None:
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        # The database as the release before owners left it: migrations 1 and 2.
+        await conn.execute(
+            "CREATE TABLE schema_version ("
+            "version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        for version, sql in enumerate(_MIGRATIONS[:2], start=1):
+            await conn.execute(sql)
+            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+        await conn.execute(
+            "INSERT INTO conversations (id, title, created_at, updated_at) "
+            "VALUES ('old', 'From last year', 1.0, 2.0)"
+        )
+    finally:
+        await conn.close()
+    stores = [PostgresStore(postgres_url) for _ in range(4)]
+    try:
+        assert await asyncio.gather(*(s.open() for s in stores)) == [0, 0, 0, 0]
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            versions = await conn.fetch("SELECT version FROM schema_version ORDER BY version")
+            assert [v for (v,) in versions] == [1, 2, 3]
+            old = await conn.fetch("SELECT id, owner FROM conversations")
+            assert [tuple(r) for r in old] == [("old", None)]
+        finally:
+            await conn.close()
+        for owner in (OWNER, OTHER):
+            assert await stores[1].list_conversations(owner, 10) == []
+            assert not await stores[2].exists(owner, "old")
+        made = await asyncio.gather(*(s.create_conversation(OWNER) for s in stores))
+        assert sorted(await stores[0].list_conversations(OWNER, 10), key=lambda c: c.id) == sorted(
+            made, key=lambda c: c.id
+        )
+        assert await stores[3].create_account("alice", HASH, "Alice") is not None
+    finally:
+        for store in stores:
+            await store.close()
+
+
 async def _sqlite_rows(path: Path, sql: str) -> list[tuple[Any, ...]]:
     """Run `sql` on the SQLite file at `path` directly; the rows."""
     return await Backend("sqlite", str(path), []).rows(sql)
@@ -667,7 +767,7 @@ _CRASH = """
 import asyncio, os, signal, sys
 from pathlib import Path
 from sse.chat.store.sqlite import SqliteStore
-from sse.chat.store.postgres import PostgresStore
+from sse.chat.store.postgres import _MIGRATIONS, PostgresStore
 
 async def main() -> None:
     kind, target = sys.argv[1:]

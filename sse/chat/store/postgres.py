@@ -8,6 +8,8 @@ compared bytewise (COLLATE "C", as SQLite compares text).
 Tables are made on start by numbered migrations, run under an advisory lock
 so that nodes starting together apply each one once. Crash recovery uses
 leases (see `open`), timed by the database's clock so node clocks may differ.
+A conversation's `owner` (who may reach it) is in every query a request
+makes; a message's `owner` is the node streaming it, as in `SqliteStore`.
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ renewal, marks a streaming reply interrupted only when its owner has no lease
 or one older than `stale_after_s`; a clean close gives the lease up. Should a
 live node be taken for dead (paused for longer than that), its next save of
 the reply writes the true status back.
+
+Owners. A conversation's `owner` is who may reach it (a principal such as
+"guest:..." or "account:..."), and every query a request makes names it in
+its WHERE clause. Not to be mixed up with a message's `owner`, the node that
+streams it.
 """
 
 from __future__ import annotations
