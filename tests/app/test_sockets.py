@@ -8,6 +8,7 @@ import pytest
 
 from sse.app.commands import PostCommand, SendCommand, parse_command
 from sse.app.handshake import check_handshake
+from sse.app.origins import CookieOrigins
 from sse.app.values import Request
 from sse.errors import ClientError
 
@@ -51,7 +52,7 @@ def _without(name: str) -> list[tuple[str, str]]:
 def test_handshake_check_follows_rfc6455_section_4_2(
     headers: list[tuple[str, str]], method: str, status: int | None
 ) -> None:
-    refused = check_handshake(_req(headers, method), ("*",))
+    refused = check_handshake(_req(headers, method), ("*",), CookieOrigins(None, ("*",)))
     assert (refused.status if refused else None) == status
     if refused is not None:
         assert ("sec-websocket-version", "13") in refused.headers
@@ -70,7 +71,28 @@ def test_origin_is_checked_against_the_cors_allow_list(
     origin: str | None, allowed: tuple[str, ...], status: int | None
 ) -> None:
     headers = [*UPGRADE, ("origin", origin)] if origin else UPGRADE
-    refused = check_handshake(_req(headers), allowed)
+    refused = check_handshake(_req(headers), allowed, CookieOrigins(None, allowed))
+    assert (refused.status if refused else None) == status
+
+
+@pytest.mark.parametrize(
+    ("origin", "allowed", "status"),
+    [
+        (None, ("*",), None),  # not a browser: no other site is acting
+        ("http://chat.test", ("*",), None),  # the server's own (its Host)
+        ("https://chat.test", ("*",), None),  # its own behind a TLS proxy
+        ("https://evil.example", ("*",), 403),  # "*" never lends the cookie
+        ("https://ok.example", ("https://ok.example",), None),
+        ("https://evil.example", ("https://ok.example",), 403),
+    ],
+)
+def test_an_upgrade_with_our_cookie_is_only_for_our_own_and_named_origins(
+    origin: str | None, allowed: tuple[str, ...], status: int | None
+) -> None:
+    headers = [*UPGRADE, ("host", "chat.test"), ("cookie", "ssechat_session=x")]
+    if origin:
+        headers.append(("origin", origin))
+    refused = check_handshake(_req(headers), allowed, CookieOrigins(None, allowed))
     assert (refused.status if refused else None) == status
 
 

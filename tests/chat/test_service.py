@@ -20,6 +20,8 @@ from sse.pubsub.broker import MemoryBroker
 from sse.pubsub.hub import Hub
 from tests.support.client import wait_until
 
+OWNER = "guest:0123456789abcdef0123456789abcdef"
+
 
 class _Caught:
     """A sink that keeps each event as (name, payload)."""
@@ -70,16 +72,16 @@ def _listen(chat: ChatService, conversation_id: str) -> _Caught:
 async def test_a_post_streams_user_start_deltas_and_done_and_is_stored(
     chat: ChatService,
 ) -> None:
-    conversation = await chat.create()
+    conversation = await chat.create(OWNER)
     caught = _listen(chat, conversation.id)
-    user, reply_id = await chat.post(conversation.id, "hello there")
+    user, reply_id = await chat.post(OWNER, conversation.id, "hello there")
     await wait_until(lambda: "done" in caught.names(), what="the reply's done")
     names = caught.names()
     assert names[:2] == ["user", "start"]
     assert names[-1] == "done"
     deltas = [p["text"] for n, p in caught.events if n == "delta"]
     assert "".join(deltas) == "You said: hello there"
-    transcript = await chat.store.transcript(conversation.id)
+    transcript = await chat.store.transcript(OWNER, conversation.id)
     assert transcript is not None
     assert [(m.id, m.role, m.status) for m in transcript.messages] == [
         (user.id, "user", "complete"),
@@ -89,24 +91,24 @@ async def test_a_post_streams_user_start_deltas_and_done_and_is_stored(
 
 
 async def test_a_second_post_while_replying_is_refused_with_409(chat: ChatService) -> None:
-    conversation = await chat.create()
-    await chat.post(conversation.id, " ".join(["word"] * 500))
+    conversation = await chat.create(OWNER)
+    await chat.post(OWNER, conversation.id, " ".join(["word"] * 500))
     with pytest.raises(ClientError) as refused:
-        await chat.post(conversation.id, "again")
+        await chat.post(OWNER, conversation.id, "again")
     assert refused.value.status == 409
-    stopped = await chat.stop(conversation.id)
+    stopped = await chat.stop(OWNER, conversation.id)
     assert stopped is not None
 
 
 async def test_stop_ends_the_reply_cancelled_and_keeps_what_streamed(chat: ChatService) -> None:
-    conversation = await chat.create()
+    conversation = await chat.create(OWNER)
     caught = _listen(chat, conversation.id)
-    _, reply_id = await chat.post(conversation.id, " ".join(["word"] * 500))
+    _, reply_id = await chat.post(OWNER, conversation.id, " ".join(["word"] * 500))
     await wait_until(lambda: "delta" in caught.names(), what="a first delta")
-    assert await chat.stop(conversation.id) == reply_id
+    assert await chat.stop(OWNER, conversation.id) == reply_id
     assert caught.names()[-1] == "done"
     assert caught.events[-1][1]["finish_reason"] == "cancelled"
-    transcript = await chat.store.transcript(conversation.id)
+    transcript = await chat.store.transcript(OWNER, conversation.id)
     assert transcript is not None
     reply = transcript.messages[-1]
     assert reply.status == "cancelled"
@@ -115,5 +117,20 @@ async def test_stop_ends_the_reply_cancelled_and_keeps_what_streamed(chat: ChatS
 
 async def test_a_post_to_an_unknown_conversation_is_404(chat: ChatService) -> None:
     with pytest.raises(ClientError) as refused:
-        await chat.post(str(uuid4()), "anyone?")
+        await chat.post(OWNER, str(uuid4()), "anyone?")
     assert refused.value.status == 404
+
+
+async def test_someone_elses_conversation_is_404_and_stays_untouched(chat: ChatService) -> None:
+    conversation = await chat.create(OWNER)
+    stranger = "guest:fedcba9876543210fedcba9876543210"
+    with pytest.raises(ClientError) as refused:
+        await chat.post(stranger, conversation.id, "mine now")
+    assert refused.value.status == 404
+    assert await chat.snapshot(stranger, conversation.id) is None
+    assert not await chat.delete(stranger, conversation.id)
+    assert await chat.rename(stranger, conversation.id, "taken") is None
+    transcript = await chat.store.transcript(OWNER, conversation.id)
+    assert transcript is not None
+    assert transcript.messages == ()
+    assert transcript.conversation.title == conversation.title

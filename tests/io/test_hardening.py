@@ -17,6 +17,7 @@ from sse.io.server import Server
 from sse.pubsub.hub import Resume
 from tests.support.client import (
     EventStream,
+    cookie_headers,
     events_until,
     json_object,
     post_message,
@@ -153,7 +154,9 @@ async def test_an_oversized_last_event_id_on_a_websocket_is_a_gap(
     huge = _huge_id(server)
     host, port = server.address
     url = f"ws://{host}:{port}{path}" + ("" if how == "header" else f"?last_event_id={huge}")
-    extra = {"last-event-id": huge} if how == "header" else None
+    extra = dict(cookie_headers(server.address))
+    if how == "header":
+        extra["last-event-id"] = huge
     async with connect(url, additional_headers=extra, max_size=None) as ws:
         async with asyncio.timeout(5):
             while True:
@@ -203,7 +206,8 @@ async def test_a_websocket_number_too_long_to_read_is_an_error_frame_and_the_soc
     else:
         good = {"type": "send", "message": "after"}
     host, port = server.address
-    async with connect(f"ws://{host}:{port}{path}", max_size=None) as ws:
+    cookie = cookie_headers(server.address)
+    async with connect(f"ws://{host}:{port}{path}", additional_headers=cookie, max_size=None) as ws:
         await ws.send('{"type": "send", "n": ' + _HUGE_DIGITS + "}")
         async with asyncio.timeout(5):
             while True:

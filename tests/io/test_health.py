@@ -21,7 +21,7 @@ from sse.chat.store.sqlite import SqliteStore
 from sse.config import Config
 from sse.errors import StoreUnavailable
 from sse.io.server import Server
-from tests.support.client import EventStream, json_object, request, wait_until
+from tests.support.client import EventStream, cookie_headers, json_object, request, wait_until
 from tests.support.servers import MakeServer
 
 JSON = [("content-type", "application/json")]
@@ -193,7 +193,10 @@ async def test_a_full_disk_answers_a_socket_post_with_a_503_error_frame(
     cid = json_object(await request(server.address, "POST", "/conversations"))["id"]
     await _sqlite(server)._run(lambda db: db.execute("PRAGMA max_page_count = 1"))
     host, port = server.address
-    async with connect(f"ws://{host}:{port}/conversations/{cid}/ws") as ws:
+    async with connect(
+        f"ws://{host}:{port}/conversations/{cid}/ws",
+        additional_headers=cookie_headers(server.address),
+    ) as ws:
         await ws.send(json.dumps({"type": "message", "content": "x" * 20_000}))
         answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
     assert answer["type"] == "error"

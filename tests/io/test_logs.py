@@ -24,7 +24,6 @@ _COOKIE = "session=cookie-secret-31337"
 _TOKEN = "Bearer token-secret-4242"
 _MESSAGE = "message-secret-hunter2"
 _SECRETS = ("cookie-secret-31337", "token-secret-4242", "message-secret-hunter2", "hunter2")
-_CREDENTIALS = [("cookie", _COOKIE), ("authorization", _TOKEN)]
 _JSON = [("content-type", "application/json")]
 
 
@@ -44,24 +43,29 @@ def _access(proc: ServerProcess) -> list[dict[str, object]]:
 async def test_json_logs_parse_carry_the_fields_and_hold_no_secret(spawn: Spawn) -> None:
     proc = spawn("--log-format", "json")
     address = proc.address
+    # A real session besides the made-up cookie: its value must not be logged either.
+    session = (await request(address, "GET", "/me", jar=None)).headers["set-cookie"]
+    session_value = session.split(";", 1)[0]
+    credentials = [("cookie", f"{_COOKIE}; {session_value}"), ("authorization", _TOKEN)]
     sent = json.dumps({"message": _MESSAGE}).encode()
-    post = await request(address, "POST", "/send-message", [*_CREDENTIALS, *_JSON], sent)
+    post = await request(address, "POST", "/send-message", [*credentials, *_JSON], sent)
     assert post.status == 200
-    created = await request(address, "POST", "/conversations", _CREDENTIALS)
+    created = await request(address, "POST", "/conversations", credentials)
     cid = json_object(created)["id"]
     content = json.dumps({"content": _MESSAGE}).encode()
     target = f"/conversations/{cid}/messages"
-    posted = await request(address, "POST", target, [*_CREDENTIALS, *_JSON], content)
+    posted = await request(address, "POST", target, [*credentials, *_JSON], content)
     assert posted.status < 300, posted.body
-    assert (await request(address, "GET", f"/conversations/{cid}", _CREDENTIALS)).status == 200
+    assert (await request(address, "GET", f"/conversations/{cid}", credentials)).status == 200
     # A malformed header line holding a secret: h11 quotes the bytes it refuses.
     bad = b"GET /healthz HTTP/1.1\r\nhost: x\r\ncookie-secret-31337\r\n\r\n"
     assert (await raw_exchange(address, bad)).startswith(b"HTTP/1.1 400 ")
-    stream = await EventStream.open(address, headers=_CREDENTIALS)
+    stream = await EventStream.open(address, headers=credentials)
     await stream.next_event()
     await stream.close()
     proc.wait_for_log('"lifetime_s"')
     assert proc.terminate() == 0
+    assert session_value.split("=", 1)[1] not in "".join(proc.lines)
 
     records = _records(proc)
     for record in records:

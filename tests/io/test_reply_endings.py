@@ -19,6 +19,7 @@ from sse.chat.store.sqlite import SqliteStore
 from sse.errors import ReplyInProgress, StoreUnavailable
 from sse.io.server import Server
 from sse.protocol.sse import DecodedEvent
+from tests.chat.test_store import _CRASHED as CRASHED
 from tests.chat.test_store import FAST, _crash
 from tests.support.client import (
     EventStream,
@@ -31,6 +32,7 @@ from tests.support.client import (
 from tests.support.redis_server import RedisServer
 from tests.support.servers import MakeServer
 
+OWNER = "guest:0123456789abcdef0123456789abcdef"
 JSON = [("content-type", "application/json")]
 
 
@@ -190,7 +192,7 @@ async def test_a_second_streaming_reply_is_refused_by_a_file_made_before_the_gua
     path = tmp_path / "old.sqlite3"
     store = SqliteStore(path)
     await store.open()
-    conversation = await store.create_conversation()
+    conversation = await store.create_conversation(OWNER)
     await store.close()
     # As an older release could leave it: no guard, two replies streaming at once.
     db = sqlite3.connect(path)
@@ -206,13 +208,13 @@ async def test_a_second_streaming_reply_is_refused_by_a_file_made_before_the_gua
     store = SqliteStore(path)
     await store.open()  # the index can be made: all but the newest were marked first
     try:
-        transcript = await store.transcript(conversation.id)
+        transcript = await store.transcript(OWNER, conversation.id)
         assert transcript is not None
         assert [m.status for m in transcript.messages] == ["interrupted", "interrupted"]
-        assert await store.start_reply(conversation.id, "hi", "echo") is not None
+        assert await store.start_reply(OWNER, conversation.id, "hi", "echo") is not None
         with pytest.raises(ReplyInProgress):
-            await store.start_reply(conversation.id, "too soon", "echo")
-        transcript = await store.transcript(conversation.id)
+            await store.start_reply(OWNER, conversation.id, "too soon", "echo")
+        transcript = await store.transcript(OWNER, conversation.id)
         assert transcript is not None
         assert len(transcript.messages) == 4
     finally:
@@ -229,12 +231,14 @@ async def test_a_reply_left_streaming_by_a_killed_node_stops_blocking_once_its_l
 
         async def started() -> bool:
             try:
-                return await store.start_reply(conversation_id, "anyone?", "echo") is not None
+                return (
+                    await store.start_reply(CRASHED, conversation_id, "anyone?", "echo") is not None
+                )
             except ReplyInProgress:
                 return False
 
         await wait_until(started, 10, "the dead node's reply to stop blocking")
-        transcript = await store.transcript(conversation_id)
+        transcript = await store.transcript(CRASHED, conversation_id)
         assert transcript is not None
         assert [m.status for m in transcript.messages][-3:] == [
             "interrupted",

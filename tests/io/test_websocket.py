@@ -35,6 +35,7 @@ from tests.support.client import (
     Connection,
     EventStream,
     Response,
+    cookie_headers,
     post_message,
     request,
     wait_until,
@@ -336,7 +337,9 @@ async def test_client_ping_gets_a_pong(server: Server) -> None:
 
 async def test_conversation_socket_streams_the_reply_a_stream_gets(server: Server) -> None:
     cid = await _create_conversation(server)
-    async with connect(_url(server, f"/conversations/{cid}/ws")) as ws:
+    async with connect(
+        _url(server, f"/conversations/{cid}/ws"), additional_headers=cookie_headers(server.address)
+    ) as ws:
         stream = await EventStream.open(server.address, f"/conversations/{cid}/events")
         await _send(ws, {"type": "message", "content": "hello there world"})
         acked = await _recv(ws)
@@ -364,7 +367,9 @@ async def test_second_message_while_replying_gets_a_409_error_frame(
 ) -> None:
     server = await make_server(echo_delay_s=0.05)
     cid = await _create_conversation(server)
-    async with connect(_url(server, f"/conversations/{cid}/ws")) as ws:
+    async with connect(
+        _url(server, f"/conversations/{cid}/ws"), additional_headers=cookie_headers(server.address)
+    ) as ws:
         await _send(ws, {"type": "message", "content": "one two three four five six"})
         await _send(ws, {"type": "message", "content": "too soon"})
         replies = []
@@ -384,7 +389,9 @@ async def test_second_message_while_replying_gets_a_409_error_frame(
 async def test_conversation_content_over_the_limit_gets_413(make_server: MakeServer) -> None:
     server = await make_server(max_content_chars=10)
     cid = await _create_conversation(server)
-    async with connect(_url(server, f"/conversations/{cid}/ws")) as ws:
+    async with connect(
+        _url(server, f"/conversations/{cid}/ws"), additional_headers=cookie_headers(server.address)
+    ) as ws:
         await _send(ws, {"type": "message", "content": "x" * 11})
         reply = await _recv(ws)
         assert (reply["type"], reply["status"]) == ("error", 413)
@@ -393,7 +400,10 @@ async def test_conversation_content_over_the_limit_gets_413(make_server: MakeSer
 @pytest.mark.parametrize("cid", [str(uuid.uuid4()), "not-a-uuid"])
 async def test_unknown_conversation_is_refused_with_404(server: Server, cid: str) -> None:
     with pytest.raises(InvalidStatus) as refused:
-        async with connect(_url(server, f"/conversations/{cid}/ws")):
+        async with connect(
+            _url(server, f"/conversations/{cid}/ws"),
+            additional_headers=cookie_headers(server.address),
+        ):
             pass
     assert refused.value.response.status_code == 404
 

@@ -307,3 +307,12 @@ async def events_until(stream: EventStream, kind: str, timeout: float = 10.0) ->
     while not seen or seen[-1].type != kind:
         seen.append(await stream.next_event(timeout))
     return seen
+
+
+def cookie_headers(
+    address: tuple[str, int], jar: CookieJar | None = DEFAULT
+) -> list[tuple[str, str]]:
+    """The Cookie header the person of `jar` sends to `address`, for clients of other libraries."""
+    chosen = default_jar(address) if jar is DEFAULT else jar
+    cookie = chosen.header() if chosen is not None else None
+    return [("cookie", cookie)] if cookie else []
