@@ -150,7 +150,10 @@ class App:
     ) -> Result | Awaitable[Result]:
         gate = self._gate
         assert gate is not None, "checked when the routes were given"
-        verdict = gate.resolve(req.headers, req.query, stream=self.is_stream(req))
+        stream = self.is_stream(req)
+        # A WebSocket, like an EventSource, cannot be given a header by a page.
+        upgrade = req.headers.get("upgrade", "").lower() == "websocket"
+        verdict = gate.resolve(req.headers, req.query, stream=stream, tickets=stream or upgrade)
         if isinstance(verdict, Verdict):
             return self._as(verdict, req, body, params, handler, cors)
         return self._await_identity(verdict, req, body, params, handler, cors)

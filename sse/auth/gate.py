@@ -48,10 +48,21 @@ class Gate:
     # -- resolving -----------------------------------------------------------
 
     def resolve(
-        self, headers: Mapping[str, str], query: Mapping[str, str], *, stream: bool
+        self,
+        headers: Mapping[str, str],
+        query: Mapping[str, str],
+        *,
+        stream: bool,
+        tickets: bool = False,
     ) -> Verdict | Awaitable[Verdict]:
-        """Who sent a request with these headers and query (`stream`: it opens an event stream)."""
-        ticket = query.get("ticket") if stream else None
+        """Who sent a request with these headers and query.
+
+        `stream`: it opens an event stream, which is told to renew a credential
+        that expired rather than go on as someone new. `tickets`: a `?ticket=`
+        may stand for the credential (event streams and WebSocket upgrades,
+        which a cross-site page cannot give a header).
+        """
+        ticket = query.get("ticket") if tickets else None
         if ticket is not None:
             return self._redeem(ticket)
         if self.tokens is not None:
