@@ -99,6 +99,10 @@ class ChatService:
         """The model that writes the replies."""
         return self._model
 
+    def replying(self, conversation_id: str) -> bool:
+        """Whether a reply of this conversation is being generated on this node."""
+        return conversation_id in self._replies
+
     @property
     def store(self) -> Store:
         """Where conversations are kept."""

@@ -302,7 +302,7 @@ async def test_deleting_ends_open_streams_sockets_and_the_reply(make_server: Mak
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 4004
     # The reply stopped (the service holds no task for it), and nothing was saved back.
-    await wait_until(lambda: cid not in server.chat._replies, what="the reply to stop")
+    await wait_until(lambda: not server.chat.replying(cid), what="the reply to stop")
     assert (await _transcript(address, cid)).status == 404
     assert await _listed(address) == []
 
