@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import URLSafeTimedSerializer
+
+from sse.auth.signed import load_signed
 
 __all__ = ["GUEST_MAX_AGE_S", "Session", "SessionCodec"]
 
@@ -47,19 +49,13 @@ class SessionCodec:
 
     def read(self, value: str) -> Session | str:
         """The session a cookie value holds, or what is wrong with it: "invalid" or "expired"."""
-        if len(value) > _MAX_COOKIE_CHARS:
-            return "invalid"
-        try:
-            # The longest life any cookie has; an account's is checked below.
-            data, signed_at = self._signer.loads(
-                value, max_age=GUEST_MAX_AGE_S, return_timestamp=True
-            )
-        except SignatureExpired:
-            return "expired"
-        except BadSignature:
-            return "invalid"
-        if not isinstance(data, dict):
-            return "invalid"
+        # The longest life any cookie has; an account's is checked below.
+        found = load_signed(
+            self._signer, value, max_chars=_MAX_COOKIE_CHARS, max_age_s=GUEST_MAX_AGE_S
+        )
+        if isinstance(found, str):
+            return found
+        data, signed_at = found
         kind = data.get("k")
         if kind == "g":
             user, name = data.get("u"), data.get("n")

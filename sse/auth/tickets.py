@@ -12,9 +12,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+from itsdangerous import URLSafeTimedSerializer
 
 from sse.auth.identity import Identity
+from sse.auth.signed import load_signed
 
 __all__ = ["TICKET_TTL_S", "ClaimOnce", "Tickets"]
 
@@ -46,16 +47,12 @@ class Tickets:
 
     def read(self, ticket: str) -> tuple[Identity, str] | str:
         """The identity and nonce a ticket holds, or "invalid" / "expired"; not yet spent."""
-        if len(ticket) > _MAX_TICKET_CHARS:
-            return "invalid"
-        try:
-            data = self._signer.loads(ticket, max_age=TICKET_TTL_S)
-        except SignatureExpired:
-            return "expired"
-        except BadSignature:
-            return "invalid"
-        if not isinstance(data, dict):
-            return "invalid"
+        found = load_signed(
+            self._signer, ticket, max_chars=_MAX_TICKET_CHARS, max_age_s=TICKET_TTL_S
+        )
+        if isinstance(found, str):
+            return found
+        data = found[0]
         kind, user, name, expires, session, nonce = (
             data.get(k) for k in ("k", "u", "n", "e", "s", "j")
         )

@@ -23,6 +23,7 @@ from tests.support.client import (
     CookieJar,
     EventStream,
     Response,
+    assert_reauth,
     default_jar,
     events_until,
     json_object,
@@ -432,13 +433,7 @@ async def test_logout_revokes_the_session_everywhere(make_server: MakeServer) ->
     assert json_object(me)["id"] != made["id"]
     assert "set-cookie" in me.headers
     stream = await EventStream.open(address, f"/conversations/{cid}/events", replay, jar=None)
-    assert stream.status == 200
-    assert stream.headers["content-type"].startswith("text/event-stream")
-    event = await stream.next_event()
-    assert event.type == "reauth"
-    assert json.loads(event.data)["reason"] == "revoked"
-    await stream.wait_ended()
-    await stream.close()
+    await assert_reauth(stream, "revoked")
     # Signing in again finds the conversation.
     assert (await _login(address, "ada", "correct horse")).status == 200
     assert await _listed(address) == [cid]

@@ -14,6 +14,7 @@ from tests.support.client import (
     CookieJar,
     EventStream,
     Response,
+    assert_reauth,
     default_jar,
     events_until,
     json_object,
@@ -113,13 +114,7 @@ async def test_logout_on_one_node_is_refused_on_the_other_at_once(
     assert json_object(me)["kind"] == "guest"
     assert json_object(me)["id"] != ada["id"]
     stream = await EventStream.open(a, f"/conversations/{cid}/events", replay, jar=None)
-    assert stream.status == 200
-    assert stream.headers["content-type"].startswith("text/event-stream")
-    event = await stream.next_event()
-    assert event.type == "reauth"
-    assert json.loads(event.data)["reason"] == "revoked"
-    await stream.wait_ended()
-    await stream.close()
+    await assert_reauth(stream, "revoked")
 
 
 async def test_a_deletion_on_one_node_ends_a_stream_on_the_other(

@@ -316,3 +316,14 @@ def cookie_headers(
     chosen = default_jar(address) if jar is DEFAULT else jar
     cookie = chosen.header() if chosen is not None else None
     return [("cookie", cookie)] if cookie else []
+
+
+async def assert_reauth(stream: EventStream, reason: str) -> None:
+    """`stream` is a refusal EventSource survives: 200, `event: reauth` for `reason`, the end."""
+    assert stream.status == 200
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    event = await stream.next_event()
+    assert event.type == "reauth"
+    assert json.loads(event.data)["reason"] == reason
+    await stream.wait_ended()
+    await stream.close()
