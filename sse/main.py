@@ -24,7 +24,7 @@ from typing import Any
 
 from sse.cli import parse_config
 from sse.config import Config
-from sse.errors import StartError
+from sse.errors import ConfigError, StartError
 from sse.io.logs import JsonFormatter
 from sse.io.server import Server
 from sse.io.workers import Lifeline, WorkerSlot, supervise, worker_slot_from_env
@@ -126,6 +126,10 @@ def main(argv: Sequence[str] | None = None, command: Sequence[str] = SELF) -> in
     except StartError as exc:
         log.error("cannot start: %s", exc)
         return 1
+    except ConfigError as exc:
+        # Settings only found wrong at start (a key file that cannot be read) are
+        # refused like the rest: the message and status 2, not a traceback.
+        parser.error(str(exc))
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
         return 1
