@@ -8,6 +8,7 @@ and the `Config` from these fields.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ __all__ = ["AUTH_MODES", "CLIENT_DIR", "GROUPS", "MODELS", "WS_COMPRESSION", "Co
 MODELS = ("echo", "openai")
 # Who a request is: a signed guest cookie; that or an account; or a host application's JWT.
 AUTH_MODES = ("guest", "accounts", "jwt")
+# Rate limits and caps: enforced, not at all, or only logged and counted.
+LIMITS_MODES = ("on", "off", "dry-run")
 # Signature algorithms a JWT may use, by the kind of key configured; never "none".
 JWT_HMAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 JWT_KEY_ALGORITHMS = (
@@ -58,6 +61,7 @@ GROUPS = (
     "request limits",
     "conversations and models",
     "identity and access",
+    "limits per client",
     "",
 )
 
@@ -111,6 +115,7 @@ _WS = "WebSockets (GET /ws, /conversations/{id}/ws)"
 _LIMITS = "request limits"
 _CHAT = "conversations and models"
 _AUTH = "identity and access"
+_PER_CLIENT = "limits per client"
 
 
 @dataclass(frozen=True, slots=True)
@@ -492,6 +497,114 @@ class Config:
         "without a token, as in the other modes",
         _AUTH,
     )
+    limits: str = _opt(
+        "on",
+        "--limits",
+        "the per-client limits below: 'on' refuses what is over them; 'off' for "
+        "benchmarks and trusted networks; 'dry-run' refuses nothing but logs and "
+        "counts what would have been refused",
+        _PER_CLIENT,
+        choices=LIMITS_MODES,
+    )
+    trusted_proxies: tuple[str, ...] = _opt(
+        (),
+        "--trusted-proxy",
+        "address or CIDR of a proxy in front (e.g. 10.0.0.0/8); only from these is "
+        "X-Forwarded-For / Forwarded believed, and X-Request-Id taken; repeat for "
+        "several [default: none, the peer address is the client]",
+        _PER_CLIENT,
+        metavar="CIDR",
+    )
+    room_posts_per_s: float = _opt(
+        5.0,
+        "--room-posts-per-second",
+        "room messages each client may post per second, on average",
+        _PER_CLIENT,
+        metavar="N",
+    )
+    room_post_burst: int = _opt(
+        20, "--room-post-burst", "room messages a client may post at once", _PER_CLIENT
+    )
+    conversations_per_min: float = _opt(
+        30.0,
+        "--conversations-per-minute",
+        "conversations each identity may create per minute",
+        _PER_CLIENT,
+        metavar="N",
+    )
+    replies_per_min: float = _opt(
+        10.0,
+        "--replies-per-minute",
+        "model replies each identity may start per minute",
+        _PER_CLIENT,
+        metavar="N",
+    )
+    replies_at_once: int = _opt(
+        2,
+        "--replies-at-once",
+        "model replies one identity may have generating at once",
+        _PER_CLIENT,
+    )
+    streams_per_identity: int = _opt(
+        16,
+        "--streams-per-identity",
+        "event streams and WebSockets one identity may have open at once",
+        _PER_CLIENT,
+    )
+    streams_per_ip: int = _opt(
+        512,
+        "--streams-per-ip",
+        "event streams and WebSockets one IP address may have open at once (an "
+        "office behind one NAT is one address)",
+        _PER_CLIENT,
+    )
+    stream_opens_per_s: float = _opt(
+        20.0,
+        "--stream-opens-per-second",
+        "streams and WebSockets one IP address may open per second, on average "
+        "(bursts of ten times as many)",
+        _PER_CLIENT,
+        metavar="N",
+    )
+    requests_per_s: float = _opt(
+        200.0,
+        "--requests-per-second",
+        "requests one IP address may make per second, on average (bursts of five times as many)",
+        _PER_CLIENT,
+        metavar="N",
+    )
+    guests_per_min: float = _opt(
+        60.0,
+        "--guests-per-minute",
+        "new guest identities one IP address may be given per minute",
+        _PER_CLIENT,
+        metavar="N",
+    )
+    model_max_tokens: int = _opt(
+        1024,
+        "--model-max-tokens",
+        "max_tokens asked of the upstream model for one reply (not for the echo model)",
+        _PER_CLIENT,
+    )
+    model_daily_tokens: int = _opt(
+        100_000,
+        "--model-daily-tokens",
+        "completion tokens an account or token holder may use per day (UTC), counted "
+        "from the upstream's usage report; 0 for no budget",
+        _PER_CLIENT,
+    )
+    model_guest_daily_tokens: int = _opt(
+        10_000,
+        "--model-guest-daily-tokens",
+        "completion tokens a guest may use per day (UTC); 0 for no budget",
+        _PER_CLIENT,
+    )
+    model_concurrency: int = _opt(
+        16,
+        "--model-concurrency",
+        "upstream model requests this process may have open at once, for everyone together",
+        _PER_CLIENT,
+    )
     # Set for each worker of --workers, never by hand.
     reuse_port: bool = False
 
@@ -524,6 +637,18 @@ class Config:
             "ws_ping_interval_s": self.ws_ping_interval_s,
             "ws_ping_timeout_s": self.ws_ping_timeout_s,
             "session_days": self.session_days,
+            "room_posts_per_s": self.room_posts_per_s,
+            "room_post_burst": self.room_post_burst,
+            "conversations_per_min": self.conversations_per_min,
+            "replies_per_min": self.replies_per_min,
+            "replies_at_once": self.replies_at_once,
+            "streams_per_identity": self.streams_per_identity,
+            "streams_per_ip": self.streams_per_ip,
+            "stream_opens_per_s": self.stream_opens_per_s,
+            "requests_per_s": self.requests_per_s,
+            "guests_per_min": self.guests_per_min,
+            "model_max_tokens": self.model_max_tokens,
+            "model_concurrency": self.model_concurrency,
         }
         for name, value in positive.items():
             if not value > 0:  # not `<= 0`: NaN (float("nan") from any source) must fail too
@@ -533,6 +658,8 @@ class Config:
             "retry_ms": self.retry_ms,
             "retry_jitter_ms": self.retry_jitter_ms,
             "overload_retry_ms": self.overload_retry_ms,
+            "model_daily_tokens": self.model_daily_tokens,
+            "model_guest_daily_tokens": self.model_guest_daily_tokens,
         }.items():
             if not value >= 0:
                 raise ConfigError(f"{name} must not be negative, got {value}")
@@ -570,6 +697,17 @@ class Config:
         if not self.cors_origins:
             raise ConfigError("cors_origins must name at least one origin, or '*'")
         self._check_auth()
+        if self.limits not in LIMITS_MODES:
+            raise ConfigError(
+                f"limits must be one of {', '.join(LIMITS_MODES)}, got {self.limits!r}"
+            )
+        for cidr in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"--trusted-proxy {cidr!r} is not an IP address or CIDR block"
+                ) from None
 
     def _check_auth(self) -> None:
         if self.auth not in AUTH_MODES:

@@ -16,6 +16,20 @@ class ClientError(SSEChatError):
         self.message = message
 
 
+class OverLimit(ClientError):
+    """A client went over one of its limits: 429 with Retry-After (a stream: `event: busy`)."""
+
+    def __init__(self, limit: str, retry_after_s: float, message: str) -> None:
+        super().__init__(429, message)
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds for a Retry-After header: at least 1."""
+        return max(1, int(self.retry_after_s + 0.999))
+
+
 class ConfigError(SSEChatError):
     """The operator gave a setting that cannot work."""
 

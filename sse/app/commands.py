@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from sse.app.inputs import require_text
 from sse.app.values import SocketCommands
-from sse.chat.service import ChatService
+from sse.chat.store.base import StoredMessage
 from sse.errors import ClientError, StoreUnavailable
 
 __all__ = [
@@ -112,7 +112,7 @@ async def _acked(sent: Awaitable[str]) -> bytes:
 
 
 def conversation_commands(
-    service: ChatService, owner: str, conversation_id: str, *, max_content_chars: int
+    post: Callable[[str], Awaitable[tuple[StoredMessage, str]]], *, max_content_chars: int
 ) -> SocketCommands:
     """A conversation's socket: `message` posts, answered with the ids of the message and reply."""
 
@@ -122,14 +122,16 @@ def conversation_commands(
         except ClientError as exc:
             return error(exc.status, exc.message)
         assert isinstance(command, PostCommand)
-        return _posted(service, owner, conversation_id, command.content)
+        return _posted(post, command.content)
 
     return answer
 
 
-async def _posted(service: ChatService, owner: str, conversation_id: str, content: str) -> bytes:
+async def _posted(
+    post: Callable[[str], Awaitable[tuple[StoredMessage, str]]], content: str
+) -> bytes:
     try:
-        user, reply_id = await service.post(owner, conversation_id, content)
+        user, reply_id = await post(content)
     except ClientError as exc:
         return error(exc.status, exc.message)
     except StoreUnavailable as exc:  # the database's failure: no traceback

@@ -8,11 +8,14 @@ from sse.app.commands import conversation_commands
 from sse.app.handshake import check_handshake
 from sse.app.inputs import last_event_id, parse_json_object, path_conversation_id, require_text
 from sse.app.origins import CookieOrigins
+from sse.app.replies import ReplyAdmission
 from sse.app.values import OpenSocket, OpenStream, Reply, Request, Route, json_reply
 from sse.chat.service import ChatService, topic_of
 from sse.chat.store.base import ConversationSummary, StoredMessage
 from sse.config import Config
 from sse.errors import BrokerUnavailable, ClientError
+from sse.limits.policy import Limits
+from sse.pubsub.broker import settle
 
 __all__ = ["conversation_routes"]
 
@@ -48,10 +51,18 @@ def _missing(conversation_id: str) -> ClientError:
 class _ChatApi:
     """Every handler acts for `req.who`, and the store sees only that owner's conversations."""
 
-    def __init__(self, service: ChatService, config: Config, origins: CookieOrigins) -> None:
+    def __init__(
+        self,
+        service: ChatService,
+        config: Config,
+        origins: CookieOrigins,
+        limits: Limits | None,
+    ) -> None:
         self._service = service
         self._config = config
         self._origins = origins
+        self._limits = limits if limits is not None and limits.enabled else None
+        self._replies = ReplyAdmission(service, config, self._limits)
 
     async def _check_owner(self, req: Request, params: Mapping[str, str]) -> str:
         conversation_id = path_conversation_id(params)
@@ -60,6 +71,13 @@ class _ChatApi:
         return conversation_id
 
     async def create(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        limits = self._limits
+        if limits is not None:
+            refused = await settle(
+                limits.hit(limits.conversations, limits.clients(req.who, req.client_ip))
+            )
+            if refused is not None:
+                raise refused
         summary = await self._service.create(req.who.owner)
         location = f"/conversations/{summary.id}"
         return json_reply(201, _summary(summary), (("location", location),))
@@ -127,7 +145,7 @@ class _ChatApi:
         limit = self._config.max_content_chars
         if len(content) > limit:
             raise ClientError(413, f'"content" is longer than the limit of {limit} characters')
-        user, reply_id = await self._service.post(req.who.owner, conversation_id, content)
+        user, reply_id = await self._replies.post(req.who, req.client_ip, conversation_id, content)
         return json_reply(202, {"message_id": user.id, "reply_id": reply_id})
 
     async def socket(
@@ -137,12 +155,12 @@ class _ChatApi:
         if refused is not None:
             return refused
         conversation_id = await self._check_owner(req, params)
-        commands = conversation_commands(
-            self._service,
-            req.who.owner,
-            conversation_id,
-            max_content_chars=self._config.max_content_chars,
-        )
+        who, ip = req.who, req.client_ip
+
+        async def post(content: str) -> tuple[StoredMessage, str]:
+            return await self._replies.post(who, ip, conversation_id, content)
+
+        commands = conversation_commands(post, max_content_chars=self._config.max_content_chars)
         return OpenSocket(
             topic_of(conversation_id), last_event_id(req), commands, expires_at=req.who.expires_at
         )
@@ -153,9 +171,11 @@ class _ChatApi:
         return json_reply(200, {"stopped": stopped is not None, "message_id": stopped})
 
 
-def conversation_routes(service: ChatService, config: Config) -> list[Route]:
+def conversation_routes(
+    service: ChatService, config: Config, limits: Limits | None = None
+) -> list[Route]:
     """The conversation routes, for `App`: each one private to the conversation's owner."""
-    api = _ChatApi(service, config, CookieOrigins.from_config(config))
+    api = _ChatApi(service, config, CookieOrigins.from_config(config), limits)
     return [
         Route("/conversations", {"GET": api.list, "POST": api.create}, identity=True),
         Route(

@@ -14,9 +14,10 @@ import json
 from sse.app.values import Reply
 from sse.protocol.sse import Event, encode
 
-__all__ = ["REAUTH", "reauth_event", "refused_stream"]
+__all__ = ["BUSY", "REAUTH", "busy_event", "reauth_event", "refused_stream"]
 
 REAUTH = "reauth"
+BUSY = "busy"
 _STREAM_HEADERS = (("cache-control", "no-cache"),)
 
 _REASONS = {
@@ -30,6 +31,12 @@ def reauth_event(reason: str, retry_ms: int | None = None) -> bytes:
     """The `event: reauth` that tells a page to renew its credential, with `reason`."""
     payload = {"reason": reason, "message": _REASONS.get(reason, reason)}
     return encode(Event(json.dumps(payload), event=REAUTH, retry_ms=retry_ms))
+
+
+def busy_event(limit: str, message: str, retry_ms: int) -> bytes:
+    """The `event: busy` of a stream over a limit: which one, and when to come back."""
+    payload = {"limit": limit, "message": message, "retry_after_ms": retry_ms}
+    return encode(Event(json.dumps(payload), event=BUSY, retry_ms=retry_ms))
 
 
 def refused_stream(body: bytes, cors: tuple[tuple[str, str], ...]) -> Reply:

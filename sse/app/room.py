@@ -6,16 +6,18 @@ acknowledgement only once the broker has the message.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from sse.app.commands import room_commands
 from sse.app.handshake import check_handshake
 from sse.app.inputs import last_event_id, parse_json_object, require_text
 from sse.app.origins import CookieOrigins
 from sse.app.values import OpenSocket, OpenStream, Reply, Request, Route
+from sse.auth.gate import Gate
 from sse.config import Config
-from sse.errors import BrokerUnavailable, ClientError, EncodeError
-from sse.pubsub.broker import Broker
+from sse.errors import BrokerUnavailable, ClientError, EncodeError, OverLimit
+from sse.limits.policy import Limits
+from sse.pubsub.broker import Broker, settle
 
 __all__ = ["JOIN_ANNOUNCEMENT", "ROOM", "SENT_REPLY", "Room"]
 
@@ -28,10 +30,18 @@ _TEXT = "text/plain; charset=utf-8"
 class Room:
     """The one room every visitor shares, over an event stream or a WebSocket."""
 
-    def __init__(self, config: Config, broker: Broker) -> None:
+    def __init__(
+        self,
+        config: Config,
+        broker: Broker,
+        limits: Limits | None = None,
+        gate: Gate | None = None,
+    ) -> None:
         self._config = config
         self._broker = broker
         self._origins = CookieOrigins.from_config(config)
+        self._limits = limits if limits is not None and limits.enabled else None
+        self._gate = gate
 
     def routes(self) -> list[Route]:
         """The room's routes, for `App`.
@@ -60,6 +70,32 @@ class Room:
             raise ClientError(400, f'"message" cannot be sent: {exc}') from None
         return published if isinstance(published, str) else _published(published)
 
+    def _sender(self, req: Request) -> Callable[[str], str | Awaitable[str]]:
+        """`send`, counted against the room-post limit of whoever made `req`."""
+        limits = self._limits
+        if limits is None:
+            return self.send
+        who = req.identity
+        if who is None and self._gate is not None:
+            who = self._gate.peek(req.headers)  # the room needs no identity, but counts one
+        clients = limits.clients(who, req.client_ip)
+
+        def send(message: str) -> str | Awaitable[str]:
+            refused = limits.hit(limits.room_posts, clients)
+            if refused is None:
+                return self.send(message)
+            if isinstance(refused, OverLimit):
+                raise refused
+            return self._send_unless(refused, message)
+
+        return send
+
+    async def _send_unless(self, refused: Awaitable[OverLimit | None], message: str) -> str:
+        over = await refused
+        if over is not None:
+            raise over
+        return await settle(self.send(message))
+
     def _announce(self, last_id: str | None) -> str | None:
         # A stream that resumes is a returning user, not a new one: announcing it
         # would fill the room with joins after every restart or dropped network.
@@ -73,7 +109,8 @@ class Room:
     def _send_message(
         self, req: Request, body: bytes, params: Mapping[str, str]
     ) -> Reply | Awaitable[Reply]:
-        sent = self.send(require_text(parse_json_object(req, body), "message"))
+        message = require_text(parse_json_object(req, body), "message")
+        sent = self._sender(req)(message)
         if isinstance(sent, str):
             return Reply(200, SENT_REPLY, _TEXT)
         return _sent_reply(sent)
@@ -84,7 +121,7 @@ class Room:
             return refused
         last_id = last_event_id(req)
         expires_at = req.identity.expires_at if req.identity is not None else None
-        commands = room_commands(self.send)
+        commands = room_commands(self._sender(req))
         return OpenSocket(ROOM, last_id, commands, self._announce(last_id), expires_at=expires_at)
 
 

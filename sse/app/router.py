@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import random
 import re
+import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 
 from sse.app.cors import cors_headers, preflight_headers
 from sse.app.origins import CookieOrigins, carries_our_cookie
 from sse.app.page import page_headers
-from sse.app.refusals import reauth_event, refused_stream
+from sse.app.refusals import busy_event, reauth_event, refused_stream
 from sse.app.static import StaticFile
 from sse.app.values import (
     PATH_PARAM,
@@ -33,8 +34,10 @@ from sse.app.values import (
 from sse.auth.gate import Gate
 from sse.auth.identity import Verdict
 from sse.config import Config
-from sse.errors import ClientError, StoreUnavailable
+from sse.errors import ClientError, OverLimit, StoreUnavailable
+from sse.limits.policy import Claim, Limits
 from sse.protocol.sse import encode_retry
+from sse.pubsub.broker import settle
 
 __all__ = ["App"]
 
@@ -55,12 +58,14 @@ class App:
         health: Callable[[], Mapping[str, object]],
         readiness: Callable[[], Sequence[str] | Awaitable[Sequence[str]]] = tuple,
         gate: Gate | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self._config = config
         self._static = static
         self._health = health
         self._readiness = readiness
         self._gate = gate
+        self._limits = limits if limits is not None and limits.enabled else None
         self._cookie_origins = CookieOrigins.from_config(config)
         self._page_headers = page_headers(self._cookie_origins.named)
         self._random = random.Random()
@@ -136,6 +141,11 @@ class App:
             # Another site's page acting with this browser's cookies: change nothing.
             message = f"origin {origin!r} may not send this site's cookies; nothing was changed"
             return error_reply(403, message, cors)
+        limits = self._limits
+        if limits is not None and not _is_probe(req.path):
+            flooded = limits.hit_local(limits.requests, f"ip:{req.client_ip}")
+            if flooded is not None:
+                return self._client_error(req, flooded, cors)
         if identity:
             return self._identify(req, body, params, handler, cors)
         return self._call(req, body, params, handler, cors)
@@ -191,7 +201,29 @@ class App:
         # A new guest's cookie rides with the CORS headers onto whatever the
         # handler answers, errors included (`_with_cors`).
         cookies = tuple(("set-cookie", c) for c in verdict.cookies)
+        limits = self._limits
+        if cookies and limits is not None:
+            # New guests per address: dropping the cookie is no way around the limits.
+            minted = limits.hit(limits.guests, [(f"ip:{req.client_ip}", 1.0)])
+            if isinstance(minted, OverLimit):
+                return self._client_error(req, minted, cors)
+            if minted is not None:
+                return self._await_guest(minted, req, body, params, handler, (*cors, *cookies))
         return self._call(req, body, params, handler, (*cors, *cookies))
+
+    async def _await_guest(
+        self,
+        minted: Awaitable[OverLimit | None],
+        req: Request,
+        body: bytes,
+        params: Mapping[str, str],
+        handler: Handler,
+        cors: tuple[tuple[str, str], ...],
+    ) -> Result:
+        refused = await minted
+        if refused is not None:
+            return self._client_error(req, refused, tuple(h for h in cors if h[0] != "set-cookie"))
+        return await settle(self._call(req, body, params, handler, cors))
 
     def _unidentified(self, req: Request, problem: str, cors: tuple[tuple[str, str], ...]) -> Reply:
         # A stream whose credential can be renewed is told so on a 200 the browser
@@ -220,11 +252,13 @@ class App:
         try:
             result = handler(req, body, params)
         except ClientError as exc:
-            return error_reply(exc.status, exc.message, cors)
+            return self._client_error(req, exc, cors)
         except StoreUnavailable as exc:
             return self._store_unavailable(req, exc, cors)
-        if isinstance(result, Reply | OpenStream | OpenSocket):
+        if isinstance(result, Reply):
             return _with_cors(result, cors)
+        if isinstance(result, OpenStream | OpenSocket):
+            return self._admit(req, result, cors)
         return self._finish(req, result, cors)
 
     async def _finish(
@@ -233,10 +267,100 @@ class App:
         try:
             result = await pending
         except ClientError as exc:
-            return error_reply(exc.status, exc.message, cors)
+            return self._client_error(req, exc, cors)
         except StoreUnavailable as exc:
             return self._store_unavailable(req, exc, cors)
-        return _with_cors(result, cors)
+        if isinstance(result, Reply):
+            return _with_cors(result, cors)
+        return await settle(self._admit(req, result, cors))
+
+    def _client_error(
+        self, req: Request, exc: ClientError, cors: tuple[tuple[str, str], ...]
+    ) -> Reply:
+        if not isinstance(exc, OverLimit):
+            return error_reply(exc.status, exc.message, cors)
+        if self.is_stream(req):
+            # 429 would end an EventSource for good: 200, `event: busy`, a retry, the end.
+            retry = round(exc.retry_after_s * 1000) + self._random.randint(
+                0, self._config.retry_jitter_ms
+            )
+            body = busy_event(exc.limit, exc.message, retry)
+            return refused_stream(body, tuple(h for h in cors if h[0] != "set-cookie"))
+        payload = {"error": exc.message, "limit": exc.limit, "retry_after": exc.retry_after}
+        return json_reply(429, payload, (*cors, ("retry-after", str(exc.retry_after))))
+
+    def _admit(
+        self, req: Request, opening: OpenStream | OpenSocket, cors: tuple[tuple[str, str], ...]
+    ) -> Result | Awaitable[Result]:
+        """`opening`, holding its slots of the stream caps; or the refusal of a stream over one."""
+        limits = self._limits
+        if limits is None:
+            return _with_cors(opening, cors)
+        ip = f"ip:{req.client_ip}"
+        opened = limits.hit(limits.stream_opens, [(ip, 1.0)])
+        if opened is None:
+            return self._claim(req, opening, cors)
+        if isinstance(opened, OverLimit):
+            return self._over(req, opening, opened, cors)
+        return self._await_admission(opened, req, opening, cors)
+
+    async def _await_admission(
+        self,
+        opened: Awaitable[OverLimit | None],
+        req: Request,
+        opening: OpenStream | OpenSocket,
+        cors: tuple[tuple[str, str], ...],
+    ) -> Result:
+        refused = await opened
+        if refused is not None:
+            return self._over(req, opening, refused, cors)
+        return await settle(self._claim(req, opening, cors))
+
+    def _claim(
+        self, req: Request, opening: OpenStream | OpenSocket, cors: tuple[tuple[str, str], ...]
+    ) -> Result | Awaitable[Result]:
+        limits = self._limits
+        assert limits is not None
+        caps = [("streams_per_ip", f"ip:{req.client_ip}")]
+        if req.identity is not None:
+            caps.append(("streams", req.identity.owner))
+        claimed = limits.claim(caps, uuid.uuid4().hex)
+        if not isinstance(claimed, Claim | OverLimit):
+            return self._await_claim(claimed, req, opening, cors)
+        return self._claimed(req, opening, claimed, cors)
+
+    async def _await_claim(
+        self,
+        claimed: Awaitable[Claim | OverLimit],
+        req: Request,
+        opening: OpenStream | OpenSocket,
+        cors: tuple[tuple[str, str], ...],
+    ) -> Result:
+        return self._claimed(req, opening, await claimed, cors)
+
+    def _claimed(
+        self,
+        req: Request,
+        opening: OpenStream | OpenSocket,
+        claimed: Claim | OverLimit,
+        cors: tuple[tuple[str, str], ...],
+    ) -> Result:
+        if isinstance(claimed, OverLimit):
+            return self._over(req, opening, claimed, cors)
+        return _with_cors(replace(opening, claim=claimed), cors)
+
+    def _over(
+        self,
+        req: Request,
+        opening: OpenStream | OpenSocket,
+        refused: OverLimit,
+        cors: tuple[tuple[str, str], ...],
+    ) -> Result:
+        if isinstance(opening, OpenSocket):
+            # A 101 and then close code 1013 (try again later, RFC 6455 section 7.4.1):
+            # a WebSocket client reads a close code, not a 429.
+            return replace(opening, refused=refused.message)
+        return self._client_error(req, refused, cors)
 
     def _store_unavailable(
         self, req: Request, exc: StoreUnavailable, cors: tuple[tuple[str, str], ...]
@@ -276,6 +400,11 @@ class App:
     def _static_file(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         file = self._static[req.path]
         return Reply(200, file.body, file.content_type, self._page_headers)
+
+
+def _is_probe(path: str) -> bool:
+    # A balancer's probes come from one address, many times a second: never limited.
+    return path == "/healthz" or path == "/readyz"
 
 
 def _readiness_reply(reasons: Sequence[str]) -> Reply:

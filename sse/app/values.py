@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from sse.auth.identity import Identity
+from sse.limits.policy import Claim
 
 __all__ = [
     "JSON_TYPE",
@@ -42,6 +43,8 @@ class Request:
     query: Mapping[str, str]
     headers: Mapping[str, str]
     identity: Identity | None = None
+    # The client's address: the peer's, or what a trusted proxy said it was.
+    client_ip: str = "-"
 
     @property
     def who(self) -> Identity:
@@ -73,6 +76,8 @@ class OpenStream:
     announce: str | None = None
     cors: tuple[tuple[str, str], ...] = field(default=())
     expires_at: float | None = None
+    # The stream's slots of the per-client caps, given back when it closes.
+    claim: Claim | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +93,9 @@ class OpenSocket:
     commands: SocketCommands
     announce: str | None = None
     expires_at: float | None = None
+    claim: Claim | None = None
+    # Over a cap: accepted, then closed at once with 1013 (try again later) and this reason.
+    refused: str | None = None
 
 
 # A JSON answer must never be sniffed into something a browser would run.

@@ -85,6 +85,22 @@ class Gate:
             return Verdict(Identity(GUEST, session.user, session.name))
         return self._account_session(session, stream)
 
+    def peek(self, headers: Mapping[str, str]) -> Identity | None:
+        """Who a request is by its session cookie alone, for counting it: no store, no new guest.
+
+        An account is named by its sign-in (the store would know its id), which
+        counts the same for as long as the cookie is kept.
+        """
+        value = read_cookie(headers.get("cookie"), SESSION_COOKIE)
+        if value is None:
+            return None
+        session = self.sessions.read(value)
+        if isinstance(session, str):
+            return None
+        if session.guest:
+            return Identity(GUEST, session.user, session.name)
+        return Identity(ACCOUNT, f"session-{session.session}", "")
+
     async def _await_token(self, pending: Awaitable[Identity | str]) -> Verdict:
         return _token_verdict(await pending)
 

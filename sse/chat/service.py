@@ -13,17 +13,23 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import uuid4
 
-from sse.chat.models import ChatTurn, Finish, Model
+from sse.chat.models import ChatTurn, Finish, Model, Usage
 from sse.chat.store.base import ConversationSummary, Store, StoredMessage, Transcript
 from sse.errors import BrokerUnavailable, ClientError, ModelError, ReplyInProgress, StoreUnavailable
 from sse.pubsub.broker import Broker, settle
 
-__all__ = ["ChatService", "Snapshot", "topic_of"]
+__all__ = ["ChatService", "ReplyEnded", "Snapshot", "topic_of"]
+
+# Told once when a reply is over (or never started): the completion tokens it cost,
+# from the upstream's usage report or estimated from its text.
+ReplyEnded = Callable[[int], "Awaitable[None] | None"]
+# When the upstream reports no usage: about four characters a token (English text).
+_CHARS_PER_TOKEN = 4
 
 log = logging.getLogger("ssechat.chat")
 
@@ -55,6 +61,8 @@ class _Reply:
     task: asyncio.Task[None] | None = None
     parts: list[str] = field(default_factory=list)
     last_event_id: str = ""  # of the newest event this reply published
+    tokens: int | None = None  # as the upstream reported them
+    ended: ReplyEnded | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,12 +188,32 @@ class ChatService:
         payload = json.dumps({"conversation_id": conversation_id})
         self._end_streams(topic_of(conversation_id), "deleted", payload)
 
+    def generating(self) -> int:
+        """How many replies this node is generating now."""
+        return len(self._replies)
+
+    async def announce_error(self, conversation_id: str, message: str) -> None:
+        """Tell the conversation's streams why no reply comes (a budget): an `error` event.
+
+        Nothing is stored: the transcript holds messages, not refusals.
+        """
+        payload = json.dumps({"message_id": None, "message": message}, ensure_ascii=False)
+        try:
+            await settle(self._broker.publish(topic_of(conversation_id), payload, event="error"))
+        except BrokerUnavailable as exc:
+            log.warning("a refusal was not announced: %s", exc)
+
     async def post(
-        self, owner: str, conversation_id: str, content: str
+        self,
+        owner: str,
+        conversation_id: str,
+        content: str,
+        ended: ReplyEnded | None = None,
     ) -> tuple[StoredMessage, str]:
         """Append the user's message, announce it, and start the reply.
 
-        Returns the stored user message and the id the reply will have.
+        Returns the stored user message and the id the reply will have. `ended`
+        is called once, when the reply is over or if none was started.
 
         Raises:
             ClientError: 404 for an unknown conversation, 409 while a reply streams,
@@ -198,7 +226,7 @@ class ChatService:
         # Claim the slot before the first await, so a second message racing this
         # one sees it and gets 409 instead of starting a second reply. Other nodes
         # are kept out by the database (see `ReplyInProgress`).
-        reply = self._replies[conversation_id] = _Reply(message_id="")
+        reply = self._replies[conversation_id] = _Reply(message_id="", ended=ended)
         try:
             started = await self._store.start_reply(
                 owner, conversation_id, content, self._model.name
@@ -210,9 +238,11 @@ class ChatService:
             assert transcript is not None, "the conversation was just written to"
         except ReplyInProgress:
             self._replies.pop(conversation_id, None)
+            await self._tell_ended(reply, 0)
             raise ClientError(409, _STILL_STREAMING) from None
         except BaseException:
             self._replies.pop(conversation_id, None)
+            await self._tell_ended(reply, 0)
             raise
         reply.message_id = answer.id
         history = [
@@ -236,6 +266,7 @@ class ChatService:
         except BrokerUnavailable as exc:
             # Kept, but nobody was told and no reply starts: say so, and don't pretend.
             self._replies.pop(conversation_id, None)
+            await self._tell_ended(reply, 0)
             why = f"No reply was started: {exc}."
             await self._save_last(answer.id, "", "error", None, why, None)
             raise ClientError(503, f"the message was saved but not announced: {exc}") from None
@@ -393,6 +424,9 @@ class ChatService:
                     if isinstance(piece, Finish):
                         finish = piece.reason
                         continue
+                    if isinstance(piece, Usage):
+                        reply.tokens = piece.completion_tokens
+                        continue
                     if not piece:
                         continue
                     now = time.monotonic()
@@ -442,6 +476,10 @@ class ChatService:
             )
         finally:
             self._replies.pop(conversation_id, None)
+            spent = reply.tokens
+            if spent is None:
+                spent = -(-len(text) // _CHARS_PER_TOKEN)
+            await self._tell_ended(reply, spent)
         if refused is not None:
             # Listeners are told what the transcript will say once the store is back.
             error = refused
@@ -459,6 +497,15 @@ class ChatService:
             "duration_ms": duration_ms,
         }
         await self._publish_last(reply, topic, "done", payload)
+
+    async def _tell_ended(self, reply: _Reply, tokens: int) -> None:
+        ended, reply.ended = reply.ended, None
+        if ended is None:
+            return
+        try:
+            await settle(ended(tokens))
+        except Exception:
+            log.exception("counting the end of reply %s failed", reply.message_id or "(none)")
 
     async def _save_so_far(self, reply: _Reply) -> None:
         """Save a streaming reply's text so far.

@@ -14,6 +14,7 @@ from uuid import UUID
 
 from sse.app.router import App
 from sse.config import Config
+from sse.protocol.forwarded import Networks
 from sse.pubsub.hub import Resume, Sink
 
 __all__ = ["Connection", "OpenSink", "ServerState"]
@@ -50,6 +51,11 @@ class ServerState(Protocol):
     @property
     def config(self) -> Config:
         """The server's settings."""
+        ...
+
+    @property
+    def trusted_proxies(self) -> Networks:
+        """The --trusted-proxy networks: only their X-Forwarded-For is believed."""
         ...
 
     @property

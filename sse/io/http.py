@@ -25,6 +25,8 @@ from sse.errors import BrokerUnavailable
 from sse.io.hooks import ServerState
 from sse.io.stream import Stream
 from sse.io.websocket import accept
+from sse.limits.policy import Claim
+from sse.protocol.forwarded import client_address, is_trusted
 from sse.protocol.http1 import status_phrase, with_header
 from sse.protocol.sse import encode_retry
 from sse.pubsub.hub import Resume
@@ -51,9 +53,8 @@ _RAW_500_HEAD = (
     b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
     b"content-length: %d\r\nconnection: close\r\n" % len(_RAW_500_BODY)
 )
-# An X-Request-Id we echo as given; anything else is replaced by one of ours.
-# It is trusted from every client for now: issue 14 restricts that to trusted
-# proxies. Its characters are safe in a header, so no validation by h11 is needed.
+# An X-Request-Id we echo as given, when a trusted proxy sent it; anything else is
+# replaced by one of ours. Its characters are safe in a header: no validation by h11.
 _SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Query parameters whose values are credentials: masked in the access log.
 _SECRET_PARAMS = re.compile(
@@ -92,6 +93,8 @@ class HttpConnection(asyncio.Protocol):
     # Thousands of these sit idle holding streams: slots keep each one small.
     __slots__ = (
         "_body",
+        "_claim",
+        "_client_ip",
         "_config",
         "_deadline",
         "_got_bytes",
@@ -101,6 +104,7 @@ class HttpConnection(asyncio.Protocol):
         "_on_deadline",
         "_overloaded",
         "_peer",
+        "_peer_ip",
         "_phase",
         "_request",
         "_request_id",
@@ -112,6 +116,7 @@ class HttpConnection(asyncio.Protocol):
         "_timer",
         "_transport",
         "_version",
+        "_via_proxy",
         "_write_paused",
     )
 
@@ -123,6 +128,9 @@ class HttpConnection(asyncio.Protocol):
         )
         self._transport: asyncio.Transport | None = None
         self._peer = "-"
+        self._peer_ip = "-"
+        self._client_ip = "-"
+        self._via_proxy = False
         self._phase = Phase.AWAIT_REQUEST
         self._timer: asyncio.TimerHandle | None = None
         self._deadline = 0.0
@@ -138,6 +146,7 @@ class HttpConnection(asyncio.Protocol):
         self._write_paused = False
         self._overloaded = False
         self._stream: Stream | None = None
+        self._claim: Claim | None = None  # the open stream's slots of the per-client caps
         self._stream_close_reason = "client closed"
         self._ignored_bytes = 0
 
@@ -150,6 +159,10 @@ class HttpConnection(asyncio.Protocol):
         self._transport = transport
         peer = transport.get_extra_info("peername")
         self._peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self._peer_ip = self._client_ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        trusted = self._server.trusted_proxies
+        # Only a proxy of ours may say who the client is, or name the request.
+        self._via_proxy = bool(trusted) and is_trusted(self._peer_ip, trusted)
         server = self._server
         server.connections.add(self)
         self._overloaded = len(server.connections) > self._config.max_connections
@@ -194,6 +207,8 @@ class HttpConnection(asyncio.Protocol):
         """The one exit path: unsubscribe, cancel timers, forget the connection."""
         self._drop_timer()
         self._phase = Phase.CLOSING
+        if self._claim is not None:
+            self._claim.release()
         stream = self._stream
         if stream is not None:
             self._stream = None
@@ -261,17 +276,20 @@ class HttpConnection(asyncio.Protocol):
             key = name.decode("ascii", "replace")  # h11 lower-cases names
             text = value.decode("latin-1")
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
-        given = headers.get("x-request-id")
+        given = headers.get("x-request-id") if self._via_proxy else None
         self._request_id = (
             given
             if given is not None and _SANE_REQUEST_ID.fullmatch(given)
             else self._server.request_id()
         ).encode()
+        if self._via_proxy:
+            self._client_ip = client_address(self._peer_ip, headers, self._server.trusted_proxies)
         self._request = Request(
             event.method.decode("ascii", "replace"),
             (parts.path if parts is not None else target) or "/",
             dict(parse_qsl(parts.query, keep_blank_values=True)) if parts is not None else {},
             headers,
+            client_ip=self._client_ip,
         )
         self._body.clear()
         self._phase = Phase.READ_BODY
@@ -438,8 +456,11 @@ class HttpConnection(asyncio.Protocol):
         if transport is None:
             return
         if request.method == "HEAD":
+            if opening.claim is not None:
+                opening.claim.release()
             self._send_reply(Reply(200, b"", None, (*_STREAM_HEADERS, *opening.cors)))
             return
+        self._claim = opening.claim
         server = self._server
         head = self._with_request_id(
             self._h11.send(
@@ -550,6 +571,8 @@ class HttpConnection(asyncio.Protocol):
             request_id=self._request_id,
         )
         if isinstance(result, Reply):
+            if opening.claim is not None:
+                opening.claim.release()
             self._send_reply(result)
             return
         self._access(101, -1)
@@ -719,7 +742,7 @@ class HttpConnection(asyncio.Protocol):
                 "status": status,
                 "duration_ms": round(took_ms, 3),
                 "bytes": None if size < 0 else size,
-                "client_ip": self._peer.rpartition(":")[0] or self._peer,
+                "client_ip": self._client_ip,
             },
         )
 

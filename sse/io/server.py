@@ -33,6 +33,8 @@ from sse.config import Config
 from sse.errors import BrokerUnavailable, StartError
 from sse.io.hooks import Connection, OpenSink
 from sse.io.http import HttpConnection
+from sse.limits.policy import Limits
+from sse.protocol.forwarded import Networks, parse_networks
 from sse.pubsub.broker import Broker, MemoryBroker
 from sse.pubsub.hub import Hub, Resume, Sink
 from sse.pubsub.redis import RedisBroker
@@ -91,17 +93,21 @@ class Server:
             end_streams=self.end_streams,
         )
         self.gate = Gate(config, self.store, session_secret(config), self.broker.claim_once)
+        shared = self.broker.client if isinstance(self.broker, RedisBroker) else None
+        self.limits = Limits(config, shared)
+        self._trusted_proxies = parse_networks(config.trusted_proxies)
         self.app = App(
             config,
             [
-                *Room(config, self.broker).routes(),
-                *conversation_routes(self.chat, config),
+                *Room(config, self.broker, self.limits, self.gate).routes(),
+                *conversation_routes(self.chat, config, self.limits),
                 *identity_routes(config, self.gate, self.store),
             ],
             load_static(config.client_dir),
             self.health,
             self.readiness,
             self.gate,
+            self.limits,
         )
         self.connections: set[Connection] = set()
         self.streams: dict[UUID, OpenSink] = {}
@@ -123,6 +129,11 @@ class Server:
         self._ready_reasons: list[str] = []
         self._ready_at = -_READY_CACHE_S
         self._ready_check: asyncio.Task[None] | None = None
+
+    @property
+    def trusted_proxies(self) -> Networks:
+        """The --trusted-proxy networks."""
+        return self._trusted_proxies
 
     def health(self) -> Mapping[str, object]:
         """The numbers `GET /healthz` reports; "degraded" names its causes."""
@@ -150,6 +161,7 @@ class Server:
             "history_bytes": history_bytes,
             **broker,
             "broadcast_ms": self._broadcast_summary(),
+            "limits": self.limits.report(),
         }
 
     def readiness(self) -> list[str] | Awaitable[list[str]]:
@@ -397,6 +409,7 @@ class Server:
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.chat.model.aclose()
+        await self.limits.close()
         await self.broker.close()
         await self.store.close()
         self._listener = None

@@ -242,6 +242,10 @@ def _opened(
         server.publish_soon(opening.topic, opening.announce)
     # Only now what the client sent along with its handshake: its first message
     # comes after its own join, as it would had it waited for the 101.
+    if opening.refused is not None:
+        # Over a cap: a WebSocket client reads close codes, not statuses.
+        sock.close(_TRY_AGAIN_LATER, opening.refused[:_MAX_REASON_CHARS])
+        return
     if trailing:
         sock.data_received(trailing)
     if server.draining:
@@ -258,6 +262,7 @@ class WebSocket(Backlog, asyncio.Protocol):
 
     __slots__ = (
         "_busy",
+        "_claim",
         "_close_code",
         "_close_reason",
         "_commands",
@@ -301,6 +306,7 @@ class WebSocket(Backlog, asyncio.Protocol):
         self._encode = encode
         self._phase = _Phase.OPEN
         self._timer: asyncio.TimerHandle | None = None
+        self._claim = opening.claim
         self._expiry: asyncio.TimerHandle | None = None
         if opening.expires_at is not None:
             # The credential it was opened with runs out: the page renews and reconnects.
@@ -377,6 +383,8 @@ class WebSocket(Backlog, asyncio.Protocol):
         self._cancel_timer()
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._claim is not None:
+            self._claim.release()
         self._phase = _Phase.CLOSED
         self._drop_backlog()
         server = self._server

@@ -257,6 +257,11 @@ class RedisBroker:
         return None
 
     @property
+    def client(self) -> Redis:
+        """The pooled client, for other shared state (the per-client limits)."""
+        return self._client
+
+    @property
     def available(self) -> bool:
         """False while the reader cannot reach Redis."""
         return self._up

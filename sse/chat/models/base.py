@@ -6,7 +6,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-__all__ = ["ChatTurn", "Finish", "FinishReason", "Model", "Piece"]
+__all__ = ["ChatTurn", "Finish", "FinishReason", "Model", "Piece", "Usage"]
 
 FinishReason = Literal["stop", "length"]
 
@@ -26,7 +26,14 @@ class Finish:
     reason: FinishReason
 
 
-Piece = str | Finish
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Yielded when the upstream reports what the reply cost (stream_options.include_usage)."""
+
+    completion_tokens: int
+
+
+Piece = str | Finish | Usage
 
 
 class Model(Protocol):
@@ -39,6 +46,10 @@ class Model(Protocol):
     @property
     def label(self) -> str:
         """What the page shows, e.g. "built-in echo model"."""
+
+    @property
+    def free(self) -> bool:
+        """Whether a reply costs nothing (the echo model): no budget, no concurrency ceiling."""
 
     def reply(self, history: Sequence[ChatTurn]) -> AsyncGenerator[Piece, None]:
         """Stream the reply to `history` (oldest first, ending with the user's turn).

@@ -19,6 +19,7 @@ class EchoModel:
 
     name = "echo"
     label = "built-in echo model"
+    free = True
 
     def __init__(self, *, delay_s: float = 0.05, max_pieces: int = 1000) -> None:
         if delay_s < 0 or max_pieces <= 0:

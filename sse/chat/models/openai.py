@@ -104,6 +104,11 @@ class OpenAIModel:
         return self._name
 
     @property
+    def free(self) -> bool:
+        """Every reply is paid for upstream."""
+        return False
+
+    @property
     def label(self) -> str:
         """The model and the host serving it, e.g. "gpt-4o-mini via api.openai.com"."""
         return f"{self._name} via {self._host}"

@@ -1,0 +1,71 @@
+"""Whether a model reply may start for someone: its rate, how many run at once, the budget.
+
+Checked before the user's message is stored, so a refused POST changes
+nothing. Its slot and the tokens it cost are counted when it ends.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sse.auth.identity import Identity
+from sse.chat.service import ChatService
+from sse.chat.store.base import StoredMessage
+from sse.config import Config
+from sse.errors import OverLimit
+from sse.limits.policy import Claim, Limits
+from sse.pubsub.broker import settle
+
+__all__ = ["ReplyAdmission"]
+
+# How long a refusal for a busy model asks the client to wait.
+_BUSY_RETRY_S = 5.0
+
+
+class ReplyAdmission:
+    """Posts a message for someone, if a reply may start for them now."""
+
+    def __init__(self, service: ChatService, config: Config, limits: Limits | None) -> None:
+        self._service = service
+        self._config = config
+        self._limits = limits
+
+    async def post(
+        self, who: Identity, ip: str, conversation_id: str, content: str
+    ) -> tuple[StoredMessage, str]:
+        """`ChatService.post`, after the limits let it through.
+
+        Raises:
+            OverLimit: replies started too fast, too many at once, the model
+                busy, or the daily budget spent (the conversation is told why).
+            ClientError: as `ChatService.post`.
+        """
+        limits = self._limits
+        service = self._service
+        if limits is None:
+            return await service.post(who.owner, conversation_id, content)
+        refused = await settle(limits.hit(limits.replies, limits.clients(who, ip)))
+        if refused is not None:
+            raise refused
+        paid = not service.model.free
+        if paid:
+            if service.generating() >= self._config.model_concurrency:
+                raise OverLimit(
+                    "model_concurrency", _BUSY_RETRY_S, "the model is busy with other replies"
+                )
+            over = await limits.check_budget(who, ip)
+            if over is not None:
+                if await service.store.exists(who.owner, conversation_id):
+                    await service.announce_error(conversation_id, over.message)
+                raise over
+        pending = limits.claim([("replies_at_once", who.owner)], uuid.uuid4().hex)
+        slot = pending if isinstance(pending, Claim | OverLimit) else await pending
+        if isinstance(slot, OverLimit):
+            raise slot
+
+        async def ended(tokens: int) -> None:
+            slot.release()
+            if paid:
+                await limits.spend(who, ip, tokens)
+
+        return await service.post(who.owner, conversation_id, content, ended)
