@@ -37,6 +37,8 @@ async def make_server(tmp_path: Path) -> AsyncIterator[MakeServer]:
             "echo_delay_s": 0.005,
             # One key for the test's servers, as nodes share one; kept out of the checkout.
             "session_secret_file": tmp_path / "session.secret",
+            # One address makes every request here: the limits have tests of their own.
+            "limits": "off",
         }
         settings.update(overrides)
         server = Server(Config(**settings))
@@ -67,6 +69,8 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
         db = [] if "--db" in args else ["--db", str(tmp_path / f"chat{len(procs)}.sqlite3")]
         if "--session-secret-file" not in args and "--session-secret" not in args:
             db += ["--session-secret-file", str(tmp_path / "session.secret")]
+        if "--limits" not in args:
+            db += ["--limits", "off"]
         proc = ServerProcess("--port", "0", *db, *args, env=env)
         procs.append(proc)
         return proc

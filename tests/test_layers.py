@@ -14,7 +14,19 @@ from pathlib import Path
 from tests.support.servers import ROOT
 
 PACKAGE = ROOT / "sse"
-LAYERS = ("errors", "config", "protocol", "pubsub", "chat", "auth", "limits", "app", "io", "cli", "main")
+LAYERS = (
+    "errors",
+    "config",
+    "protocol",
+    "pubsub",
+    "chat",
+    "auth",
+    "limits",
+    "app",
+    "io",
+    "cli",
+    "main",
+)
 
 
 def _module_name(path: Path) -> str:

@@ -25,6 +25,8 @@ _TOKEN = "Bearer token-secret-4242"
 _MESSAGE = "message-secret-hunter2"
 _SECRETS = ("cookie-secret-31337", "token-secret-4242", "message-secret-hunter2", "hunter2")
 _JSON = [("content-type", "application/json")]
+# The test client connects from here: a proxy of ours, whose X-Request-Id is taken.
+_PROXY = ("127.0.0.1",)
 
 
 def _records(proc: ServerProcess) -> list[dict[str, object]]:
@@ -104,10 +106,19 @@ async def test_text_logs_stay_the_default(spawn: Spawn) -> None:
         json.loads(proc.lines[0])
 
 
+async def test_a_request_id_from_a_peer_that_is_no_trusted_proxy_is_replaced(
+    make_server: MakeServer,
+) -> None:
+    # Anyone could otherwise write ids into our logs, or collide with others'.
+    server = await make_server(trusted_proxies=("10.0.0.0/8",))
+    reply = await request(server.address, "GET", "/healthz", [("x-request-id", "chosen-1")])
+    assert reply.headers["x-request-id"].startswith(server.node[:12] + "-")
+
+
 async def test_a_sane_request_id_is_echoed_and_others_are_replaced(
     make_server: MakeServer,
 ) -> None:
-    server = await make_server()
+    server = await make_server(trusted_proxies=_PROXY)
     given = "abc.DEF-123_x" + "9" * 115  # 128 characters: the longest taken
     echoed = await request(server.address, "GET", "/healthz", [("x-request-id", given)])
     assert echoed.headers["x-request-id"] == given
@@ -126,7 +137,7 @@ async def test_a_sane_request_id_is_echoed_and_others_are_replaced(
 async def test_every_response_of_a_keep_alive_connection_has_its_own_request_id(
     make_server: MakeServer,
 ) -> None:
-    server = await make_server()
+    server = await make_server(trusted_proxies=_PROXY)
     conn = await Connection.open(server.address)
     first = await conn.request("GET", "/healthz", [("x-request-id", "first")])
     second = await conn.request("GET", "/healthz")
@@ -136,7 +147,7 @@ async def test_every_response_of_a_keep_alive_connection_has_its_own_request_id(
 
 
 async def test_stream_responses_echo_the_request_id(make_server: MakeServer) -> None:
-    server = await make_server()
+    server = await make_server(trusted_proxies=_PROXY)
     stream = await EventStream.open(server.address, headers=[("x-request-id", "stream-1")])
     assert stream.headers["x-request-id"] == "stream-1"
     await wait_until(lambda: len(server.streams) == 1)
@@ -147,7 +158,7 @@ async def test_stream_responses_echo_the_request_id(make_server: MakeServer) -> 
 
 
 async def test_a_websocket_handshake_echoes_the_request_id(make_server: MakeServer) -> None:
-    server = await make_server()
+    server = await make_server(trusted_proxies=_PROXY)
     host, port = server.address
     async with connect(f"ws://{host}:{port}/ws", additional_headers={"X-Request-Id": "ws-7"}) as ws:
         assert ws.response is not None
