@@ -14,11 +14,14 @@ import http.server
 import json
 import re
 import threading
+import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import jwt
 import pytest
+from playwright._impl._api_structures import SetCookieParam  # not re-exported
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
 
 from tests.browser.test_chat import (
@@ -75,8 +78,10 @@ def _people(browser: Browser, default_url: str) -> Iterator[OpenPerson]:
 
         page.on("console", on_console)
 
-    def open_(url: str | None = None) -> Page:
+    def open_(url: str | None = None, cookies: Sequence[SetCookieParam] = ()) -> Page:
         context = browser.new_context()
+        if cookies:
+            context.add_cookies(list(cookies))
         context.set_default_timeout(10_000)
         context.add_init_script(_WATCH_CSP)
         context.on("page", watch)
@@ -366,6 +371,41 @@ def test_a_revoked_sign_in_makes_the_stream_ask_to_sign_in_again(
         page.locator(f"[data-conversation-id='{conversation_id}']").click()
         expect(page.locator("#chat-status")).to_have_text("live")
         expect(page.locator("#transcript li[data-message-id]")).to_have_count(2)
+
+
+def test_in_jwt_mode_the_room_stream_renews_when_its_token_expires(
+    browser: Browser, spawn: Callable[..., ServerProcess]
+) -> None:
+    secret = "s" * 40
+    server = spawn("--auth", "jwt", "--jwt-secret", secret, *FAST_RETRY)
+
+    def token_cookie(lifetime_s: int) -> SetCookieParam:
+        claims = {"sub": "host-user-7", "name": "Dee", "exp": int(time.time()) + lifetime_s}
+        value = jwt.encode(claims, secret, algorithm="HS256")
+        return {"name": "ssechat_token", "value": value, "url": server.url}
+
+    with _people(browser, f"{server.url}/") as open_:
+        # A host application set a token that expires in a few seconds.
+        page = open_(cookies=[token_cookie(3)])
+        expect(page.locator("#identity-name")).to_have_text("Dee")
+        expect(page.locator("#status")).to_have_text("live")
+        # The name comes from the token: no rename, no sign-in here.
+        _identity_panel(page)
+        expect(page.locator("#rename-form")).to_be_hidden()
+        expect(page.locator("#auth-form")).to_be_hidden()
+        # The host renews its cookie; the open stream still runs on the old token
+        # and ends at its exp with `reauth`: the page asks /me, then reopens.
+        page.context.add_cookies([token_cookie(3600)])
+        asked: list[str] = []
+        page.on("request", lambda request: asked.append(request.url))
+        with page.expect_request(re.compile(r"/events\b"), timeout=15_000):
+            pass
+        assert f"{server.url}/me" in asked, asked
+        expect(page.locator("#status")).to_have_text("live")
+        said = f"renewed {token()}"
+        page.locator("#message-input").fill(said)
+        page.locator("#message-input").press("Enter")
+        expect(page.locator("#messages li.message").filter(has_text=said)).to_have_count(1)
 
 
 # ---------------------------------------------------------------- other sites
