@@ -75,6 +75,8 @@ export async function requestJson(method, path, body) {
   if (!response.ok) {
     throw new RequestFailed(await describeFailedResponse(response), response.status);
   }
+  // 204 No Content (DELETE): nothing to parse.
+  if (response.status === 204) return null;
   try {
     return await response.json();
   } catch (err) {

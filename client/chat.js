@@ -2,10 +2,11 @@
  * The Chat view: conversations with an assistant (/conversations/...). One
  * conversation is open at a time, with one LiveStream on
  * /conversations/{id}/events; its transcript is fetched and stitched with the
- * events (syncTranscript); the composer posts messages and stops replies.
+ * events (syncTranscript). The composer is chat-composer.js.
  */
 
 import { conversationPath, RequestFailed, requestJson } from "./api.js";
+import { onChatKeydown, sendChatMessage, stopReply } from "./chat-composer.js";
 import {
   chat,
   chatHash,
@@ -15,12 +16,10 @@ import {
   saveConversation,
   savedConversation,
   setChatTitle,
-  setReplying,
   showChatError,
   updateChatComposer,
 } from "./chat-state.js";
 import {
-  createConversation,
   markActiveConversation,
   onConversationListClick,
   onNewConversation,
@@ -28,12 +27,11 @@ import {
   setDrawerOpen,
 } from "./conversations.js";
 import { State, ui } from "./dom.js";
+import { Change, onIdentityChanged, renewIdentity, whenIdentityKnown } from "./identity.js";
 import { LiveStream, StatusBadge } from "./live.js";
 import { serverUrl } from "./settings.js";
-import { applyChatEvent, findMessage, renderTranscript } from "./transcript.js";
+import { applyChatEvent, renderTranscript } from "./transcript.js";
 
-/** A message typed before any conversation is open waits this long for the new one's stream. */
-const CHAT_READY_TIMEOUT_MS = 5000;
 /** A reply opened mid-stream with a hole in its text is fetched again this often until it heals. */
 const HEAL_RETRY_MS = 1100;
 /** Named events of a conversation stream that carry chat data (all JSON). */
@@ -49,8 +47,11 @@ const stream = new LiveStream({
     // The server's own `error` event (a failed reply), not a failed connection.
     error: onChatEvent,
     gap: onChatGap,
+    deleted: onChatDeleted,
   },
   onOpen: onChatOpen,
+  // `reauth`: go on only as the same person; someone else was told (onIdentity).
+  renew: async () => (await renewIdentity()) === "same",
   // Refused outright (e.g. 404 for an unknown conversation): the transcript
   // request says why, and shows what there is.
   onClosed: () => {
@@ -104,7 +105,7 @@ export function openConversation(id, title = null) {
  * Close the open conversation and show `why` (if given). `forget` drops it
  * from storage too: it is gone from the server, not merely left behind.
  */
-function closeConversation(why = null, forget = false) {
+export function closeConversation(why = null, forget = false) {
   resetConversationState();
   if (forget && chat.conversationId !== null) saveConversation(null);
   chat.conversationId = null;
@@ -116,18 +117,6 @@ function closeConversation(why = null, forget = false) {
   markActiveConversation();
   if (!ui.chatView.hidden) replaceHash(chatHash());
   if (why !== null) showChatError(why);
-}
-
-/** Resolve once the open conversation's transcript is shown, or after `ms` regardless. */
-function whenChatReady(ms) {
-  if (chat.ready) return Promise.resolve();
-  return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    chat.onReady.push(() => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
 }
 
 // ---------------------------------------------------------------- stream
@@ -183,6 +172,14 @@ function recordPiece(type, payload) {
     // Kept until the next render: a reply opened mid-stream is stitched then.
     if (!chat.partial.has(id)) chat.pieces.delete(id);
   }
+}
+
+/** The conversation was deleted (here or in another tab): close it, drop it from the list. */
+function onChatDeleted() {
+  const id = chat.conversationId;
+  ui.conversationList.querySelector(`[data-conversation-id="${CSS.escape(id)}"]`)?.closest("li")?.remove();
+  closeConversation("That conversation was deleted.", true);
+  refreshConversationList();
 }
 
 /** Events were missed (e.g. the server restarted): fetch the transcript again. */
@@ -271,100 +268,34 @@ function flushChatBuffer(stitched) {
   }
 }
 
-// ---------------------------------------------------------------- composer
-
-/** Post the composer's text to the open conversation (creating one if none is open). */
-async function sendChatMessage() {
-  if (chat.posting) return;
-  const text = ui.chatInput.value;
-  if (text.trim() === "") return;
-  if (chat.replyingId !== null) {
-    showChatError("A reply is still streaming: wait for it, or press Stop.");
-    return;
-  }
-  clearChatError();
-  chat.posting = true;
-  updateChatComposer();
-  try {
-    if (chat.conversationId === null && (await createConversation()) === null) return;
-    // Post once the stream is open, so this message and its reply stream in
-    // live rather than arriving with the transcript.
-    await whenChatReady(CHAT_READY_TIMEOUT_MS);
-    const id = chat.conversationId;
-    const generation = chat.generation;
-    if (id === null) return;
-    let answer;
-    try {
-      answer = await requestJson("POST", conversationPath(id, "/messages"), { content: text });
-    } catch (err) {
-      if (!(err instanceof RequestFailed)) throw err;
-      if (generation !== chat.generation) return;
-      if (err.status === 404) {
-        closeConversation(`That conversation is not on ${serverUrl}; it may have been deleted.`, true);
-      } else {
-        showChatError(err.message);
-      }
-      return;
-    }
-    if (generation !== chat.generation) return;
-    // The message itself arrives as a `user` event, like in every other tab.
-    ui.chatInput.value = "";
-    const replyId = answer?.reply_id;
-    // Show Stop at once, unless the reply already ended (its events can beat this answer).
-    if (typeof replyId === "string" && !chat.finished.has(replyId) && chat.replyingId === null) {
-      const item = findMessage(replyId);
-      if (item === null || item.dataset.status === "streaming") setReplying(replyId);
-    }
-  } finally {
-    chat.posting = false;
-    updateChatComposer();
-    ui.chatInput.focus();
-  }
-}
-
-/** Ask the server to stop the streaming reply; it ends with done/cancelled. */
-async function stopReply() {
-  const id = chat.conversationId;
-  if (id === null || chat.stopping) return;
-  const generation = chat.generation;
-  chat.stopping = true;
-  updateChatComposer();
-  try {
-    const answer = await requestJson("POST", conversationPath(id, "/stop"));
-    if (generation !== chat.generation) return;
-    // Nothing was streaming: we missed the end of the reply we thought ran.
-    if (answer?.stopped === false && chat.replyingId !== null) {
-      setReplying(null);
-      syncTranscript();
-    }
-  } catch (err) {
-    if (!(err instanceof RequestFailed)) throw err;
-    if (generation === chat.generation) showChatError(`Could not stop the reply: ${err.message}`);
-  } finally {
-    if (generation === chat.generation) {
-      chat.stopping = false;
-      updateChatComposer();
-    }
-  }
-}
-
-/** Enter sends; Shift+Enter (or Enter while an IME is composing) types a newline. */
-function onChatKeydown(event) {
-  if (event.key !== "Enter" || event.shiftKey || event.isComposing) return;
-  event.preventDefault();
-  sendChatMessage();
-}
-
 // ---------------------------------------------------------------- start
 
 /** First showing of the Chat view: list the conversations, reopen `wanted` or the last one. */
 export function startChat(wanted) {
-  if (!chat.started) {
-    chat.started = true;
-    refreshConversationList();
+  const first = !chat.started;
+  chat.started = true;
+  // After GET /me: a first visit's requests at once would each make a new guest.
+  whenIdentityKnown().then(() => {
+    if (first) refreshConversationList();
+    const id = wanted ?? (chat.conversationId === null ? savedConversation() : null);
+    if (id !== null) openConversation(id);
+  });
+}
+
+/**
+ * This browser became someone else. Signed in: the guest's conversations
+ * moved to the account, so the open one stays, its stream reopened under the
+ * new cookie. Signed out or replaced: what was open is not ours any more.
+ */
+function onIdentity(change) {
+  if (!chat.started) return;
+  if (change === Change.SIGNED_IN) {
+    if (chat.conversationId !== null) chatConnect();
+  } else {
+    closeConversation(null, true);
+    ui.conversationList.replaceChildren();
   }
-  const id = wanted ?? (chat.conversationId === null ? savedConversation() : null);
-  if (id !== null) openConversation(id);
+  refreshConversationList();
 }
 
 /** The server URL was applied: resume on the same server, start over on another. */
@@ -377,9 +308,11 @@ export function onChatServerApplied(changed) {
   closeConversation();
   clearChatError();
   ui.conversationList.replaceChildren();
-  refreshConversationList();
-  const saved = savedConversation();
-  if (saved !== null) openConversation(saved);
+  whenIdentityKnown().then(() => {
+    refreshConversationList();
+    const saved = savedConversation();
+    if (saved !== null) openConversation(saved);
+  });
 }
 
 /** Wire up the Chat view's controls (its network work starts with startChat). */
@@ -398,5 +331,6 @@ export function wireChat() {
     setDrawerOpen(ui.chatView.dataset.drawer !== "open");
   });
   ui.chatReconnect.addEventListener("click", () => chatConnect());
+  onIdentityChanged(onIdentity);
 }
 

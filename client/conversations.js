@@ -1,16 +1,19 @@
 /**
  * The conversation list (GET /conversations): a sidebar on wide screens and a
- * drawer on narrow ones; New conversation (POST /conversations).
+ * drawer on narrow ones; New conversation (POST /conversations); Rename
+ * (PATCH /conversations/{id}) and Delete (DELETE) beside each entry.
  */
 
-import { RequestFailed, requestJson } from "./api.js";
+import { conversationPath, RequestFailed, requestJson } from "./api.js";
 import { chat, clearChatError, setChatTitle, showChatError } from "./chat-state.js";
-import { openConversation } from "./chat.js";
+import { closeConversation, openConversation } from "./chat.js";
 import { ui } from "./dom.js";
 import { serverUrl } from "./settings.js";
 
 /** Conversations listed (GET /conversations?limit=, at most 200). */
 const CONVERSATION_LIST_LIMIT = 50;
+/** A first press of Delete arms it for this long; a second press within it deletes. */
+const DELETE_ARMED_MS = 4000;
 
 /** Short time for the list: the time of day if today, else the date. */
 function formatListTime(seconds) {
@@ -43,12 +46,24 @@ function renderConversationList(conversations) {
       time.textContent = formatListTime(summary.updated_at);
       button.append(time);
     }
-    item.append(button);
+    item.className = "conversation-row";
+    item.append(button, actionButton("rename", "Rename", title), actionButton("delete", "Delete", title));
     items.push(item);
     if (summary.id === chat.conversationId) setChatTitle(title);
   }
   ui.conversationList.replaceChildren(...items);
   markActiveConversation();
+}
+
+/** A small Rename or Delete button for the entry titled `title`. */
+function actionButton(action, label, title) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "conversation-action";
+  button.dataset.action = action;
+  button.textContent = label;
+  button.setAttribute("aria-label", `${label} “${title}”`);
+  return button;
 }
 
 /** Mark the open conversation's list entry with aria-current. */
@@ -99,8 +114,16 @@ export function setDrawerOpen(open) {
   ui.conversationsToggle.setAttribute("aria-expanded", String(open));
 }
 
-/** A click in the list opens that conversation. */
+/** A click in the list opens that conversation, or renames or deletes it. */
 export function onConversationListClick(event) {
+  const action = event.target.closest("[data-action]");
+  if (action !== null) {
+    const id = action.closest("li")?.querySelector("[data-conversation-id]")?.dataset.conversationId;
+    if (id === undefined) return;
+    if (action.dataset.action === "rename") startRename(action.closest("li"), id);
+    else if (action.dataset.action === "delete") onDeletePress(action, id);
+    return;
+  }
   const button = event.target.closest("[data-conversation-id]");
   if (button === null) return;
   clearChatError();
@@ -143,3 +166,78 @@ export async function onNewConversation() {
   ui.chatInput.focus();
 }
 
+
+// ---------------------------------------------------------------- rename, delete
+
+/** Replace the entry's title with a text field; Enter saves (PATCH), Escape cancels. */
+function startRename(item, id) {
+  const title = item.querySelector(".conversation-title")?.textContent ?? "";
+  const form = document.createElement("form");
+  form.className = "conversation-rename";
+  const input = document.createElement("input");
+  input.type = "text";
+  input.value = title;
+  input.maxLength = 200;
+  input.setAttribute("aria-label", "New title");
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.className = "conversation-action";
+  save.textContent = "Save";
+  form.append(input, save);
+  item.replaceChildren(form);
+  input.focus();
+  input.select();
+  input.addEventListener("keydown", (event) => {
+    if (event.key === "Escape") refreshConversationList();
+  });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const next = input.value.trim();
+    if (next !== "" && next !== title) {
+      try {
+        await requestJson("PATCH", conversationPath(id), { title: next });
+        if (id === chat.conversationId) setChatTitle(next);
+      } catch (err) {
+        if (!(err instanceof RequestFailed)) throw err;
+        showChatError(`Could not rename the conversation: ${err.message}`);
+      }
+    }
+    refreshConversationList();
+  });
+}
+
+/** Delete asks twice: the first press arms the button, a second one within DELETE_ARMED_MS deletes. */
+function onDeletePress(button, id) {
+  if (button.dataset.armed !== "true") {
+    const label = button.getAttribute("aria-label");
+    button.dataset.armed = "true";
+    button.textContent = "Delete?";
+    button.setAttribute("aria-label", `Confirm: ${label}`);
+    setTimeout(() => {
+      if (!button.isConnected) return;
+      delete button.dataset.armed;
+      button.textContent = "Delete";
+      button.setAttribute("aria-label", label);
+    }, DELETE_ARMED_MS);
+    return;
+  }
+  deleteConversation(id);
+}
+
+/** DELETE /conversations/{id}; its open stream also ends with `deleted` (chat.js). */
+async function deleteConversation(id) {
+  clearChatError();
+  try {
+    await requestJson("DELETE", conversationPath(id));
+  } catch (err) {
+    if (!(err instanceof RequestFailed)) throw err;
+    // 404: already gone (deleted elsewhere); the list below shows that.
+    if (err.status !== 404) {
+      showChatError(`Could not delete the conversation: ${err.message}`);
+      return;
+    }
+  }
+  ui.conversationList.querySelector(`[data-conversation-id="${CSS.escape(id)}"]`)?.closest("li")?.remove();
+  if (id === chat.conversationId) closeConversation(null, true);
+  refreshConversationList();
+}

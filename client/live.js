@@ -6,6 +6,10 @@
 
 import { State } from "./dom.js";
 
+/** More reauths than this within REAUTH_WINDOW_MS and the stream stays closed (Reconnect remains). */
+const MAX_REAUTHS = 3;
+const REAUTH_WINDOW_MS = 30000;
+
 /** A badge showing one of State, and the Reconnect button offered beside it. */
 export class StatusBadge {
   constructor(status, reconnect, state) {
@@ -34,8 +38,20 @@ export class StatusBadge {
  * ignored.
  */
 export class LiveStream {
-  constructor({ badge, events, onOpen = () => {}, onClosed = () => {}, onUnopenable }) {
+  constructor({ badge, events, onOpen = () => {}, onClosed = () => {}, onUnopenable, renew = null }) {
     this.badge = badge;
+    /**
+     * On `event: reauth` (the stream's credential expired or was revoked; the
+     * server ends the stream after it): `renew(reason)` resolves to true to
+     * reopen the same URL, false to stay closed. Null: reauth is not handled.
+     */
+    this.renew = renew;
+    /** The URL last opened (without ?last_event_id=), for a reopen after renewal. */
+    this.url = null;
+    /** Counts open() and close() calls: a renewal finishing after another one changes nothing. */
+    this.epoch = 0;
+    /** When recent reauths arrived (ms): a server that answers each renewal with another is given up on. */
+    this.reauths = [];
     this.events = events;
     this.onOpen = onOpen;
     this.onClosed = onClosed;
@@ -54,6 +70,7 @@ export class LiveStream {
   /** Open an EventSource on `url`, replacing the current one, resuming after lastEventId. */
   open(url) {
     this.close();
+    this.url = url;
     this.badge.set(State.CONNECTING);
     // The browser's own reconnects of this EventSource send the Last-Event-ID
     // header, which the server prefers to the query, so the query never holds
@@ -96,10 +113,38 @@ export class LiveStream {
     for (const type of Object.keys(this.events)) {
       if (type !== "error") stream.addEventListener(type, whileCurrent((event) => this.dispatch(event)));
     }
+    if (this.renew !== null) stream.addEventListener("reauth", whileCurrent((event) => this.reauthorize(event)));
+  }
+
+  /**
+   * The server said `reauth`: close at once (the browser would otherwise
+   * reconnect with the same stale credential after `retry:`), renew, reopen.
+   */
+  async reauthorize(event) {
+    this.close();
+    this.badge.set(State.RECONNECTING);
+    const url = this.url;
+    const epoch = this.epoch;
+    const now = Date.now();
+    this.reauths = this.reauths.filter((when) => now - when < REAUTH_WINDOW_MS);
+    this.reauths.push(now);
+    let reason = "expired";
+    try {
+      const payload = JSON.parse(event.data);
+      if (typeof payload?.reason === "string") reason = payload.reason;
+    } catch (err) {
+      if (!(err instanceof SyntaxError)) throw err;
+    }
+    const again = this.reauths.length <= MAX_REAUTHS && (await this.renew(reason));
+    // Another open() (or close()) happened meanwhile: that one stands.
+    if (this.epoch !== epoch) return;
+    if (again) this.open(url);
+    else this.badge.set(State.CLOSED);
   }
 
   /** Stop listening, if a stream is open. */
   close() {
+    this.epoch += 1;
     if (this.source !== null) this.source.close();
     this.source = null;
   }

@@ -8,6 +8,7 @@
 import { chatHash, conversationFromHash, replaceHash } from "./chat-state.js";
 import { onChatServerApplied, startChat, wireChat } from "./chat.js";
 import { ui } from "./dom.js";
+import { loadIdentity, wireIdentity } from "./identity.js";
 import {
   clearSendError,
   connect,
@@ -44,6 +45,8 @@ function useServer(next) {
   const changed = next !== serverUrl;
   if (changed) forgetRoom();
   setServerUrl(next);
+  // Another server is another identity (and maybe has accounts where this one has none).
+  if (changed) loadIdentity();
   reconnectNow();
   onChatServerApplied(changed);
 }
@@ -125,6 +128,7 @@ function start() {
   // Editing the text means the user has seen the error.
   ui.input.addEventListener("input", clearSendError);
   if (ui.nav !== null) ui.nav.addEventListener("click", onNavClick);
+  wireIdentity();
   wireChat();
   window.addEventListener("hashchange", onHashChange);
   // A #c=<id> (or #chat) address reopens the Chat view; otherwise the room.

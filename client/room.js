@@ -7,6 +7,7 @@
 
 import { describeFailedResponse, describeFetchFailure, SEND_TIMEOUT_MS } from "./api.js";
 import { NEAR_BOTTOM_PX, State, ui } from "./dom.js";
+import { renewIdentity } from "./identity.js";
 import { LiveStream, StatusBadge } from "./live.js";
 import {
   saveTransport,
@@ -37,6 +38,8 @@ const stream = new LiveStream({
   badge,
   events: { message: onStreamMessage, gap: onStreamGap },
   onUnopenable: () => showSettingsError(`Cannot open a stream at ${serverUrl}/events.`),
+  // `reauth` (jwt mode: the token expired): the room is everyone's, so any identity will do.
+  renew: async () => (await renewIdentity()) !== "failed",
 });
 /** The one WebSocket we listen to, or null; events from older ones are ignored. */
 let socket = null;

@@ -235,7 +235,9 @@ def test_a_tab_opened_mid_reply_shows_only_true_text_and_can_stop_it_for_every_t
     # pieces may be missing until a later save overlaps the live ones; the page
     # must then mark the hole. Wherever no hole is marked, the text must be a
     # true prefix of the reply.
-    reader = open_page()
+    # Another tab of the same person: someone else would get 404 (test_identity.py).
+    reader = writer.context.new_page()
+    reader.goto(f"{base_url}/")
     reader.evaluate(
         """final => {
                window.untrue = [];

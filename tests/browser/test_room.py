@@ -271,9 +271,11 @@ def foreign(spawn: Callable[..., ServerProcess]) -> str:
 
 
 def test_a_link_to_another_server_asks_first_and_sends_nothing_there_until_accepted(
-    open_page: OpenPage, chat: ServerProcess, foreign: str
+    open_page: OpenPage, spawn: Callable[..., ServerProcess], foreign: str
 ) -> None:
-    own = chat.url
+    # The page may connect only to the origins its server names (CSP
+    # connect-src, from --cors-origin), so this page's server names the other.
+    own = spawn("--cors-origin", foreign, *FAST_RETRY).url
     page, seen = _open_recording(open_page, f"{own}/?server={quote(foreign, safe='')}")
     expect(page.locator("#server-prompt")).to_be_visible()
     expect(page.locator("#server-prompt-origin")).to_have_text(foreign)
@@ -399,10 +401,14 @@ def test_reconnect_button_resumes_from_the_last_event_without_loss(
 
 
 def test_apply_resumes_on_the_same_server_and_starts_fresh_on_another(
-    open_page: OpenPage, chat: ServerProcess, spawn: Callable[..., ServerProcess]
+    open_page: OpenPage, spawn: Callable[..., ServerProcess]
 ) -> None:
-    base_url = chat.url
-    page = open_page()
+    other_url = spawn(*FAST_RETRY).url
+    # The page may connect only to the origins its server names (CSP
+    # connect-src, from --cors-origin), so this page's server names the other.
+    own = spawn("--cors-origin", other_url, *FAST_RETRY)
+    base_url = own.url
+    page = open_page(f"{base_url}/")
     expect(page.locator("#status")).to_have_text("live")
     text = f"kept {token()}"
     _post(page, base_url, text)
@@ -423,7 +429,6 @@ def test_apply_resumes_on_the_same_server_and_starts_fresh_on_another(
     ids = _event_ids(page)
     assert len(ids) == len(set(ids)), ids
 
-    other_url = spawn(*FAST_RETRY).url
     page.locator("#server-url").fill(other_url)
     with page.expect_request(re.compile(r"/events\b")) as opened:
         page.locator("#apply-server").click()
