@@ -8,6 +8,8 @@ difference per request, which start-up cancels out of. Same code, same count.
 
     .venv/bin/python bench/post_cost.py           # instructions per POST (needs valgrind)
     .venv/bin/python bench/post_cost.py --h11     # the same for h11 alone, for scale
+    .venv/bin/python bench/post_cost.py --limits  # with the per-client limits counting
+                                                  # (set too high to refuse any of them)
     .venv/bin/python bench/post_cost.py --run N   # just feed N requests (what callgrind runs)
 """
 
@@ -65,13 +67,17 @@ class CountingTransport:
         pass
 
 
-async def feed_server(n: int) -> None:
+async def feed_server(n: int, limits: bool) -> None:
     sys.path.insert(0, str(ROOT))
     from sse.config import Config
     from sse.io.http import HttpConnection
     from sse.io.server import Server
 
-    conn = HttpConnection(Server(Config(join_announcement=False)))
+    # One address sends every request, as the load generator does: with limits on,
+    # they are counted against limits too high to refuse any of them.
+    high = {"room_posts_per_s": 1e9, "room_post_burst": 10**9, "requests_per_s": 1e9}
+    config = Config(join_announcement=False, limits="on" if limits else "off", **high)
+    conn = HttpConnection(Server(config))
     transport = CountingTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
     for request in requests(n):
@@ -100,8 +106,9 @@ def feed_h11(n: int) -> None:
         conn.start_next_cycle()
 
 
-def instructions(n: int, h11_only: bool) -> int:
+def instructions(n: int, h11_only: bool, limits: bool) -> int:
     argv = [sys.executable, __file__, "--run", str(n), *(["--h11"] if h11_only else [])]
+    argv += ["--limits"] if limits else []
     done = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
         capture_output=True,
@@ -118,6 +125,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--h11", action="store_true", help="count h11 alone, not the server")
     p.add_argument("--run", type=int, metavar="N", help="feed N requests and exit")
+    p.add_argument("--limits", action="store_true", help="with the per-client limits on")
     args = p.parse_args()
     if args.run is not None:
         if args.h11:
@@ -125,13 +133,14 @@ def main() -> int:
         else:
             import uvloop
 
-            uvloop.run(feed_server(args.run))
+            uvloop.run(feed_server(args.run, args.limits))
         return 0
     if shutil.which("valgrind") is None:
         print("valgrind is missing: apt-get install valgrind", file=sys.stderr)
         return 2
-    per_post = (instructions(LARGE, args.h11) - instructions(SMALL, args.h11)) // (LARGE - SMALL)
-    what = "h11 alone" if args.h11 else "ssechat"
+    large = instructions(LARGE, args.h11, args.limits)
+    per_post = (large - instructions(SMALL, args.h11, args.limits)) // (LARGE - SMALL)
+    what = "h11 alone" if args.h11 else "ssechat, limits on" if args.limits else "ssechat"
     print(f"{what}: {per_post:,} instructions per POST /send-message (callgrind)")
     return 0
 
