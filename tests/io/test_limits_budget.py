@@ -26,6 +26,7 @@ from tests.support.client import (
     wait_until,
 )
 from tests.support.fake_openai import FakeOpenAI, Script
+from tests.support.redis_server import RedisServer
 from tests.support.servers import MakeServer, ServerProcess
 
 Address = tuple[str, int]
@@ -270,3 +271,55 @@ async def test_guests_dropping_their_cookie_share_their_addresss_budget(
     said = await _say(address, cid, "hi", elsewhere, "127.0.0.2")
     assert said.status == 202, said.body
     await wait_until(lambda: len(fake.requests) == 11, 10, "the reply to the other address")
+
+
+async def test_posts_racing_for_the_last_model_slot_start_one_reply(
+    make_server: MakeServer, fake: FakeOpenAI, redis_server: RedisServer
+) -> None:
+    # With Redis, checking the rate and the budget waits on the network: the
+    # model's slot must still be counted once, after those waits.
+    address = await _paid(make_server, fake, model_concurrency=1, redis_url=redis_server.url)
+    release = asyncio.Event()
+    fake.script = Script(pieces=["slow"], hold={0: release}, usage=1)
+    people = [CookieJar() for _ in range(4)]
+    cids = [await _conversation(address, jar) for jar in people]
+    said = await asyncio.gather(
+        *(_say(address, cid, "now", jar) for cid, jar in zip(cids, people, strict=True))
+    )
+    assert sorted(r.status for r in said) == [202, 429, 429, 429]
+    for refused in (r for r in said if r.status == 429):
+        _assert_refused(refused, "model_concurrency")
+    release.set()
+
+
+async def test_dry_run_lets_a_busy_model_through_and_counts_it(
+    make_server: MakeServer, fake: FakeOpenAI
+) -> None:
+    address = await _paid(make_server, fake, model_concurrency=1, limits="dry-run")
+    release = asyncio.Event()
+    fake.script = Script(pieces=["slow"], hold={0: release}, usage=1)
+    first = await _conversation(address)
+    assert (await _say(address, first, "go")).status == 202
+    await wait_until(lambda: len(fake.requests) == 1, 10, "the first reply to start")
+    other = CookieJar()
+    second = await _conversation(address, other)
+    assert (await _say(address, second, "me too", other)).status == 202
+    health = json_object(await _send(address, "GET", "/healthz", jar=None))
+    assert health["limits"]["would_refuse"] == {"model_concurrency": 1}
+    release.set()
+
+
+async def test_a_refusal_for_a_busy_model_is_counted_in_healthz(
+    make_server: MakeServer, fake: FakeOpenAI
+) -> None:
+    address = await _paid(make_server, fake, model_concurrency=1)
+    release = asyncio.Event()
+    fake.script = Script(pieces=["slow"], hold={0: release}, usage=1)
+    first = await _conversation(address)
+    assert (await _say(address, first, "go")).status == 202
+    other = CookieJar()
+    second = await _conversation(address, other)
+    _assert_refused(await _say(address, second, "me too", other), "model_concurrency")
+    health = json_object(await _send(address, "GET", "/healthz", jar=None))
+    assert health["limits"]["refused"] == {"model_concurrency": 1}
+    release.set()
