@@ -49,10 +49,6 @@ class ReplyAdmission:
             raise refused
         paid = not service.model.free
         if paid:
-            if service.generating() >= self._config.model_concurrency:
-                raise OverLimit(
-                    "model_concurrency", _BUSY_RETRY_S, "the model is busy with other replies"
-                )
             over = await limits.check_budget(who, ip)
             if over is not None:
                 if await service.store.exists(who.owner, conversation_id):
@@ -62,6 +58,14 @@ class ReplyAdmission:
         slot = pending if isinstance(pending, Claim | OverLimit) else await pending
         if isinstance(slot, OverLimit):
             raise slot
+        # After the last await: `service.post` takes its place among the generating
+        # replies before it first awaits, so posts racing here cannot all see a free
+        # model (the checks above wait on Redis when limits are shared).
+        if paid and service.generating() >= self._config.model_concurrency:
+            busy = limits.refuse("model_concurrency", _BUSY_RETRY_S)
+            if busy is not None:
+                slot.release()
+                raise busy
 
         async def ended(tokens: int) -> None:
             slot.release()

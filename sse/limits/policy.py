@@ -114,6 +114,10 @@ class Limits:
             "shared": self._shared is not None and not self._redis_failing,
         }
 
+    def refuse(self, limit: str, retry_after_s: float, detail: str = "") -> OverLimit | None:
+        """A refusal of `limit` decided by the caller, counted for /healthz; None in dry run."""
+        return self._verdict(limit, retry_after_s, detail)
+
     def _verdict(self, limit: str, retry_after_s: float, detail: str = "") -> OverLimit | None:
         refusal = OverLimit(limit, retry_after_s, detail or _MESSAGES.get(limit, limit))
         if self.mode == "dry-run":

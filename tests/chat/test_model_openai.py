@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from sse.chat.models.base import ChatTurn, Finish, Piece
+from sse.chat.models.base import ChatTurn, Finish, Piece, Usage
 from sse.chat.models.openai import OpenAIModel, _StreamParser
 from sse.errors import ConfigError, ModelError
 from tests.support.fake_openai import GREETING, FakeOpenAI, Script
@@ -85,10 +85,63 @@ async def test_pieces_are_relayed_in_order_and_the_request_is_a_streamed_chat_co
             {"role": "user", "content": "How are you?"},
         ],
         "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 1024,
     }
     assert request.headers["authorization"] == "Bearer sk-test"
     assert request.headers["accept"] == "text/event-stream"
     assert request.headers["content-type"] == "application/json"
+
+
+async def test_every_request_asks_for_max_tokens_and_the_usage_report(
+    fake: FakeOpenAI,
+) -> None:
+    async with open_model(fake.url, max_tokens=77) as model:
+        await collect(model)
+        await collect(model)
+    assert len(fake.requests) == 2
+    for request in fake.requests:
+        assert isinstance(request.body, dict)
+        assert request.body["max_tokens"] == 77
+        assert request.body["stream_options"] == {"include_usage": True}
+
+
+async def test_the_reported_usage_is_yielded_after_the_text(fake: FakeOpenAI) -> None:
+    fake.script = Script(pieces=["a", "b"], usage=42)
+    async with open_model(fake.url) as model:
+        assert await collect(model) == ["a", "b", Usage(42)]
+
+
+async def test_usage_comes_before_finish_length(fake: FakeOpenAI) -> None:
+    fake.script = Script(pieces=["a"], finish_reason="length", usage=7)
+    async with open_model(fake.url) as model:
+        assert await collect(model) == ["a", Usage(7), Finish("length")]
+
+
+async def test_no_usage_when_the_upstream_reports_none(fake: FakeOpenAI) -> None:
+    async with open_model(fake.url) as model:
+        pieces = await collect(model)
+    assert pieces == list(GREETING)
+    assert not any(isinstance(piece, Usage) for piece in pieces)
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        "lots",
+        [3],
+        {},
+        {"prompt_tokens": 3},
+        {"completion_tokens": "3"},
+        {"completion_tokens": 2.5},
+        {"completion_tokens": -1},
+        {"completion_tokens": True},
+    ],
+)
+async def test_a_malformed_usage_report_is_ignored(fake: FakeOpenAI, usage: object) -> None:
+    fake.script = Script(pieces=["a"], usage_object=usage)
+    async with open_model(fake.url) as model:
+        assert await collect(model) == ["a"]
 
 
 async def test_no_authorization_header_without_a_key(fake: FakeOpenAI) -> None:
@@ -221,6 +274,8 @@ def test_non_positive_limits_are_refused_at_startup() -> None:
         OpenAIModel(url="http://x.test", model_name="m", api_key=None, read_timeout_s=0)
     with pytest.raises(ConfigError):
         OpenAIModel(url="http://x.test", model_name="m", api_key=None, max_line_bytes=0)
+    with pytest.raises(ConfigError, match="max_tokens"):
+        OpenAIModel(url="http://x.test", model_name="m", api_key=None, max_tokens=0)
 
 
 # Failures become ModelError with a message for a person
@@ -449,6 +504,18 @@ def test_parser_gives_the_same_pieces_for_every_split() -> None:
     assert parse([STREAM[i : i + 1] for i in range(len(STREAM))]) == expected
     for cut in range(len(STREAM) + 1):
         assert parse([STREAM[:cut], STREAM[cut:]]) == expected, cut
+
+
+def test_parser_reads_usage_in_a_chunk_with_choices_too() -> None:
+    # Some OpenAI-compatible servers put the usage in the finish chunk.
+    stream = (
+        b'data: {"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null}],'
+        b'"usage":null}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+        b'"usage":{"prompt_tokens":5,"completion_tokens":1,"total_tokens":6}}\n\n'
+        b"data: [DONE]\n\n"
+    )
+    assert parse([stream]) == ["x", Usage(1)]
 
 
 def test_parser_line_limit_counts_crlf_split_across_chunks_once() -> None:

@@ -3,7 +3,9 @@
 It stands in for a hosted model API, outside this machine. It speaks the streaming
 format of the OpenAI API reference ("The chat completion chunk object"): a role-only
 first chunk, one chunk per piece, a chunk with an empty delta and the finish_reason,
-then `data: [DONE]`; each event written as its own HTTP chunk and flushed.
+then `data: [DONE]`; each event written as its own HTTP chunk and flushed. With
+`Script(usage=n)`, a usage chunk (`"choices": []`, as for stream_options.include_usage)
+comes before [DONE]. Every request is kept, its JSON body parsed, in `fake.requests`.
 
     async with FakeOpenAI() as fake:
         fake.script = Script(pieces=["Hi", "!"], finish_reason="length")
@@ -68,6 +70,10 @@ class Script:
     """End the body properly, but without `data: [DONE]`."""
     abort_after: int | None = None
     """Close the connection right after piece i, in the middle of the chunked body."""
+    usage: int | None = None
+    """Send a usage chunk reporting this many completion_tokens before [DONE]."""
+    usage_object: object = None
+    """Send this as the usage chunk's "usage" instead (a malformed report)."""
 
 
 @dataclass(frozen=True)
@@ -238,6 +244,15 @@ class FakeOpenAI:
                 writer.close()
                 return
         await _send_event(conn, writer, _chunk(model, {}, script.finish_reason))
+        if script.usage_object is not None:
+            await _send_event(conn, writer, _usage_chunk(model, script.usage_object))
+        elif script.usage is not None:
+            usage = {
+                "prompt_tokens": 9,
+                "completion_tokens": script.usage,
+                "total_tokens": 9 + script.usage,
+            }
+            await _send_event(conn, writer, _usage_chunk(model, usage))
         if not script.no_done:
             await _send_event(conn, writer, "[DONE]")
         await _send(conn, writer, h11.EndOfMessage())
@@ -307,6 +322,21 @@ def _chunk(model: str, delta: dict[str, str], finish_reason: str | None = None) 
             "choices": [
                 {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
             ],
+        }
+    )
+
+
+def _usage_chunk(model: str, usage: object) -> str:
+    """The last chunk of stream_options.include_usage: no choices, the usage."""
+    return _dumps(
+        {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_fake",
+            "choices": [],
+            "usage": usage,
         }
     )
 

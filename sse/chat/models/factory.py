@@ -22,5 +22,6 @@ def build_model(config: Config) -> Model:
             api_key=config.model_api_key,
             connect_timeout_s=config.model_connect_timeout_s,
             read_timeout_s=config.model_read_timeout_s,
+            max_tokens=config.model_max_tokens,
         )
     return EchoModel(delay_s=config.echo_delay_s, max_pieces=config.echo_max_pieces)

@@ -5,6 +5,11 @@ The request and stream follow the OpenAI API reference, "Create chat completion"
 object": server-sent events whose data is a `chat.completion.chunk` JSON object, the
 text in `choices[0].delta.content`, the first chunk carrying only the role, one chunk
 with an empty delta and the `finish_reason`, then a last event whose data is `[DONE]`.
+Every request asks for `"stream_options": {"include_usage": true}`, so a last chunk
+before [DONE] has `"choices": []` and `"usage": {"completion_tokens": ...}`: what the
+reply cost, yielded as `Usage` for the daily budgets. And `"max_tokens"` bounds what one
+reply may cost. Both are always sent, a deliberate simplicity: an OpenAI-compatible
+server that rejects unknown fields answers 400, which the person sees quoted.
 https://platform.openai.com/docs/api-reference/chat/create
 https://platform.openai.com/docs/api-reference/chat-streaming
 
@@ -22,7 +27,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 import httpx
 
-from sse.chat.models.base import ChatTurn, Finish, Piece
+from sse.chat.models.base import ChatTurn, Finish, Piece, Usage
 from sse.errors import ConfigError, ModelError
 from sse.protocol.sse import DecodedEvent, Decoder
 
@@ -50,7 +55,8 @@ class OpenAIModel:
     """Streams replies from an OpenAI-compatible `/chat/completions` endpoint.
 
     Raises:
-        ConfigError: the URL is not http(s) with a host, or a limit is not positive.
+        ConfigError: the URL is not http(s) with a host, or a limit (max_tokens
+            too) is not positive.
     """
 
     def __init__(
@@ -62,12 +68,16 @@ class OpenAIModel:
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 60.0,
         max_line_bytes: int = 1 << 20,
+        max_tokens: int = 1024,
     ) -> None:
         parsed = _parse_url(url)
         if not model_name:
             raise ConfigError("the model name must not be empty")
         if connect_timeout_s <= 0 or read_timeout_s <= 0 or max_line_bytes <= 0:
             raise ConfigError("model timeouts and max_line_bytes must be positive")
+        if max_tokens <= 0:
+            raise ConfigError(f"the model's max_tokens must be positive, not {max_tokens}")
+        self._max_tokens = max_tokens
         self._endpoint = parsed
         self._name = model_name
         host = f"[{parsed.host}]" if ":" in parsed.host else parsed.host
@@ -121,6 +131,9 @@ class OpenAIModel:
     async def reply(self, history: Sequence[ChatTurn]) -> AsyncGenerator[Piece, None]:
         """Stream the upstream's reply to `history`, each piece as soon as it arrives.
 
+        Text pieces, then `Usage` when the upstream reports what the reply cost, then
+        `Finish("length")` if max_tokens cut it.
+
         Raises:
             ModelError: the upstream could not be reached, refused, went silent, sent
                 something that is not a chat completion stream, or stopped before [DONE].
@@ -129,6 +142,8 @@ class OpenAIModel:
             "model": self._name,
             "messages": [{"role": turn.role, "content": turn.content} for turn in history],
             "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": self._max_tokens,
         }
         parser = _StreamParser(self._max_line_bytes)
         streaming = False
@@ -254,9 +269,11 @@ class _StreamParser:
                 if self._length:
                     out.append(Finish("length"))
                 break
-            text, finish_reason = _parse_chunk(event.data)
+            text, finish_reason, usage = _parse_chunk(event.data)
             if text:
                 out.append(text)
+            if usage is not None:
+                out.append(usage)
             if finish_reason == "length":
                 self._length = True
             elif finish_reason == "content_filter":
@@ -321,8 +338,8 @@ class _SizeGuard:
         self._line_bytes = 0
 
 
-def _parse_chunk(data: str) -> tuple[str, str | None]:
-    """Read the text and finish reason of one `chat.completion.chunk`.
+def _parse_chunk(data: str) -> tuple[str, str | None, Usage | None]:
+    """Read the text, finish reason and usage of one `chat.completion.chunk`.
 
     Raises:
         ModelError: the data is not a chunk, or it carries an `error` object.
@@ -337,12 +354,13 @@ def _parse_chunk(data: str) -> tuple[str, str | None]:
     # an error object, in the same shape as an error answer's body.
     if chunk.get("error") is not None:
         raise ModelError(f"the model reported an error: {_error_text(chunk['error'])}")
+    usage = _usage(chunk.get("usage"))
     choices = chunk.get("choices")
     if not isinstance(choices, list):
         raise _malformed('no "choices" list', data)
     if not choices:
         # The usage chunk of stream_options.include_usage has an empty list.
-        return "", None
+        return "", None, usage
     choice = choices[0]
     if not isinstance(choice, dict):
         raise _malformed("the choice is not an object", data)
@@ -360,7 +378,22 @@ def _parse_chunk(data: str) -> tuple[str, str | None]:
     finish_reason = choice.get("finish_reason")
     if not isinstance(text, str | None) or not isinstance(finish_reason, str | None):
         raise _malformed("content or finish_reason is not a string", data)
-    return text or "", finish_reason
+    return text or "", finish_reason, usage
+
+
+def _usage(value: object) -> Usage | None:
+    """The `Usage` of a chunk's "usage" object; None if absent (null) or malformed.
+
+    A malformed report is ignored rather than failing a reply the person already
+    has: the service then estimates the cost from the text.
+    """
+    if not isinstance(value, dict):
+        return None
+    tokens = value.get("completion_tokens")
+    # bool is an int in Python; true is not a count.
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens < 0:
+        return None
+    return Usage(tokens)
 
 
 def _malformed(why: str, data: str) -> ModelError:
