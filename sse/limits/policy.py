@@ -274,7 +274,8 @@ class Limits:
                 used = await self._used(client, day)
             except (RedisError, OSError) as exc:
                 self._redis_down(exc)
-                return OverLimit(
+                # Fails closed when on (counted in /healthz); a dry run lets it through.
+                return self._verdict(
                     "model_daily_tokens", 60.0, "the model's budget cannot be checked now"
                 )
             if used >= allowed:
