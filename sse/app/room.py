@@ -6,7 +6,8 @@ acknowledgement only once the broker has the message.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+import functools
+from collections.abc import Awaitable, Mapping
 
 from sse.app.commands import room_commands
 from sse.app.handshake import check_handshake
@@ -70,25 +71,26 @@ class Room:
             raise ClientError(400, f'"message" cannot be sent: {exc}') from None
         return published if isinstance(published, str) else _published(published)
 
-    def _sender(self, req: Request) -> Callable[[str], str | Awaitable[str]]:
-        """`send`, counted against the room-post limit of whoever made `req`."""
+    def _counted(self, req: Request) -> list[tuple[str, float]] | None:
+        """Whom `req`'s room posts count against; None with the limits off."""
         limits = self._limits
         if limits is None:
-            return self.send
+            return None
         who = req.identity
         if who is None and self._gate is not None:
             who = self._gate.peek(req.headers)  # the room needs no identity, but counts one
-        clients = limits.clients(who, req.client_ip)
+        return limits.clients(who, req.client_ip)
 
-        def send(message: str) -> str | Awaitable[str]:
-            refused = limits.hit(limits.room_posts, clients)
-            if refused is None:
-                return self.send(message)
-            if isinstance(refused, OverLimit):
-                raise refused
-            return self._send_unless(refused, message)
-
-        return send
+    def _send_counted(self, clients: list[tuple[str, float]], message: str) -> str | Awaitable[str]:
+        """`send`, once the room-post limit of `clients` lets it through."""
+        limits = self._limits
+        assert limits is not None
+        refused = limits.hit(limits.room_posts, clients)
+        if refused is None:
+            return self.send(message)
+        if isinstance(refused, OverLimit):
+            raise refused
+        return self._send_unless(refused, message)
 
     async def _send_unless(self, refused: Awaitable[OverLimit | None], message: str) -> str:
         over = await refused
@@ -110,7 +112,8 @@ class Room:
         self, req: Request, body: bytes, params: Mapping[str, str]
     ) -> Reply | Awaitable[Reply]:
         message = require_text(parse_json_object(req, body), "message")
-        sent = self._sender(req)(message)
+        clients = self._counted(req)
+        sent = self.send(message) if clients is None else self._send_counted(clients, message)
         if isinstance(sent, str):
             return Reply(200, SENT_REPLY, _TEXT)
         return _sent_reply(sent)
@@ -121,7 +124,10 @@ class Room:
             return refused
         last_id = last_event_id(req)
         expires_at = req.identity.expires_at if req.identity is not None else None
-        commands = room_commands(self._sender(req))
+        clients = self._counted(req)
+        commands = room_commands(
+            self.send if clients is None else functools.partial(self._send_counted, clients)
+        )
         return OpenSocket(ROOM, last_id, commands, self._announce(last_id), expires_at=expires_at)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import functools
 import logging
 import time
 from collections import Counter
@@ -143,7 +144,7 @@ class Limits:
         """Count one action of `rate` against every client (with its factor)."""
         if not self.enabled:
             return None
-        checks = [(rate if f == 1.0 else rate.scaled(f), c) for c, f in clients]
+        checks = [(rate if f == 1.0 else _scaled(rate, f), c) for c, f in clients]
         if self._shared is not None and not self._redis_failing:
             return self._hit_shared(rate.name, checks)
         return self._hit_here(rate.name, checks)
@@ -156,7 +157,7 @@ class Limits:
         return None if wait == 0.0 else self._verdict(rate.name, wait)
 
     def _hit_here(self, name: str, checks: Sequence[tuple[Rate, str]]) -> OverLimit | None:
-        wait = max(self._rates.hit(rate, client) for rate, client in checks)
+        wait = self._rates.hit_all(checks)
         return None if wait == 0.0 else self._verdict(name, wait)
 
     async def _hit_shared(self, name: str, checks: Sequence[tuple[Rate, str]]) -> OverLimit | None:
@@ -329,6 +330,11 @@ class Limits:
         if self._redis_failing:
             log.warning("limits: Redis answers again; limits are shared by every node")
         self._redis_failing = False
+
+
+@functools.lru_cache(maxsize=64)
+def _scaled(rate: Rate, factor: float) -> Rate:
+    return rate.scaled(factor)
 
 
 def _per_minute(name: str, per_min: float) -> Rate:
