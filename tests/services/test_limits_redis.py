@@ -1,0 +1,221 @@
+"""Per-client limits shared by several nodes through a real Redis, and Redis going away.
+
+Each node is a `python server.py --redis-url ... --limits on` process with small
+limits. Clients are told apart by their loopback source address (127.0.0.2,
+127.0.0.3, ...) and by their cookie jar (a jar is one person).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+
+from tests.support.client import Connection, CookieJar, EventStream, Response, json_object
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.redis_server import RedisServer
+from tests.support.servers import ServerProcess
+
+Spawn = Callable[..., ServerProcess]
+Address = tuple[str, int]
+JSON = [("content-type", "application/json")]
+DOWN = "limits: Redis does not answer"
+BACK = "limits: Redis answers again"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as upstream:
+        yield upstream
+
+
+async def _connect(address: Address, source: str, jar: CookieJar | None) -> Connection:
+    reader, writer = await asyncio.open_connection(*address, local_addr=(source, 0))
+    return Connection(reader, writer, jar)
+
+
+async def _call(
+    address: Address,
+    method: str,
+    target: str,
+    *,
+    source: str,
+    jar: CookieJar | None = None,
+    body: bytes = b"",
+) -> Response:
+    """One request from `source` (a loopback address), as the person holding `jar`."""
+    conn = await _connect(address, source, jar)
+    try:
+        return await conn.request(method, target, JSON if body else (), body)
+    finally:
+        await conn.close()
+
+
+async def _post_room(address: Address, source: str, text: str) -> Response:
+    body = json.dumps({"message": text}).encode()
+    return await _call(address, "POST", "/send-message", source=source, body=body)
+
+
+async def _create(address: Address, source: str, jar: CookieJar) -> Response:
+    return await _call(address, "POST", "/conversations", source=source, jar=jar)
+
+
+async def _say(address: Address, cid: str, source: str, jar: CookieJar) -> Response:
+    body = json.dumps({"content": "hello"}).encode()
+    target = f"/conversations/{cid}/messages"
+    return await _call(address, "POST", target, source=source, jar=jar, body=body)
+
+
+async def _open(address: Address, target: str, source: str, jar: CookieJar) -> EventStream:
+    conn = await _connect(address, source, jar)
+    await conn.send_request("GET", target, [("accept", "text/event-stream")])
+    status, headers = await conn.read_head()
+    return EventStream(conn, status, headers)
+
+
+def _refused(response: Response, limit: str) -> dict[str, object]:
+    assert response.status == 429, response.body
+    payload = json_object(response)
+    assert payload["limit"] == limit, payload
+    assert int(response.headers["retry-after"]) >= 1
+    return payload
+
+
+def _is_busy(stream: EventStream) -> bool:
+    # A refusal is a whole short body; an open stream is chunked and goes on.
+    assert stream.status == 200
+    assert stream.headers["content-type"].startswith("text/event-stream")
+    return "content-length" in stream.headers
+
+
+async def _assert_busy(stream: EventStream, limit: str) -> None:
+    assert _is_busy(stream), stream.headers
+    event = await stream.next_event()
+    assert event.type == "busy"
+    payload = json.loads(event.data)
+    assert payload["limit"] == limit
+    assert f"retry: {payload['retry_after_ms']}".encode() in stream.raw
+    await stream.wait_ended()
+    await stream.close()
+
+
+async def _open_when_free(
+    address: Address, target: str, source: str, jar: CookieJar, timeout: float
+) -> EventStream:
+    """A stream opened as soon as a slot is free; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stream = await _open(address, target, source, jar)
+        if not _is_busy(stream):
+            return stream
+        await _assert_busy(stream, "streams")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no stream slot came free within {timeout}s")
+        await asyncio.sleep(0.2)  # bounded by the deadline; stays far below stream_opens
+
+
+async def _assert_limit_keys_expire(url: str) -> None:
+    """Every key under ssechat:limit: has a TTL: nothing the limits write stays for good."""
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match="ssechat:limit:*")]
+        assert keys, "no limit was counted in Redis"
+        ttls = {key.decode(): await client.pttl(key) for key in keys}
+    finally:
+        await client.aclose()
+    # -1: a key without a TTL; -2: one gone since the scan (a cap emptied by a release).
+    assert all(ttl > 0 or ttl == -2 for ttl in ttls.values()), ttls
+    assert any(ttl > 0 for ttl in ttls.values()), ttls
+
+
+def _node(
+    spawn: Spawn, redis: RedisServer, *args: str, env: dict[str, str] | None = None
+) -> ServerProcess:
+    """A node on `redis` with the limits on (and `args`, the small limits under test)."""
+    return spawn(
+        "--redis-url", redis.url, "--limits", "on", "--no-join-announcement", *args, env=env
+    )
+
+
+# -- rates shared by two nodes ------------------------------------------------------
+
+
+async def test_a_room_post_burst_is_spent_once_across_two_nodes_and_other_addresses_keep_theirs(
+    redis_server: RedisServer, spawn: Spawn
+) -> None:
+    small = ("--room-post-burst", "4", "--room-posts-per-second", "0.01")
+    a, b = _node(spawn, redis_server, *small), _node(spawn, redis_server, *small)
+    for i in range(4):
+        node = (a, b)[i % 2]
+        response = await _post_room(node.address, "127.0.0.2", f"post {i}")
+        assert response.status == 200, response.body
+    for node in (a, b, a, b):
+        _refused(await _post_room(node.address, "127.0.0.2", "one too many"), "room_posts")
+    for node in (b, a):
+        assert (await _post_room(node.address, "127.0.0.3", "someone else")).status == 200
+    await _assert_limit_keys_expire(redis_server.url)
+
+
+async def test_conversations_per_identity_are_counted_once_across_two_nodes(
+    redis_server: RedisServer, spawn: Spawn, postgres_url: str
+) -> None:
+    shared = ("--db", postgres_url, "--session-secret", "s" * 40)
+    small = ("--conversations-per-minute", "3")
+    a = _node(spawn, redis_server, *shared, *small)
+    b = _node(spawn, redis_server, *shared, *small)
+    person = CookieJar()
+    for node in (a, b, a):
+        response = await _create(node.address, "127.0.0.2", person)
+        assert response.status == 201, response.body
+    for node in (b, a):
+        _refused(await _create(node.address, "127.0.0.2", person), "conversations")
+    # The same person on both nodes: one identity, its three conversations seen from B.
+    listed = await _call(b.address, "GET", "/conversations", source="127.0.0.2", jar=person)
+    assert listed.status == 200
+    assert len(json_object(listed)["conversations"]) == 3, listed.body
+    # Someone else, even from the same address (a guest's address allows ten times more).
+    other = CookieJar()
+    for node in (b, a):
+        assert (await _create(node.address, "127.0.0.2", other)).status == 201
+    await _assert_limit_keys_expire(redis_server.url)
+
+
+# -- caps shared by two nodes --------------------------------------------------------
+
+
+async def _conversation(address: Address, source: str, person: CookieJar) -> str:
+    created = await _create(address, source, person)
+    assert created.status == 201, created.body
+    return f"/conversations/{json_object(created)['id']}/events"
+
+
+async def test_streams_per_identity_are_one_cap_across_two_nodes_and_a_close_frees_a_slot(
+    redis_server: RedisServer, spawn: Spawn, tmp_path: Path
+) -> None:
+    shared = ("--db", str(tmp_path / "shared.sqlite3"), "--streams-per-identity", "2")
+    a, b = _node(spawn, redis_server, *shared), _node(spawn, redis_server, *shared)
+    person = CookieJar()
+    events = await _conversation(a.address, "127.0.0.2", person)
+    on_a = await _open(a.address, events, "127.0.0.2", person)
+    on_b = await _open(b.address, events, "127.0.0.2", person)
+    assert not _is_busy(on_a)
+    assert not _is_busy(on_b)
+    for node in (a, b):
+        await _assert_busy(await _open(node.address, events, "127.0.0.2", person), "streams")
+    # Another person is not counted with this one.
+    other = CookieJar()
+    theirs = await _open(
+        b.address, await _conversation(b.address, "127.0.0.2", other), "127.0.0.2", other
+    )
+    assert not _is_busy(theirs)
+    await on_a.close()
+    again = await _open_when_free(b.address, events, "127.0.0.2", person, timeout=10)
+    await _assert_busy(await _open(a.address, events, "127.0.0.2", person), "streams")
+    for stream in (on_b, again, theirs):
+        await stream.close()
+    await _assert_limit_keys_expire(redis_server.url)
