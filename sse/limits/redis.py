@@ -7,7 +7,6 @@ so a node that dies gives its streams back within one lease.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
@@ -16,22 +15,8 @@ from sse.limits.gcra import Rate
 
 __all__ = ["CAP_LEASE_S", "RedisLimits"]
 
-
-def _lease_s() -> float:
-    # Not a Config option: no operator needs it, but a test that kills a node must not
-    # wait a minute for its slots. Read once, at import, by every node of the process.
-    value = os.environ.get("SSECHAT_CAP_LEASE_S", "60")
-    try:
-        lease = float(value)
-    except ValueError:
-        lease = 0.0
-    if not lease > 0:
-        raise ValueError(f"SSECHAT_CAP_LEASE_S must be a positive number of seconds, got {value!r}")
-    return lease
-
-
-# How long a cap's member stays counted without its node renewing it (SSECHAT_CAP_LEASE_S).
-CAP_LEASE_S = _lease_s()
+# How long a cap's member stays counted without its node renewing it.
+CAP_LEASE_S = 60
 _PREFIX = "ssechat:limit:"
 
 # All or nothing: when one key refuses, none is charged. Returns the seconds to wait.
@@ -105,7 +90,7 @@ class RedisLimits:
     async def acquire(self, cap: str, client: str, member: str, size: int) -> bool:
         """Count `member` as open for `client` unless `size` are open on all nodes together."""
         key = f"{_PREFIX}cap:{cap}:{client}"
-        return bool(await self._acquire(keys=[key], args=[member, size, round(CAP_LEASE_S * 1000)]))
+        return bool(await self._acquire(keys=[key], args=[member, size, CAP_LEASE_S * 1000]))
 
     async def release(self, cap: str, client: str, member: str) -> None:
         """`member` closed."""
@@ -117,7 +102,7 @@ class RedisLimits:
             batch = held[start : start + 500]
             keys = [f"{_PREFIX}cap:{cap}:{client}" for cap, client, _ in batch]
             members: list[str | int] = [member for _, _, member in batch]
-            await self._renew(keys=keys, args=[*members, round(CAP_LEASE_S * 1000)])
+            await self._renew(keys=keys, args=[*members, CAP_LEASE_S * 1000])
 
     async def add_tokens(self, client: str, day: str, tokens: int) -> None:
         """Count `tokens` against `client`'s budget of `day` (kept two days)."""
