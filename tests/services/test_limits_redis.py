@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -219,3 +220,143 @@ async def test_streams_per_identity_are_one_cap_across_two_nodes_and_a_close_fre
     for stream in (on_b, again, theirs):
         await stream.close()
     await _assert_limit_keys_expire(redis_server.url)
+
+
+# A node whose cap leases last 2 s instead of CAP_LEASE_S (60 s), so that a test that kills
+# it need not wait a minute. Not an option: no operator needs it, and the CLI rightly refuses
+# SSECHAT_ variables that name none. Set before sse.main imports the policy, which reads it.
+_SHORT_LEASE = (
+    sys.executable,
+    "-c",
+    "import sys; import sse.limits.redis as r; r.CAP_LEASE_S = 2; "
+    "from sse.main import main; sys.exit(main())",
+)
+
+
+@pytest.fixture
+def short_lease_node(
+    redis_server: RedisServer, tmp_path: Path
+) -> Iterator[Callable[..., ServerProcess]]:
+    """Start nodes with 2 s cap leases (killed afterwards), sharing one SQLite file."""
+    procs: list[ServerProcess] = []
+
+    def start(*args: str) -> ServerProcess:
+        proc = ServerProcess(
+            *("--port", "0", "--db", str(tmp_path / "shared.sqlite3")),
+            *("--session-secret-file", str(tmp_path / "session.secret")),
+            *("--redis-url", redis_server.url, "--limits", "on", "--no-join-announcement"),
+            *args,
+            command=_SHORT_LEASE,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.kill()
+
+
+async def test_a_node_killed_gives_its_stream_slots_back_within_the_lease(
+    redis_server: RedisServer, short_lease_node: Callable[..., ServerProcess]
+) -> None:
+    a = short_lease_node("--streams-per-identity", "2")
+    b = short_lease_node("--streams-per-identity", "2")
+    person = CookieJar()
+    events = await _conversation(a.address, "127.0.0.2", person)
+    held = [await _open(a.address, events, "127.0.0.2", person) for _ in range(2)]
+    assert not any(_is_busy(stream) for stream in held)
+    await _assert_busy(await _open(b.address, events, "127.0.0.2", person), "streams")
+    # A renews its leases while it lives: past a whole lease its streams still count.
+    await asyncio.sleep(3)  # longer than the lease, to show renewal (not a speed assertion)
+    await _assert_busy(await _open(b.address, events, "127.0.0.2", person), "streams")
+    a.kill()  # SIGKILL: A gives nothing back itself, its leases lapse
+    for stream in held:
+        await stream.close()
+    first = await _open_when_free(b.address, events, "127.0.0.2", person, timeout=15)
+    second = await _open(b.address, events, "127.0.0.2", person)
+    assert not _is_busy(second)  # both of A's slots came back
+    await _assert_busy(await _open(b.address, events, "127.0.0.2", person), "streams")
+    for stream in (first, second):
+        await stream.close()
+    await _assert_limit_keys_expire(redis_server.url)
+
+
+# -- Redis going away ----------------------------------------------------------------
+
+
+async def test_while_redis_is_down_rates_fall_back_to_each_node_and_sharing_resumes_after(
+    redis_server: RedisServer, spawn: Spawn
+) -> None:
+    small = ("--conversations-per-minute", "3")
+    a, b = _node(spawn, redis_server, *small), _node(spawn, redis_server, *small)
+    # Shared: three in all, across both nodes.
+    before = CookieJar()
+    for node in (a, b, a):
+        assert (await _create(node.address, "127.0.0.2", before)).status == 201
+    _refused(await _create(b.address, "127.0.0.2", before), "conversations")
+
+    redis_server.stop()
+    during = CookieJar()
+    for node in (a, b):  # each node counts on its own: three on each
+        for _ in range(3):
+            response = await _create(node.address, "127.0.0.3", during)
+            assert response.status == 201, response.body
+        _refused(await _create(node.address, "127.0.0.3", during), "conversations")
+    # Across several retry periods (1 s) of a still absent Redis: refusals go on, one warning.
+    await asyncio.sleep(1.5)
+    for node in (a, b):
+        _refused(await _create(node.address, "127.0.0.3", during), "conversations")
+        node.wait_for_log(DOWN)
+    await asyncio.sleep(1.5)
+    for node in (a, b):
+        _refused(await _create(node.address, "127.0.0.3", during), "conversations")
+    for node in (a, b):
+        assert node.log.count(DOWN) == 1, node.log
+        assert BACK not in node.log
+
+    redis_server.start()
+    for node in (a, b):
+        await _until_logged(node, BACK, "127.0.0.4")
+    after = CookieJar()
+    for node in (a, b, a):
+        assert (await _create(node.address, "127.0.0.5", after)).status == 201
+    _refused(await _create(b.address, "127.0.0.5", after), "conversations")
+    for node in (a, b):
+        assert node.log.count(DOWN) == 1, node.log
+        assert node.log.count(BACK) == 1, node.log
+    await _assert_limit_keys_expire(redis_server.url)
+
+
+async def _until_logged(node: ServerProcess, text: str, source: str, timeout: float = 15) -> None:
+    """Requests that use the limits (a new guest each) until `node` logs `text`."""
+    deadline = time.monotonic() + timeout
+    while text not in node.log:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} not logged within {timeout}s:\n{node.log}")
+        await _call(node.address, "GET", "/me", source=source, jar=CookieJar())
+        await asyncio.sleep(0.2)  # bounded by the deadline; far below the guests limit
+
+
+async def test_while_redis_is_down_a_budgeted_model_refuses_and_the_echo_model_answers(
+    redis_server: RedisServer, spawn: Spawn, fake: FakeOpenAI
+) -> None:
+    relay = _node(
+        spawn,
+        redis_server,
+        *("--model", "openai", "--model-url", fake.url, "--model-name", "gpt-test"),
+        env={"OPENAI_API_KEY": "sk-test"},
+    )
+    echo = _node(spawn, redis_server)
+    person = CookieJar()
+    paid = str(json_object(await _create(relay.address, "127.0.0.2", person))["id"])
+    free = str(json_object(await _create(echo.address, "127.0.0.2", person))["id"])
+    redis_server.stop()
+    refused = _refused(await _say(relay.address, paid, "127.0.0.2", person), "model_daily_tokens")
+    assert refused["error"] == "the model's budget cannot be checked now"
+    assert fake.requests == []  # nothing was asked of (and paid to) the upstream
+    # The echo model has no budget: its post passes the limits. With Redis down the
+    # broker cannot announce it (the room and conversations publish through Redis): 503.
+    answered = await _say(echo.address, free, "127.0.0.2", person)
+    assert answered.status == 503, answered.body
+    assert "saved but not announced" in json_object(answered)["error"]
+    relay.wait_for_log(DOWN)
