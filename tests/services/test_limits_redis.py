@@ -222,13 +222,13 @@ async def test_streams_per_identity_are_one_cap_across_two_nodes_and_a_close_fre
     await _assert_limit_keys_expire(redis_server.url)
 
 
-# A node whose cap leases last 2 s instead of CAP_LEASE_S (60 s), so that a test that kills
+# A node whose cap leases last 3 s instead of CAP_LEASE_S (60 s), so that a test that kills
 # it need not wait a minute. Not an option: no operator needs it, and the CLI rightly refuses
 # SSECHAT_ variables that name none. Set before sse.main imports the policy, which reads it.
 _SHORT_LEASE = (
     sys.executable,
     "-c",
-    "import sys; import sse.limits.redis as r; r.CAP_LEASE_S = 2; "
+    "import sys; import sse.limits.redis as r; r.CAP_LEASE_S = 3; "
     "from sse.main import main; sys.exit(main())",
 )
 
@@ -237,7 +237,7 @@ _SHORT_LEASE = (
 def short_lease_node(
     redis_server: RedisServer, tmp_path: Path
 ) -> Iterator[Callable[..., ServerProcess]]:
-    """Start nodes with 2 s cap leases (killed afterwards), sharing one SQLite file."""
+    """Start nodes with 3 s cap leases (killed afterwards), sharing one SQLite file."""
     procs: list[ServerProcess] = []
 
     def start(*args: str) -> ServerProcess:
@@ -267,7 +267,7 @@ async def test_a_node_killed_gives_its_stream_slots_back_within_the_lease(
     assert not any(_is_busy(stream) for stream in held)
     await _assert_busy(await _open(b.address, events, "127.0.0.2", person), "streams")
     # A renews its leases while it lives: past a whole lease its streams still count.
-    await asyncio.sleep(3)  # longer than the lease, to show renewal (not a speed assertion)
+    await asyncio.sleep(4)  # longer than the lease, to show renewal (not a speed assertion)
     await _assert_busy(await _open(b.address, events, "127.0.0.2", person), "streams")
     a.kill()  # SIGKILL: A gives nothing back itself, its leases lapse
     for stream in held:
@@ -313,6 +313,7 @@ async def test_while_redis_is_down_rates_fall_back_to_each_node_and_sharing_resu
     for node in (a, b):
         assert node.log.count(DOWN) == 1, node.log
         assert BACK not in node.log
+        assert (await _limits_report(node))["shared"] is False
 
     redis_server.start()
     for node in (a, b):
@@ -324,7 +325,15 @@ async def test_while_redis_is_down_rates_fall_back_to_each_node_and_sharing_resu
     for node in (a, b):
         assert node.log.count(DOWN) == 1, node.log
         assert node.log.count(BACK) == 1, node.log
+        assert (await _limits_report(node))["shared"] is True
     await _assert_limit_keys_expire(redis_server.url)
+
+
+async def _limits_report(node: ServerProcess) -> dict[str, object]:
+    health = json_object(await _call(node.address, "GET", "/healthz", source="127.0.0.9"))
+    report = health["limits"]
+    assert isinstance(report, dict)
+    return report
 
 
 async def _until_logged(node: ServerProcess, text: str, source: str, timeout: float = 15) -> None:
