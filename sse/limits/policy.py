@@ -99,7 +99,10 @@ class Limits:
         # Caps this node holds in Redis, renewed while held.
         self._leased: set[tuple[str, str, str]] = set()
         self._renewer: asyncio.Task[None] | None = None
+        # An outage: from the first failure to the first success (each logged once).
         self._redis_failing = False
+        # While resting, calls skip Redis; a timer ends the rest, and the next call tries it.
+        self._redis_resting: asyncio.TimerHandle | None = None
         self.refused: Counter[str] = Counter()
         self.would_refuse: Counter[str] = Counter()
 
@@ -145,7 +148,7 @@ class Limits:
         if not self.enabled:
             return None
         checks = [(rate if f == 1.0 else _scaled(rate, f), c) for c, f in clients]
-        if self._shared is not None and not self._redis_failing:
+        if self._shared is not None and self._redis_resting is None:
             return self._hit_shared(rate.name, checks)
         return self._hit_here(rate.name, checks)
 
@@ -178,7 +181,7 @@ class Limits:
         """Take a slot of every (cap, client) for `member`, or none of them."""
         if not self.enabled:
             return Claim(self, [])
-        if self._shared is not None and not self._redis_failing:
+        if self._shared is not None and self._redis_resting is None:
             return self._claim_shared(caps, member)
         return self._claim_here(caps, member)
 
@@ -251,6 +254,9 @@ class Limits:
 
     async def close(self) -> None:
         """Stop renewing leases (they lapse by themselves)."""
+        if self._redis_resting is not None:
+            self._redis_resting.cancel()
+            self._redis_resting = None
         if self._renewer is not None:
             self._renewer.cancel()
             await asyncio.gather(self._renewer, return_exceptions=True)
@@ -320,11 +326,13 @@ class Limits:
                 exc,
             )
         self._redis_failing = True
-        # Try Redis again shortly: a later call finds out whether it is back.
-        asyncio.get_running_loop().call_later(1.0, self._retry_redis)
+        # Try Redis again shortly: a later call finds out whether it is back. The outage
+        # itself lasts until a call succeeds, so it is logged once, not once a retry.
+        if self._redis_resting is None:
+            self._redis_resting = asyncio.get_running_loop().call_later(1.0, self._retry_redis)
 
     def _retry_redis(self) -> None:
-        self._redis_failing = False
+        self._redis_resting = None
 
     def _redis_up(self) -> None:
         if self._redis_failing:
