@@ -20,7 +20,8 @@ from collections import Counter
 from collections.abc import Awaitable, Sequence
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sse.auth.identity import GUEST, Identity
 from sse.config import Config
@@ -32,6 +33,10 @@ from sse.limits.redis import CAP_LEASE_S, RedisLimits
 __all__ = ["Claim", "Limits"]
 
 log = logging.getLogger("ssechat.limits")
+
+# Redis being away, as opposed to our script or arguments being wrong (a
+# ResponseError), which must show as the bug it is, not pass for an outage.
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # All guests of one address together may do this many times what one guest may.
 GUEST_IP_FACTOR = 10
@@ -98,6 +103,7 @@ class Limits:
         self._shared = RedisLimits(redis) if redis is not None else None
         # Caps this node holds in Redis, renewed while held.
         self._leased: set[tuple[str, str, str]] = set()
+        self._releasing: set[asyncio.Task[None]] = set()
         self._renewer: asyncio.Task[None] | None = None
         # An outage: from the first failure to the first success (each logged once).
         self._redis_failing = False
@@ -167,7 +173,7 @@ class Limits:
         assert self._shared is not None
         try:
             wait = await self._shared.hit(checks)
-        except (RedisError, OSError) as exc:
+        except _UNREACHABLE as exc:
             self._redis_down(exc)
             return self._hit_here(name, checks)
         self._redis_up()
@@ -215,7 +221,7 @@ class Limits:
                     continue
                 held.append((cap, client, member))
                 self._leased.add((cap, client, member))
-        except (RedisError, OSError) as exc:
+        except _UNREACHABLE as exc:
             self._redis_down(exc)
             for taken in held:
                 self._leased.discard(taken)
@@ -230,13 +236,15 @@ class Limits:
         key = (cap, client, member)
         if key in self._leased and self._shared is not None:
             self._leased.discard(key)
-            asyncio.get_running_loop().create_task(self._release_shared(key))
+            task = asyncio.get_running_loop().create_task(self._release_shared(key))
+            self._releasing.add(task)  # kept until done: the loop holds tasks weakly
+            task.add_done_callback(self._releasing.discard)
 
     async def _release_shared(self, key: tuple[str, str, str]) -> None:
         assert self._shared is not None
         try:
             await self._shared.release(*key)
-        except (RedisError, OSError) as exc:  # the lease lapses by itself
+        except _UNREACHABLE as exc:  # the lease lapses by itself
             self._redis_down(exc)
 
     def _start_renewing(self) -> None:
@@ -249,7 +257,7 @@ class Limits:
             await asyncio.sleep(_RENEW_EVERY_S)
             try:
                 await self._shared.renew(sorted(self._leased))
-            except (RedisError, OSError) as exc:
+            except _UNREACHABLE as exc:
                 self._redis_down(exc)
 
     async def close(self) -> None:
@@ -279,7 +287,7 @@ class Limits:
             allowed = self.daily_tokens(identity) * factor
             try:
                 used = await self._used(client, day)
-            except (RedisError, OSError) as exc:
+            except _UNREACHABLE as exc:
                 self._redis_down(exc)
                 # Fails closed when on (counted in /healthz); a dry run lets it through.
                 return self._verdict(
@@ -300,7 +308,7 @@ class Limits:
                 try:
                     await self._shared.add_tokens(client, day, tokens)
                     continue
-                except (RedisError, OSError) as exc:
+                except _UNREACHABLE as exc:
                     self._redis_down(exc)
             key = (client, day)
             self._tokens[key] = self._tokens.get(key, 0) + tokens

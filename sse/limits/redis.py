@@ -54,13 +54,15 @@ redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[1])
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return 1
 """
-# Renew the leases of (KEYS[i], ARGV[i]) still held; ARGV[#KEYS + 1] the lease (ms).
+# Renew the leases of (KEYS[i], ARGV[i]) held; ARGV[#KEYS + 1] the lease (ms). A
+# member lost meanwhile (Redis restarted, an outage longer than the lease) is
+# counted again: it is still open.
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local lease = tonumber(ARGV[#KEYS + 1])
 for i = 1, #KEYS do
-  redis.call('ZADD', KEYS[i], 'XX', now + lease, ARGV[i])
+  redis.call('ZADD', KEYS[i], now + lease, ARGV[i])
   redis.call('PEXPIRE', KEYS[i], lease)
 end
 return #KEYS
