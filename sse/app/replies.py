@@ -12,7 +12,7 @@ from sse.auth.identity import Identity
 from sse.chat.service import ChatService
 from sse.chat.store.base import StoredMessage
 from sse.config import Config
-from sse.errors import OverLimit
+from sse.errors import ClientError, OverLimit
 from sse.limits.policy import Claim, Limits
 from sse.pubsub.broker import settle
 
@@ -68,4 +68,10 @@ class ReplyAdmission:
             if paid:
                 await limits.spend(who, ip, tokens)
 
-        return await service.post(who.owner, conversation_id, content, ended)
+        try:
+            return await service.post(who.owner, conversation_id, content, ended)
+        except ClientError:
+            # Refused before `ended` was registered (409 while a reply streams, 503
+            # while shutting down): the slot is given back here, or it leaks for good.
+            slot.release()  # idempotent: a refusal that did call `ended` is harmless
+            raise
