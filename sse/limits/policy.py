@@ -152,7 +152,7 @@ class Limits:
         return None if wait == 0.0 else self._verdict(rate.name, wait)
 
     def _hit_here(self, name: str, checks: Sequence[tuple[Rate, str]]) -> OverLimit | None:
-        wait = max(self._rates.hit(rate, client) for rate, client in checks)
+        wait = self._rates.hit_all(checks)
         return None if wait == 0.0 else self._verdict(name, wait)
 
     async def _hit_shared(self, name: str, checks: Sequence[tuple[Rate, str]]) -> OverLimit | None:

@@ -96,3 +96,17 @@ def test_the_table_holds_only_what_is_open() -> None:
     # Refused with a size of 0: no empty entry is left behind either.
     assert not caps.acquire("streams", "zero", "m", 0)
     assert caps._open == {}  # the table itself: what most any number of clients leave in it
+
+
+def test_several_clients_are_charged_all_or_nothing() -> None:
+    rates = LocalRates()
+    wide = RATE.scaled(2)  # four at once for the address
+    for n in range(4):
+        assert rates.hit_all([(RATE, f"guest:{n // 2}"), (wide, "ip:a")], NOW) == 0.0
+    # The address is spent: a new guest is refused, and its own burst is untouched.
+    assert rates.hit_all([(RATE, "guest:new"), (wide, "ip:a")], NOW) > 0.0
+    assert rates.hit(RATE, "guest:new", NOW) == 0.0
+    assert rates.hit(RATE, "guest:new", NOW) == 0.0
+    # The guest is spent: refused, and the address is not charged for it.
+    assert rates.hit_all([(RATE, "guest:new"), (wide, "ip:b")], NOW) > 0.0
+    assert [rates.hit(wide, "ip:b", NOW) for _ in range(5)].count(0.0) == 4
