@@ -12,7 +12,7 @@ from sse.auth.identity import Identity
 from sse.chat.service import ChatService
 from sse.chat.store.base import StoredMessage
 from sse.config import Config
-from sse.errors import ClientError, OverLimit
+from sse.errors import OverLimit
 from sse.limits.policy import Claim, Limits
 from sse.pubsub.broker import settle
 
@@ -44,24 +44,13 @@ class ReplyAdmission:
         service = self._service
         if limits is None:
             return await service.post(who.owner, conversation_id, content)
-        refused = await settle(limits.hit(limits.replies, limits.clients(who, ip)))
-        if refused is not None:
-            raise refused
-        paid = not service.model.free
-        if paid:
-            if service.generating() >= self._config.model_concurrency:
-                raise OverLimit(
-                    "model_concurrency", _BUSY_RETRY_S, "the model is busy with other replies"
-                )
-            over = await limits.check_budget(who, ip)
-            if over is not None:
-                if await service.store.exists(who.owner, conversation_id):
-                    await service.announce_error(conversation_id, over.message)
-                raise over
+        # The cap first: a slot is given back, a rate's charge is not, so a message
+        # refused while replies are still running costs none of the replies per minute.
         pending = limits.claim([("replies_at_once", who.owner)], uuid.uuid4().hex)
         slot = pending if isinstance(pending, Claim | OverLimit) else await pending
         if isinstance(slot, OverLimit):
             raise slot
+        paid = not service.model.free
 
         async def ended(tokens: int) -> None:
             slot.release()
@@ -69,9 +58,23 @@ class ReplyAdmission:
                 await limits.spend(who, ip, tokens)
 
         try:
+            refused = await settle(limits.hit(limits.replies, limits.clients(who, ip)))
+            if refused is not None:
+                raise refused
+            if paid:
+                if service.generating() >= self._config.model_concurrency:
+                    raise OverLimit(
+                        "model_concurrency", _BUSY_RETRY_S, "the model is busy with other replies"
+                    )
+                over = await limits.check_budget(who, ip)
+                if over is not None:
+                    if await service.store.exists(who.owner, conversation_id):
+                        await service.announce_error(conversation_id, over.message)
+                    raise over
             return await service.post(who.owner, conversation_id, content, ended)
-        except ClientError:
-            # Refused before `ended` was registered (409 while a reply streams, 503
-            # while shutting down): the slot is given back here, or it leaks for good.
-            slot.release()  # idempotent: a refusal that did call `ended` is harmless
+        except BaseException:
+            # Refused by a limit, or by the service before it registered `ended`
+            # (409 while a reply streams, 503 while shutting down): the slot is
+            # given back here, or it leaks for good. Idempotent where `ended` ran.
+            slot.release()
             raise
