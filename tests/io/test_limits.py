@@ -227,6 +227,45 @@ async def test_a_socket_send_over_the_limit_gets_an_error_frame_and_stays_open(
     assert (await _limits_report(server))["refused"] == {"room_posts": 1}
 
 
+async def test_a_guest_posting_to_the_room_is_counted_as_itself_wherever_it_is(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(limits="on", room_posts_per_s=0.1, room_post_burst=2)
+    guest, other = CookieJar(), CookieJar()
+    for jar in (guest, other):
+        assert (await _request(server, A, "GET", "/me", jar=jar)).status == 200
+    for n in range(2):
+        assert (await _post_room(server, A, f"g{n}", jar=guest)).status == 200
+    _assert_429(await _post_room(server, A, "g2", jar=guest), "room_posts")
+    # Its cookie follows it to another address; another guest at its address is
+    # counted apart (the address allows ten times one guest's).
+    _assert_429(await _post_room(server, B, "g3", jar=guest), "room_posts")
+    assert (await _post_room(server, A, "o0", jar=other)).status == 200
+    # Without a cookie, 127.0.0.2 is one client of its own: its address's count.
+    assert (await _post_room(server, A, "anonymous")).status == 200
+    assert (await _limits_report(server))["refused"] == {"room_posts": 2}
+
+
+async def test_a_conversation_socket_over_the_reply_rate_gets_a_429_frame(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(limits="on", replies_per_min=1)
+    cid = await _created(server, A)
+    url = _url(server, f"/conversations/{cid}/ws")
+    async with connect(url, additional_headers=cookie_headers(server.address)) as ws:
+        await ws.send(json.dumps({"type": "message", "content": "one"}))
+        frames = [await _recv(ws)]
+        while frames[-1].get("event") != "done":
+            frames.append(await _recv(ws))
+        assert any(f.get("type") == "ack" for f in frames)
+        await ws.send(json.dumps({"type": "message", "content": "two"}))
+        refused = await _recv(ws)
+        assert refused["type"] == "error"
+        assert refused["status"] == 429
+        await asyncio.wait_for(await ws.ping(), 5)
+    assert await _transcript(server, cid) == ["one", "You said: one"]
+
+
 # -- conversations, replies -------------------------------------------------------------
 
 
@@ -375,11 +414,16 @@ async def test_streams_past_the_address_cap_get_busy_and_other_addresses_do_not(
     await other.close()
     await held.pop().close()
     await wait_until(lambda: len(server.streams) == 1, what="the closed stream to be gone")
+    # A socket takes the freed slot, and gives it back when it closes.
+    async with connect(_url(server), local_addr=(A, 0)) as ws:
+        assert (await _recv(ws))["event"] == "message"
+        await _assert_busy(await _stream(server, A), "streams_per_ip")
+    await wait_until(lambda: not server.sockets, what="the socket to be gone")
     reopened = await _stream(server, A)
     await _assert_live(reopened)
     for stream in (*held, reopened):
         await stream.close()
-    assert (await _limits_report(server))["refused"] == {"streams_per_ip": 2}
+    assert (await _limits_report(server))["refused"] == {"streams_per_ip": 3}
 
 
 async def test_stream_opens_past_the_rate_get_busy(make_server: MakeServer) -> None:
@@ -473,11 +517,16 @@ async def test_dry_run_refuses_nothing_and_counts_what_it_would_have(
         room_post_burst=1,
         conversations_per_min=1,
         streams_per_ip=1,
+        stream_opens_per_s=0.1,
+        requests_per_s=0.1,
+        guests_per_min=1,
     )
     for n in range(5):
         assert (await _post_room(server, A, f"m{n}")).status == 200
-    for _ in range(3):
+    for _ in range(3):  # the first makes the test's person a guest
         assert (await _create(server, A)).status == 201
+    for _ in range(2):
+        assert (await _request(server, A, "GET", "/me", jar=None)).status == 200
     held = [await _stream(server, A), await _stream(server, A)]
     for stream in held:
         await _assert_live(stream)
@@ -485,7 +534,15 @@ async def test_dry_run_refuses_nothing_and_counts_what_it_would_have(
     report = await _limits_report(server)
     assert report["mode"] == "dry-run"
     assert report["refused"] == {}
-    assert report["would_refuse"] == {"room_posts": 4, "conversations": 2, "streams_per_ip": 1}
+    assert report["would_refuse"] == {
+        "requests": 5 + 3 + 2 + 2 - 1,
+        "room_posts": 4,
+        "conversations": 2,
+        "guests": 2,
+        "stream_opens": 1,
+        "streams_per_ip": 1,
+    }
+    assert report["clients_tracked"] >= 1
 
 
 async def test_limits_off_refuse_nothing_far_past_the_tiny_limits(
