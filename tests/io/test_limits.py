@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -33,6 +34,7 @@ from tests.support.client import (
     request,
     wait_until,
 )
+from tests.support.fake_openai import FakeOpenAI, Script
 from tests.support.servers import MakeServer, ServerProcess
 
 A, B = "127.0.0.2", "127.0.0.3"
@@ -357,6 +359,89 @@ async def test_a_message_refused_with_409_gives_its_reply_slot_back(
     assert (await _post(server, A, first, "again")).status == 202
     assert (await _post(server, A, second, "and here")).status == 202
     await stream.close()
+
+
+async def test_accounts_are_counted_as_themselves_and_never_by_address(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(limits="on", auth="accounts", conversations_per_min=1)
+    people = [CookieJar() for _ in range(GUEST_IP_FACTOR + 2)]
+    for n, jar in enumerate(people):
+        body = json.dumps({"username": f"user{n}", "password": "correct horse"}).encode()
+        signed_up = await _request(server, A, "POST", "/auth/signup", JSON, body, jar)
+        assert signed_up.status == 201, signed_up.body
+    # More accounts than the guests of one address could share: each has its own.
+    for jar in people:
+        assert (await _create(server, A, jar)).status == 201
+    for jar in people[:2]:
+        _assert_429(await _create(server, A, jar), "conversations")
+    assert (await _limits_report(server))["refused"] == {"conversations": 2}
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeOpenAI]:
+    async with FakeOpenAI() as upstream:
+        yield upstream
+
+
+async def _relay(make_server: MakeServer, fake: FakeOpenAI, **overrides: Any) -> Server:
+    return await make_server(
+        limits="on",
+        model="openai",
+        model_url=fake.url,
+        model_name="gpt-test",
+        model_api_key="sk-test",
+        **overrides,
+    )
+
+
+async def test_replies_past_the_model_concurrency_get_429_for_everyone(
+    make_server: MakeServer, fake: FakeOpenAI
+) -> None:
+    server = await _relay(make_server, fake, model_concurrency=1)
+    release = asyncio.Event()
+    fake.script = Script(pieces=["held"], hold={0: release})
+    mine = await _created(server, A)
+    stream = await _stream(server, A, f"/conversations/{mine}/events")
+    assert (await _post(server, A, mine, "first")).status == 202
+    await wait_until(lambda: len(fake.requests) == 1, what="the upstream to be asked")
+    # The model is this node's: another person at another address waits as well.
+    other = CookieJar()
+    theirs = await _created(server, B, other)
+    _assert_429(await _post(server, B, theirs, "second", other), "model_concurrency")
+    assert await _transcript(server, theirs, other) == []
+    release.set()
+    await events_until(stream, "done")
+    await stream.close()
+    fake.script = Script(pieces=["ok"])
+    assert (await _post(server, B, theirs, "second", other)).status == 202
+
+
+async def test_a_spent_daily_budget_gets_429_and_an_error_event(
+    make_server: MakeServer, fake: FakeOpenAI
+) -> None:
+    # No usage from the fake: 40 characters are counted as 10 tokens, over the 5.
+    server = await _relay(make_server, fake, model_guest_daily_tokens=5)
+    fake.script = Script(pieces=["x" * 40])
+    cid = await _created(server, A)
+    stream = await _stream(server, A, f"/conversations/{cid}/events")
+    assert (await _post(server, A, cid, "first")).status == 202
+    await events_until(stream, "done")
+    before = await _transcript(server, cid)
+    refused = await _post(server, A, cid, "second")
+    assert _assert_429(refused, "model_daily_tokens") <= 86400
+    assert "resets at" in json_object(refused)["error"]
+    told = await stream.next_event()
+    assert told.type == "error"
+    assert _data(told) == {"message_id": None, "message": json_object(refused)["error"]}
+    assert await _transcript(server, cid) == before
+    assert len(fake.requests) == 1
+    # Another guest at the same address has a budget of its own (the address: 10x).
+    other = CookieJar()
+    theirs = await _created(server, A, other)
+    assert (await _post(server, A, theirs, "mine", other)).status == 202
+    await stream.close()
+    assert (await _limits_report(server))["refused"] == {"model_daily_tokens": 1}
 
 
 # -- streams ----------------------------------------------------------------------------
