@@ -687,7 +687,13 @@ async def test_a_trusted_proxy_names_the_client_and_an_untrusted_one_does_not(
     assert (await _post_room(server, B, "x", via("198.51.100.7"))).status == 200
     _assert_429(await _post_room(server, B, "x", via("198.51.100.8")), "room_posts")
     _assert_429(await _post_room(server, B, "x", via("198.51.100.9")), "room_posts")
-    assert (await _limits_report(server))["refused"] == {"room_posts": 4}
+    # Through the proxy, a Forwarded of the client's own beside the proxy's
+    # X-Forwarded-For: neither is believed, so a new one each time gains nothing.
+    for n in range(3):
+        forged = [*via("198.51.100.20"), ("forwarded", f"for=192.0.2.{n}")]
+        response = await _post_room(server, A, "x", forged)
+        assert response.status == (200 if n == 0 else 429)
+    assert (await _limits_report(server))["refused"] == {"room_posts": 6}
 
 
 async def test_the_access_log_shows_the_address_a_trusted_proxy_gave(spawn: Spawn) -> None:
