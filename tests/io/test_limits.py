@@ -345,6 +345,39 @@ async def test_a_message_refused_while_a_reply_runs_costs_no_reply_per_minute(
     assert (await _limits_report(server))["refused"] == {"replies_at_once": 3}
 
 
+async def test_a_stopped_or_deleted_reply_gives_its_slot_back(make_server: MakeServer) -> None:
+    server = await make_server(limits="on", replies_at_once=1, echo_delay_s=0.2)
+    first, second, third = [await _created(server, A) for _ in range(3)]
+    stream = await _stream(server, A, f"/conversations/{first}/events")
+    assert (await _post(server, A, first, "slow one")).status == 202
+    _assert_429(await _post(server, A, second, "meanwhile"), "replies_at_once")
+    stopped = await _request(server, A, "POST", f"/conversations/{first}/stop")
+    assert json_object(stopped)["stopped"] is True
+    assert _data((await events_until(stream, "done"))[-1])["finish_reason"] == "cancelled"
+    await stream.close()
+    assert (await _post(server, A, second, "now")).status == 202
+    deleted = await _request(server, A, "DELETE", f"/conversations/{second}")
+    assert deleted.status == 204
+    await wait_until(lambda: not server.chat.generating(), what="the deleted reply to stop")
+    assert (await _post(server, A, third, "and now")).status == 202
+
+
+async def test_a_stream_the_server_ends_gives_its_slot_back(make_server: MakeServer) -> None:
+    server = await make_server(limits="on", streams_per_identity=1)
+    first, second = await _created(server, A), await _created(server, A)
+    stream = await _stream(server, A, f"/conversations/{first}/events")
+    await _assert_busy(await _stream(server, A, f"/conversations/{second}/events"), "streams")
+    assert (await _request(server, A, "DELETE", f"/conversations/{first}")).status == 204
+    assert (await stream.next_event()).type == "deleted"
+    await stream.wait_ended()
+    await stream.close()
+    await wait_until(lambda: not server.streams, what="the ended stream to be gone")
+    reopened = await _stream(server, A, f"/conversations/{second}/events")
+    assert (await _post(server, A, second, "hello")).status == 202
+    assert (await reopened.next_event()).type == "user"
+    await reopened.close()
+
+
 async def test_a_message_refused_with_409_gives_its_reply_slot_back(
     make_server: MakeServer,
 ) -> None:
@@ -468,8 +501,8 @@ async def test_streams_past_the_identity_cap_get_busy_and_a_closed_one_frees_its
     other = CookieJar()
     theirs = await _created(server, A, other)
     elsewhere = await _stream(server, A, f"/conversations/{theirs}/events", other)
-    assert elsewhere.status == 200
-    assert not elsewhere.ended
+    assert (await _post(server, A, theirs, "live?", other)).status == 202
+    assert (await elsewhere.next_event()).type == "user"
     await elsewhere.close()
     # Closing one gives its slot back.
     await held.pop().close()
@@ -509,6 +542,27 @@ async def test_streams_past_the_address_cap_get_busy_and_other_addresses_do_not(
     for stream in (*held, reopened):
         await stream.close()
     assert (await _limits_report(server))["refused"] == {"streams_per_ip": 3}
+
+
+async def test_a_stream_refused_for_its_identity_holds_no_slot_of_its_address(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(limits="on", streams_per_identity=1, streams_per_ip=2)
+    people = [CookieJar() for _ in range(3)]
+    cids = [await _created(server, A, jar) for jar in people]
+    held = [await _stream(server, A, f"/conversations/{cids[0]}/events", people[0])]
+    for _ in range(3):
+        refused = await _stream(server, A, f"/conversations/{cids[0]}/events", people[0])
+        await _assert_busy(refused, "streams")
+    # The address's second slot is still free: the refusals gave theirs back.
+    held.append(await _stream(server, A, f"/conversations/{cids[1]}/events", people[1]))
+    assert (await _post(server, A, cids[1], "live?", people[1])).status == 202
+    assert (await held[-1].next_event()).type == "user"
+    refused = await _stream(server, A, f"/conversations/{cids[2]}/events", people[2])
+    await _assert_busy(refused, "streams_per_ip")
+    for stream in held:
+        await stream.close()
+    assert (await _limits_report(server))["refused"] == {"streams": 3, "streams_per_ip": 1}
 
 
 async def test_stream_opens_past_the_rate_get_busy(make_server: MakeServer) -> None:
