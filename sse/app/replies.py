@@ -44,32 +44,40 @@ class ReplyAdmission:
         service = self._service
         if limits is None:
             return await service.post(who.owner, conversation_id, content)
-        refused = await settle(limits.hit(limits.replies, limits.clients(who, ip)))
-        if refused is not None:
-            raise refused
-        paid = not service.model.free
-        if paid:
-            over = await limits.check_budget(who, ip)
-            if over is not None:
-                if await service.store.exists(who.owner, conversation_id):
-                    await service.announce_error(conversation_id, over.message)
-                raise over
+        # The cap first: a slot is given back, a rate's charge is not, so a message
+        # refused while replies are still running costs none of the replies per minute.
         pending = limits.claim([("replies_at_once", who.owner)], uuid.uuid4().hex)
         slot = pending if isinstance(pending, Claim | OverLimit) else await pending
         if isinstance(slot, OverLimit):
             raise slot
-        # After the last await: `service.post` takes its place among the generating
-        # replies before it first awaits, so posts racing here cannot all see a free
-        # model (the checks above wait on Redis when limits are shared).
-        if paid and service.generating() >= self._config.model_concurrency:
-            busy = limits.refuse("model_concurrency", _BUSY_RETRY_S)
-            if busy is not None:
-                slot.release()
-                raise busy
+        paid = not service.model.free
 
         async def ended(tokens: int) -> None:
             slot.release()
             if paid:
                 await limits.spend(who, ip, tokens)
 
-        return await service.post(who.owner, conversation_id, content, ended)
+        try:
+            refused = await settle(limits.hit(limits.replies, limits.clients(who, ip)))
+            if refused is not None:
+                raise refused
+            if paid:
+                over = await limits.check_budget(who, ip)
+                if over is not None:
+                    if await service.store.exists(who.owner, conversation_id):
+                        await service.announce_error(conversation_id, over.message)
+                    raise over
+            # After the last await: `service.post` takes its place among the generating
+            # replies before it first awaits, so posts racing here cannot all see a free
+            # model (the checks above wait on Redis when limits are shared).
+            if paid and service.generating() >= self._config.model_concurrency:
+                busy = limits.refuse("model_concurrency", _BUSY_RETRY_S)
+                if busy is not None:
+                    raise busy
+            return await service.post(who.owner, conversation_id, content, ended)
+        except BaseException:
+            # Refused by a limit, or by the service before it registered `ended`
+            # (409 while a reply streams, 503 while shutting down): the slot is
+            # given back here, or it leaks for good. Idempotent where `ended` ran.
+            slot.release()
+            raise

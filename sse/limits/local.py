@@ -56,16 +56,31 @@ class LocalRates:
 
     def hit(self, rate: Rate, client: str, now: float | None = None) -> float:
         """Count one request; 0.0 when allowed, else the seconds until it would be."""
+        return self.hit_all([(rate, client)], now)
+
+    def hit_all(self, checks: Sequence[tuple[Rate, str]], now: float | None = None) -> float:
+        """Count one request against every (rate, client), or, if one refuses, against none.
+
+        As the Redis script does: a guest refused for its address is not charged
+        for itself, so a refusal costs nothing (0.0 when allowed, else the wait).
+        """
         when = time.monotonic() if now is None else now
-        key = (rate.name, client)
         states = self._states
-        allowed, tat, retry_after = gcra(states.get(key, 0.0), when, rate)
-        if allowed:
+        new: list[tuple[tuple[str, str], float]] = []
+        wait, refused = 0.0, False
+        for rate, client in checks:
+            key = (rate.name, client)
+            allowed, tat, retry_after = gcra(states.get(key, 0.0), when, rate)
+            wait, refused = max(wait, retry_after), refused or not allowed
+            new.append((key, tat))
+        if refused:
+            return wait
+        for key, tat in new:
             states[key] = tat
             states.move_to_end(key)
-            if len(states) > self._max:
-                states.popitem(last=False)
-        return retry_after
+        while len(states) > self._max:
+            states.popitem(last=False)
+        return 0.0
 
 
 class LocalCaps:

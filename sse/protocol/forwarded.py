@@ -31,10 +31,20 @@ def parse_networks(cidrs: Sequence[str]) -> list[ipaddress.IPv4Network | ipaddre
 
 
 def client_address(peer: str, headers: Mapping[str, str], trusted: Networks) -> str:
-    """The client's address: `peer`, or what trusted proxies say it was."""
+    """The client's address: `peer`, or what trusted proxies say it was.
+
+    A proxy passes on the header it does not set, so when both are present one
+    of them may be the client's own writing, and which cannot be told: if they
+    name different clients (or one is too long to read), neither is believed.
+    """
     if not trusted or not is_trusted(peer, trusted):
         return peer
-    hops = _hops(headers)
+    named = {None if hops is None else _client(hops, peer, trusted) for hops in _chains(headers)}
+    only = named.pop() if len(named) == 1 else None
+    return peer if only is None else only
+
+
+def _client(hops: Sequence[str], peer: str, trusted: Networks) -> str:
     for hop in reversed(hops):
         if not is_trusted(hop, trusted):
             return hop
@@ -43,14 +53,18 @@ def client_address(peer: str, headers: Mapping[str, str], trusted: Networks) -> 
     return hops[0] if hops else peer
 
 
-def _hops(headers: Mapping[str, str]) -> list[str]:
+def _chains(headers: Mapping[str, str]) -> list[list[str] | None]:
+    """The hops of each header present; None for one too long to be read."""
+    chains: list[list[str] | None] = []
     forwarded = headers.get("forwarded")
-    if forwarded is not None and len(forwarded) <= _MAX_CHARS:
-        return [_strip(found.group(2)) for found in _FOR.finditer(forwarded)]
+    if forwarded is not None:
+        fits = len(forwarded) <= _MAX_CHARS
+        chains.append([_strip(m.group(2)) for m in _FOR.finditer(forwarded)] if fits else None)
     xff = headers.get("x-forwarded-for")
-    if xff is not None and len(xff) <= _MAX_CHARS:
-        return [_strip(part) for part in xff.split(",") if part.strip()]
-    return []
+    if xff is not None:
+        fits = len(xff) <= _MAX_CHARS
+        chains.append([_strip(part) for part in xff.split(",") if part.strip()] if fits else None)
+    return chains
 
 
 def _strip(value: str) -> str:

@@ -99,8 +99,14 @@ class Connection:
         self.jar = jar
 
     @classmethod
-    async def open(cls, address: tuple[str, int], jar: CookieJar | None = DEFAULT) -> Connection:
-        reader, writer = await asyncio.open_connection(*address)
+    async def open(
+        cls,
+        address: tuple[str, int],
+        jar: CookieJar | None = DEFAULT,
+        local_addr: tuple[str, int] | None = None,
+    ) -> Connection:
+        """Connect to `address`; from `local_addr` (say ("127.0.0.2", 0)) to be another client."""
+        reader, writer = await asyncio.open_connection(*address, local_addr=local_addr)
         return cls(reader, writer, default_jar(address) if jar is DEFAULT else jar)
 
     async def _next(self, timeout: float) -> h11.Event | type[h11.NEED_DATA]:
