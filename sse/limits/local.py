@@ -26,34 +26,6 @@ class LocalRates:
     def __len__(self) -> int:
         return len(self._states)
 
-    def hit_all(self, checks: Sequence[tuple[Rate, str]], now: float | None = None) -> float:
-        """Count one request against every (rate, client), or against none of them.
-
-        0.0 when allowed, else the seconds until all of them would allow it. All or
-        nothing, as in Redis: a refusal by one never costs the others.
-        """
-        if len(checks) == 1:
-            rate, client = checks[0]
-            return self.hit(rate, client, now)
-        when = time.monotonic() if now is None else now
-        states = self._states
-        wait = 0.0
-        new: list[tuple[tuple[str, str], float]] = []
-        for rate, client in checks:
-            key = (rate.name, client)
-            allowed, tat, retry_after = gcra(states.get(key, 0.0), when, rate)
-            if not allowed:
-                wait = max(wait, retry_after)
-            new.append((key, tat))
-        if wait:
-            return wait
-        for key, tat in new:
-            states[key] = tat
-            states.move_to_end(key)
-        while len(states) > self._max:
-            states.popitem(last=False)
-        return 0.0
-
     def hit(self, rate: Rate, client: str, now: float | None = None) -> float:
         """Count one request; 0.0 when allowed, else the seconds until it would be."""
         return self.hit_all([(rate, client)], now)
