@@ -16,7 +16,8 @@ import contextlib
 import logging
 
 import h11
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from sse.config import parse_listen
@@ -111,7 +112,10 @@ class MetricsListener:
         else:
             # Off the loop: with --workers it reads a file per worker and metric type.
             body = await asyncio.to_thread(generate_latest, self._registry)
-            status, kind = 200, CONTENT_TYPE_LATEST
+            status, kind = (
+                200,
+                CONTENT_TYPE_PLAIN_0_0_4,
+            )  # what a scraper that asks for nothing gets
         headers = [
             ("content-type", kind),
             ("content-length", str(len(body))),
