@@ -424,6 +424,7 @@ def supervise(config: Config, command: Sequence[str], args: Sequence[str]) -> in
         _wipe(metrics_dir)
         # Before any worker starts: each imports prometheus-client with it set.
         os.environ[METRICS_DIR_ENV] = metrics_dir
+        log.info("metrics: the workers write their values in %s", metrics_dir)
         supervisor = Supervisor(config, [*command, *args], reserved, metrics_dir)
         return asyncio.run(supervisor.run())
     finally:
