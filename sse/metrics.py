@@ -83,7 +83,7 @@ STREAMS_OPENED = Counter("ssechat_streams_opened", "Streams opened, by transport
 STREAMS_CLOSED = Counter(
     "ssechat_streams_closed",
     "Streams closed, by transport and reason (client, slow, shutdown, auth, deleted, "
-    "timeout, error)",
+    "timeout, limit, error)",
     ["transport", "reason"],
 )
 STREAM_LIFETIME = Histogram(
@@ -203,6 +203,7 @@ _REASONS = (
     ("reauth", "auth"),
     ("deleted", "deleted"),
     ("no pong", "timeout"),
+    ("too many", "limit"),  # a WebSocket over a stream cap, closed (1013) after its 101
 )
 
 

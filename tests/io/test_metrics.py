@@ -7,10 +7,15 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Callable
 
+import pytest
 from websockets.asyncio.client import connect
 
+from sse.metrics import WS, close_reason, method_label
+from sse.protocol.frame import Frame
+from sse.pubsub.hub import Hub
 from tests.support.client import (
     EventStream,
     events_until,
@@ -269,3 +274,74 @@ async def test_every_metric_the_readme_names_is_exported_and_the_reverse(spawn: 
     for name, labels in readme.items():
         if exported.labels[name] is not None:  # a family with samples: these labels
             assert exported.labels[name] == labels, name
+
+
+# -- pure: what a broadcast counts, and the bounded reason labels ----------------------
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+
+    def push(self, frame: Frame) -> None:
+        self.frames.append(frame)
+
+
+class _SocketSink(_Sink):
+    metric_transport = WS
+
+
+def test_a_broadcast_counts_events_and_bytes_per_transport_once() -> None:
+    flushes: list[Callable[[], int]] = []
+    hub = Hub(history_size=10, epoch="1", schedule=flushes.append)
+    stream, other, sock = _Sink(), _Sink(), _SocketSink()
+    leaving = uuid.uuid4()
+    hub.subscribe("room", leaving, stream)
+    hub.subscribe("room", uuid.uuid4(), other)
+    hub.subscribe("room", uuid.uuid4(), sock)
+    one = hub.publish("room", "one")
+    late = _Sink()
+    hub.subscribe("room", uuid.uuid4(), late)  # joins the pending batch: gets only its tail
+    two = hub.publish("room", "two")
+    assert flushes[0]() == 2
+    size = len(one.raw) + len(two.raw)
+    assert [len(s.frames) for s in (stream, other, sock, late)] == [1, 1, 1, 1]
+    assert hub.take_sent() == (2 * 2 + 1, 2 * size + len(two.raw), 2, size)
+    assert hub.take_sent() == (0, 0, 0, 0)
+    hub.unsubscribe("room", leaving)
+    three = hub.publish("room", "three")
+    assert flushes[1]() == 1
+    assert hub.take_sent() == (2, 2 * len(three.raw), 1, len(three.raw))
+
+
+@pytest.mark.parametrize(
+    ("reason", "label"),
+    [
+        ("client closed", "client"),
+        ("client closed: bye", "client"),
+        ("connection lost", "client"),
+        ("client sent data on an open stream", "client"),
+        ("slow client: backlog over the limit", "slow"),
+        ("server shutting down", "shutdown"),
+        ("shutdown timeout", "shutdown"),
+        ("auth", "auth"),
+        ("reauth: the token has expired", "auth"),
+        ("deleted: {}", "deleted"),
+        ("no pong within the ping timeout", "timeout"),
+        ("too many streams open from this address", "limit"),
+        ("failed to open", "error"),
+        ("message over the limit of 65536 bytes once inflated", "error"),
+        ("anything a peer could write\r\n", "error"),
+    ],
+)
+def test_close_reasons_become_a_few_labels(reason: str, label: str) -> None:
+    assert close_reason(reason) == label
+
+
+def test_methods_nobody_routes_are_one_label() -> None:
+    assert [method_label(m) for m in ("GET", "POST", "BREW", "-")] == [
+        "GET",
+        "POST",
+        "other",
+        "other",
+    ]
