@@ -529,7 +529,8 @@ class HttpConnection(asyncio.Protocol):
         # while the stream attached are in the resume too.
         replay = [stream.frame_data(f) for f in resume.replay()]
         resumed = resume.note(opening.last_event_id)
-        replayed(SSE, [len(f.raw) for f in resume.replay()], resumed != "", resume.gap is not None)
+        sizes = [len(f.raw) for f in resume.replay()]
+        replayed(SSE, sizes, opening.last_event_id is not None, resume.gap is not None)
         server.add_stream(stream)
         first = stream.frame_bytes(encode_retry(server.jittered(self._config.retry_ms)))
         stream.start(head + first, replay)

@@ -230,7 +230,8 @@ def _opened(
     # As for an event stream: live events that came while it attached are in the resume.
     replay = [sock.encode(f) for f in resume.replay()]
     resumed = resume.note(opening.last_event_id)
-    replayed(WS, [len(f.raw) for f in resume.replay()], resumed != "", resume.gap is not None)
+    sizes = [len(f.raw) for f in resume.replay()]
+    replayed(WS, sizes, opening.last_event_id is not None, resume.gap is not None)
     sock.start(head, replay)
     log.info(
         "websocket %s open for %s topic=%s compression=%s%s",
