@@ -16,7 +16,16 @@ from typing import Any
 
 from sse.errors import ConfigError
 
-__all__ = ["AUTH_MODES", "CLIENT_DIR", "GROUPS", "MODELS", "WS_COMPRESSION", "Config", "Option"]
+__all__ = [
+    "AUTH_MODES",
+    "CLIENT_DIR",
+    "GROUPS",
+    "MODELS",
+    "WS_COMPRESSION",
+    "Config",
+    "Option",
+    "parse_listen",
+]
 
 MODELS = ("echo", "openai")
 # Who a request is: a signed guest cookie; that or an account; or a host application's JWT.
@@ -62,6 +71,7 @@ GROUPS = (
     "conversations and models",
     "identity and access",
     "limits per client",
+    "operations",
     "",
 )
 
@@ -100,6 +110,20 @@ def _opt(default: Any, flag: str, help: str, group: str, **more: Any) -> Any:
     return field(
         default=default, metadata={"option": Option(flag, help, group, **more)}, repr=not secret
     )
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[::1]:9100` for IPv6) as a host and a port.
+
+    Raises:
+        ConfigError: it is not such an address.
+    """
+    host, sep, port = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"metrics_listen must be HOST:PORT (port 0..65535), got {value!r}")
+    return host, int(port)
 
 
 def _db_fields(value: str) -> Mapping[str, object]:
@@ -605,6 +629,14 @@ class Config:
         "upstream model requests this process may have open at once, for everyone together",
         _PER_CLIENT,
     )
+    metrics_listen: str | None = _opt(
+        None,
+        "--metrics-listen",
+        "serve Prometheus metrics at GET /metrics on this address, its own listener (keep "
+        "it off the public one); with --workers, the sum over all workers",
+        "operations",
+        metavar="HOST:PORT",
+    )
     # Set for each worker of --workers, never by hand.
     reuse_port: bool = False
 
@@ -670,6 +702,8 @@ class Config:
             )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be 0..65535, got {self.port}")
+        if self.metrics_listen is not None:
+            parse_listen(self.metrics_listen)
         if not self.echo_delay_s >= 0:
             raise ConfigError(f"echo_delay_s must not be negative, got {self.echo_delay_s}")
         if self.model not in MODELS:

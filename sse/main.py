@@ -22,12 +22,13 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from sse.cli import parse_config
+from sse.cli import parse_config, version
 from sse.config import Config
 from sse.errors import ConfigError, StartError
 from sse.io.logs import JsonFormatter
 from sse.io.server import Server
 from sse.io.workers import Lifeline, WorkerSlot, supervise, worker_slot_from_env
+from sse.metrics import BUILD_INFO
 
 __all__ = ["SELF", "main", "serve"]
 
@@ -71,6 +72,7 @@ async def serve(config: Config, slot: WorkerSlot | None = None) -> None:
     if lifeline is not None:
         lifeline.watch(stop.set)
     server = Server(config)
+    BUILD_INFO.labels(version()).set(1)
     await server.start()
     if lifeline is not None:
         lifeline.ready()
@@ -118,7 +120,8 @@ def main(argv: Sequence[str] | None = None, command: Sequence[str] = SELF) -> in
     if slot is None and config.workers > 1:
         return supervise(config, command, sys.argv[1:] if argv is None else argv)
     if slot is not None:
-        config = dataclasses.replace(config, reuse_port=True)
+        # The supervisor serves --metrics-listen for every worker (sse.io.workers).
+        config = dataclasses.replace(config, reuse_port=True, metrics_listen=None)
     # Per process: each worker raises its own limit and fits its own connections.
     config = _fit_open_files(config)
     try:

@@ -17,6 +17,7 @@ PACKAGE = ROOT / "sse"
 LAYERS = (
     "errors",
     "config",
+    "metrics",
     "protocol",
     "pubsub",
     "chat",

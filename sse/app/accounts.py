@@ -19,6 +19,7 @@ from sse.auth.tickets import TICKET_TTL_S
 from sse.chat.store.base import Account, Store
 from sse.config import Config
 from sse.errors import ClientError
+from sse.metrics import AUTH_FAILURES
 
 __all__ = ["identity_routes"]
 
@@ -92,6 +93,7 @@ class _IdentityApi:
         # Checked against a stand-in hash for an unknown name: both take as long.
         if not await passwords.verify(account.password_hash if account else None, password):
             log.info("a sign-in was refused (wrong username or password)")
+            AUTH_FAILURES.labels("wrong_password").inc()
             raise ClientError(401, "wrong username or password")
         assert account is not None
         return await self._signed_in(req, account, 200)

@@ -36,6 +36,7 @@ from sse.auth.identity import Verdict
 from sse.config import Config
 from sse.errors import ClientError, OverLimit, StoreUnavailable
 from sse.limits.policy import Claim, Limits
+from sse.metrics import AUTH_FAILURES
 from sse.protocol.sse import encode_retry
 from sse.pubsub.broker import settle
 
@@ -45,6 +46,9 @@ __all__ = ["App"]
 _WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # A route's handlers, and whether they need to know who asks.
 _Methods = tuple[Mapping[str, Handler], bool]
+
+# The verdicts' problems, the reason label of ssechat_auth_failures_total (bounded).
+_PROBLEMS = frozenset(("missing", "invalid", "expired", "revoked"))
 
 
 class App:
@@ -226,6 +230,7 @@ class App:
         return await settle(self._call(req, body, params, handler, cors))
 
     def _unidentified(self, req: Request, problem: str, cors: tuple[tuple[str, str], ...]) -> Reply:
+        AUTH_FAILURES.labels(problem if problem in _PROBLEMS else "invalid").inc()
         # A stream whose credential can be renewed is told so on a 200 the browser
         # survives; only a first stream with no credential at all gets the 401.
         if self.is_stream(req) and problem != "missing":

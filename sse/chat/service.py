@@ -21,6 +21,7 @@ from uuid import uuid4
 from sse.chat.models import ChatTurn, Finish, Model, Usage
 from sse.chat.store.base import ConversationSummary, Store, StoredMessage, Transcript
 from sse.errors import BrokerUnavailable, ClientError, ModelError, ReplyInProgress, StoreUnavailable
+from sse.metrics import generation_ended
 from sse.pubsub.broker import Broker, settle
 
 __all__ = ["ChatService", "ReplyEnded", "Snapshot", "topic_of"]
@@ -479,6 +480,10 @@ class ChatService:
             spent = reply.tokens
             if spent is None:
                 spent = -(-len(text) // _CHARS_PER_TOKEN)
+            took_first = None if first_at is None else first_at - started
+            ended_s = time.monotonic() - started
+            reported = reply.tokens is not None
+            generation_ended(model.name, status, took_first, ended_s, spent, reported)
             await self._tell_ended(reply, spent)
         if refused is not None:
             # Listeners are told what the transcript will say once the store is back.

@@ -94,7 +94,7 @@ class ServerState(Protocol):
     def add_socket(self, sock: OpenSink) -> None:
         """Register an open WebSocket."""
 
-    def drop_socket(self, sock: OpenSink) -> None:
+    def drop_socket(self, sock: OpenSink, reason: str) -> None:
         """Unsubscribe and forget a closed WebSocket."""
 
     def publish_soon(self, topic: str, data: str) -> None:

@@ -26,6 +26,7 @@ from sse.io.hooks import ServerState
 from sse.io.stream import Stream
 from sse.io.websocket import accept
 from sse.limits.policy import Claim
+from sse.metrics import SSE, http_request, replayed
 from sse.protocol.forwarded import client_address, is_trusted
 from sse.protocol.http1 import status_phrase, with_header
 from sse.protocol.sse import encode_retry
@@ -528,6 +529,8 @@ class HttpConnection(asyncio.Protocol):
         # while the stream attached are in the resume too.
         replay = [stream.frame_data(f) for f in resume.replay()]
         resumed = resume.note(opening.last_event_id)
+        sizes = [len(f.raw) for f in resume.replay()]
+        replayed(SSE, sizes, opening.last_event_id is not None, resume.gap is not None)
         server.add_stream(stream)
         first = stream.frame_bytes(encode_retry(server.jittered(self._config.retry_ms)))
         stream.start(head + first, replay)
@@ -715,14 +718,16 @@ class HttpConnection(asyncio.Protocol):
         return with_header(head, b"x-request-id", rid)
 
     def _access(self, status: int, size: int) -> None:
-        if not access_log.isEnabledFor(logging.INFO):
-            return
         request = self._request
         method = request.method if request is not None else "-"
-        took_ms = (time.monotonic() - self._started) * 1000 if self._started else 0.0
+        took_s = time.monotonic() - self._started if self._started else 0.0
         # Neither headers nor body nor query are logged: they carry cookies, tokens
         # and message text. The route pattern stands in for a path with ids in it.
         route = self._server.app.route_of(request.path) if request is not None else "-"
+        http_request(route, method, status, took_s)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        took_ms = took_s * 1000
         target = self._target
         if "?" in target:
             target = _SECRET_PARAMS.sub(r"\1***", target)

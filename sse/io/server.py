@@ -33,7 +33,9 @@ from sse.config import Config
 from sse.errors import BrokerUnavailable, StartError
 from sse.io.hooks import Connection, OpenSink
 from sse.io.http import HttpConnection
+from sse.io.metrics import MetricsListener
 from sse.limits.policy import Limits
+from sse.metrics import BROKER_UP, PUBLISH_FANOUT, SSE, WS, sent, stream_closed, stream_opened
 from sse.protocol.forwarded import Networks, parse_networks
 from sse.pubsub.broker import Broker, MemoryBroker
 from sse.pubsub.hub import Hub, Resume, Sink
@@ -121,6 +123,8 @@ class Server:
         self._idle = asyncio.Event()
         self._heartbeat: asyncio.TimerHandle | None = None
         self._listener: asyncio.Server | None = None
+        # --metrics-listen in one process; with --workers the supervisor serves it.
+        self.metrics = MetricsListener(config.metrics_listen) if config.metrics_listen else None
         self.address: tuple[str, int] = (config.host, config.port)
         self._random = random.Random()
         # Request ids: this node's prefix and a counter, no uuid4 per request.
@@ -220,6 +224,8 @@ class Server:
         self._last_flush = end = loop.time()
         if events:
             self._broadcast_s.append(end - start)
+            PUBLISH_FANOUT.observe(end - start)
+            sent(*self.hub.take_sent())
         # In a burst, a flush that took d seconds delays the next by up to
         # _FLUSH_DUTY * d (capped): the burst then spends at most about
         # 1/(1 + _FLUSH_DUTY) of the loop's time broadcasting, and the rest
@@ -287,14 +293,16 @@ class Server:
     def add_stream(self, stream: OpenSink) -> None:
         """Register a stream the broker attached in the dict of writers."""
         self.streams[stream.key] = stream
+        stream_opened(SSE)
 
     def drop_stream(self, stream: OpenSink, peer: str, reason: str) -> None:
         """Forget a closed stream; it gets no further frames."""
         self.broker.detach(stream.topic, stream.key)
-        self.streams.pop(stream.key, None)
+        took = time.monotonic() - stream.opened_at
+        if self.streams.pop(stream.key, None) is not None:
+            stream_closed(SSE, reason, took)
         if not log.isEnabledFor(logging.INFO):
             return
-        took = time.monotonic() - stream.opened_at
         log.info(
             "stream %s closed for %s after %.1fs (%d replayed): %s",
             stream.key,
@@ -313,11 +321,13 @@ class Server:
     def add_socket(self, sock: OpenSink) -> None:
         """Register a WebSocket the broker attached in the dict of sockets."""
         self.sockets[sock.key] = sock
+        stream_opened(WS)
 
-    def drop_socket(self, sock: OpenSink) -> None:
+    def drop_socket(self, sock: OpenSink, reason: str) -> None:
         """Forget a closed WebSocket; it gets no further frames."""
         self.broker.detach(sock.topic, sock.key)
-        self.sockets.pop(sock.key, None)
+        if self.sockets.pop(sock.key, None) is not None:
+            stream_closed(WS, reason, time.monotonic() - sock.opened_at)
 
     def connection_closed(self, conn: Connection) -> None:
         """Forget a connection; wake the shutdown when it was the last one."""
@@ -332,7 +342,10 @@ class Server:
             await self.broker.start()
         except BrokerUnavailable as exc:
             raise StartError(str(exc)) from exc
+        BROKER_UP.set(1)
         try:
+            if self.metrics is not None:
+                await self.metrics.start()
             try:
                 recovered = await self.store.open()
             except Exception as exc:
@@ -360,6 +373,8 @@ class Server:
             await self.broker.close()
             with contextlib.suppress(Exception):
                 await self.store.close()
+            if self.metrics is not None:
+                await self.metrics.close()
             raise
         self._heartbeat = loop.call_later(self.config.ping_interval_s, self._beat)
         sock = self._listener.sockets[0]
@@ -412,6 +427,8 @@ class Server:
         await self.limits.close()
         await self.broker.close()
         await self.store.close()
+        if self.metrics is not None:
+            await self.metrics.close()
         self._listener = None
         log.info("stopped")
 

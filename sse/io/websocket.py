@@ -37,6 +37,7 @@ from sse.config import Config
 from sse.errors import BrokerUnavailable
 from sse.io.backlog import Backlog
 from sse.io.hooks import ServerState
+from sse.metrics import WS, replayed
 from sse.protocol.frame import Frame
 from sse.protocol.http1 import with_header
 from sse.protocol.websocket import (
@@ -229,6 +230,8 @@ def _opened(
     # As for an event stream: live events that came while it attached are in the resume.
     replay = [sock.encode(f) for f in resume.replay()]
     resumed = resume.note(opening.last_event_id)
+    sizes = [len(f.raw) for f in resume.replay()]
+    replayed(WS, sizes, opening.last_event_id is not None, resume.gap is not None)
     sock.start(head, replay)
     log.info(
         "websocket %s open for %s topic=%s compression=%s%s",
@@ -259,6 +262,9 @@ class WebSocket(Backlog, asyncio.Protocol):
     wait in `_pending`; past `backlog_limit_bytes` the connection is aborted, and
     the client reconnects with `?last_event_id=` to be replayed what it missed.
     """
+
+    # How the hub tells WebSockets from event streams in what a broadcast sends.
+    metric_transport = WS
 
     __slots__ = (
         "_busy",
@@ -388,7 +394,7 @@ class WebSocket(Backlog, asyncio.Protocol):
         self._phase = _Phase.CLOSED
         self._drop_backlog()
         server = self._server
-        server.drop_socket(self)
+        server.drop_socket(self, self._close_reason)
         log.info(
             "websocket %s closed for %s after %.1fs (%d replayed): code=%d %s",
             self.key,

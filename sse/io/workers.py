@@ -10,6 +10,14 @@ Each worker gets one end of a socket pair, its lifeline: it writes one byte on
 it once it listens, and the supervisor's end reaching EOF tells it that the
 supervisor is gone (even by SIGKILL), so it stops gracefully instead of holding
 the port as an orphan.
+
+With --metrics-listen the supervisor serves /metrics, not a worker: it is the one process
+that lives as long as the server, so a scrape is answered while worker 0 restarts, and it
+takes no public traffic. Before the first worker starts it points PROMETHEUS_MULTIPROC_DIR
+at a fresh directory (wiped; its own, removed at the end, unless the variable was set); the
+workers, started as new programs, import prometheus-client with it set and write their
+values there, and the supervisor sums them (`sse.io.metrics`). A worker that exits is
+marked dead, so the live-gauges (open streams) stop counting it; its counters stay.
 """
 
 from __future__ import annotations
@@ -18,16 +26,22 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum, auto
 
+from prometheus_client.multiprocess import mark_process_dead
+
 from sse.config import Config
+from sse.io.metrics import MetricsListener, multiprocess_registry
 
 __all__ = [
+    "METRICS_DIR_ENV",
     "WORKER_ENV",
     "Lifeline",
     "Supervisor",
@@ -39,6 +53,8 @@ __all__ = [
 
 log = logging.getLogger("ssechat.workers")
 
+# Where prometheus-client's multiprocess mode keeps each process's values.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Set by the supervisor for each worker: "<index>:<fd of its lifeline>". An
 # environment variable rather than a hidden flag: every flag is in --help.
 WORKER_ENV = "SSECHAT_WORKER"
@@ -205,9 +221,19 @@ class Supervisor:
     """
 
     def __init__(
-        self, config: Config, command: Sequence[str], reserved: Sequence[socket.socket]
+        self,
+        config: Config,
+        command: Sequence[str],
+        reserved: Sequence[socket.socket],
+        metrics_dir: str | None = None,
     ) -> None:
         self.config = config
+        self._metrics_dir = metrics_dir
+        self.metrics = (
+            MetricsListener(config.metrics_listen, multiprocess_registry(metrics_dir))
+            if config.metrics_listen is not None and metrics_dir is not None
+            else None
+        )
         self._reserved = tuple(reserved)
         self.address: tuple[str, int] = self._reserved[0].getsockname()[:2]
         self._command = (*command, "--port", str(self.address[1]), "--workers", "1")
@@ -221,6 +247,14 @@ class Supervisor:
         """Serve until SIGINT or SIGTERM (exit status 0) or a worker cannot start (1)."""
         loop = asyncio.get_running_loop()
         try:
+            if self.metrics is not None:
+                try:
+                    await self.metrics.start()
+                except OSError as exc:
+                    log.error(
+                        "cannot listen on --metrics-listen %s: %s", self.config.metrics_listen, exc
+                    )
+                    return 1
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self.stop)
             async with asyncio.TaskGroup() as group:
@@ -233,6 +267,8 @@ class Supervisor:
                 self._kill_timer.cancel()
             for sock in self._reserved:
                 sock.close()
+            if self.metrics is not None:
+                await self.metrics.close()
         log.info("stopped")
         return 0 if self._failure is None else 1
 
@@ -265,6 +301,8 @@ class Supervisor:
         while not self._stopping.is_set():
             proc = await self._start(worker)
             returncode = await proc.wait()
+            if self._metrics_dir is not None:
+                mark_process_dead(proc.pid, self._metrics_dir)  # type: ignore[no-untyped-call]  # unannotated
             listened = worker.state is _State.LISTENING
             worker.state = _State.DOWN
             self._cut_lifeline(worker)
@@ -378,4 +416,25 @@ def supervise(config: Config, command: Sequence[str], args: Sequence[str]) -> in
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", config.host, config.port, exc)
         return 1
-    return asyncio.run(Supervisor(config, [*command, *args], reserved).run())
+    if config.metrics_listen is None:
+        return asyncio.run(Supervisor(config, [*command, *args], reserved).run())
+    given = os.environ.get(METRICS_DIR_ENV)
+    metrics_dir = given or tempfile.mkdtemp(prefix="ssechat-metrics-")
+    try:
+        _wipe(metrics_dir)
+        # Before any worker starts: each imports prometheus-client with it set.
+        os.environ[METRICS_DIR_ENV] = metrics_dir
+        log.info("metrics: the workers write their values in %s", metrics_dir)
+        supervisor = Supervisor(config, [*command, *args], reserved, metrics_dir)
+        return asyncio.run(supervisor.run())
+    finally:
+        if not given:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _wipe(folder: str) -> None:
+    """Remove the value files of an earlier run: a new run's counters start at zero."""
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):
+        if name.endswith(".db"):
+            os.unlink(os.path.join(folder, name))

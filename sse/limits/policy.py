@@ -29,6 +29,7 @@ from sse.errors import OverLimit
 from sse.limits.gcra import Rate
 from sse.limits.local import LocalCaps, LocalRates
 from sse.limits.redis import CAP_LEASE_S, RedisLimits
+from sse.metrics import RATE_LIMIT_WOULD_REFUSE, RATE_LIMITED
 
 __all__ = ["Claim", "Limits"]
 
@@ -132,9 +133,11 @@ class Limits:
         refusal = OverLimit(limit, retry_after_s, detail or _MESSAGES.get(limit, limit))
         if self.mode == "dry-run":
             self.would_refuse[limit] += 1
+            RATE_LIMIT_WOULD_REFUSE.labels(limit).inc()
             log.info("dry run: would refuse %s (retry after %.1fs)", limit, retry_after_s)
             return None
         self.refused[limit] += 1
+        RATE_LIMITED.labels(limit).inc()
         return refusal
 
     # -- rates -----------------------------------------------------------------

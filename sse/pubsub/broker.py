@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 from uuid import UUID
 
+from sse.metrics import EVENTS_PUBLISHED
 from sse.pubsub.hub import Hub, Resume, Sink
 
 __all__ = ["Broker", "ControlHandler", "MemoryBroker", "settle"]
@@ -122,7 +123,9 @@ class MemoryBroker:
 
     def publish(self, topic: str, data: str, *, event: str | None = None) -> str:
         """Publish now; the id is `<epoch>-<seq>`."""
-        return self.hub.publish(topic, data, event=event).id
+        published = self.hub.publish(topic, data, event=event).id
+        EVENTS_PUBLISHED.labels(event or "message").inc()
+        return published
 
     def attach(self, topic: str, key: UUID, sink: Sink, last_event_id: str | None) -> Resume:
         """Read the history and subscribe in one step: no event can fall between."""

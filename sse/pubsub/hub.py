@@ -15,6 +15,7 @@ from itertools import islice
 from typing import Protocol
 from uuid import UUID
 
+from sse.metrics import SSE, WS
 from sse.protocol.frame import Frame
 from sse.protocol.http1 import chunk
 from sse.protocol.sse import Event
@@ -61,6 +62,7 @@ class _Topic:
     # Sinks that subscribed while `pending` was not empty, with the last sequence
     # number they must not receive: they get only the tail of the pending batch.
     late: dict[UUID, int] = field(default_factory=dict)
+    ws_sinks: int = 0  # how many of `sinks` are WebSockets, for what broadcasts send by transport
 
 
 # An epoch (ms) and a sequence number are far shorter; anything longer is unknown.
@@ -75,6 +77,11 @@ def _batch(frames: list[Frame]) -> Frame:
     last = frames[-1]
     parts = tuple(p for f in frames for p in f.singles())
     return Frame(last.seq, last.id, raw, chunk(raw), parts=parts)
+
+
+def _ws(sink: Sink | None) -> int:
+    """1 for a WebSocket sink: it says so by `metric_transport` (streams need not)."""
+    return 1 if getattr(sink, "metric_transport", SSE) == WS else 0
 
 
 def _fitting(history: deque[Frame], wanted: int, max_bytes: int) -> int:
@@ -136,6 +143,9 @@ class Hub:
         self._dirty: list[_Topic] = []  # topics with pending frames, in publish order
         self._active: set[str] = set()  # topics published to since `take_active`
         self._joined = 0  # subscriptions since `take_joined`
+        # What broadcasts handed to sinks since `take_sent`: events and bytes to event
+        # streams, then to WebSockets. Counted per topic per flush, never per sink.
+        self._sent = [0, 0, 0, 0]
 
     def _topic(self, name: str) -> _Topic:
         topic = self._topics.get(name)
@@ -223,6 +233,7 @@ class Hub:
             self._trim_total()
         self._active.add(topic)
         if self._schedule is None:
+            self._count_sent(t, 1, len(frame.raw))
             self._push(t, frame)
             return frame
         if not t.pending:
@@ -242,11 +253,13 @@ class Hub:
             return 0
         frames, t.pending = t.pending, []
         batch = _batch(frames)
+        self._count_sent(t, len(frames), len(batch.raw))
         if not t.late:
             self._push(t, batch)
             return len(frames)
         late, t.late = t.late, {}
         tails: dict[int, Frame | None] = {}  # one tail per subscription point
+        sent = self._sent
         for key, sink in tuple(t.sinks.items()):
             after = late.get(key)
             if after is None:
@@ -256,9 +269,27 @@ class Hub:
                 rest = [f for f in frames if f.seq > after]
                 tails[after] = _batch(rest) if rest else None
             tail = tails[after]
+            # Counted above as the whole batch: take back what this late sink skips.
+            at = 2 * _ws(sink)
+            sent[at] -= len(frames) - (len(tail.singles()) if tail is not None else 0)
+            sent[at + 1] -= len(batch.raw) - (len(tail.raw) if tail is not None else 0)
             if tail is not None:
                 sink.push(tail)
         return len(frames)
+
+    def _count_sent(self, t: _Topic, events: int, size: int) -> None:
+        ws = t.ws_sinks
+        streams = len(t.sinks) - ws
+        sent = self._sent
+        sent[0] += streams * events
+        sent[1] += streams * size
+        sent[2] += ws * events
+        sent[3] += ws * size
+
+    def take_sent(self) -> tuple[int, int, int, int]:
+        """Events and bytes handed to event streams, then to WebSockets, since the last call."""
+        sent, self._sent = self._sent, [0, 0, 0, 0]
+        return sent[0], sent[1], sent[2], sent[3]
 
     @staticmethod
     def _push(t: _Topic, frame: Frame) -> None:
@@ -286,6 +317,7 @@ class Hub:
             # together (each announcing itself) would cost one flush per stream;
             # instead the new sink joins the batch and gets only its tail.
             t.late[key] = t.next_seq - 1
+        t.ws_sinks += _ws(sink) - _ws(t.sinks.get(key))
         t.sinks[key] = sink
 
     def replace(self, topic: str, key: UUID, sink: Sink) -> bool:
@@ -297,6 +329,7 @@ class Hub:
         t = self._topics.get(topic)
         if t is None or key not in t.sinks:
             return False
+        t.ws_sinks += _ws(sink) - _ws(t.sinks[key])
         t.sinks[key] = sink
         return True
 
@@ -304,7 +337,7 @@ class Hub:
         """Stop pushing to the sink under `key`; unknown keys are ignored."""
         t = self._topics.get(topic)
         if t is not None:
-            t.sinks.pop(key, None)
+            t.ws_sinks -= _ws(t.sinks.pop(key, None))
             t.late.pop(key, None)
 
     def sink_count(self, topic: str) -> int:

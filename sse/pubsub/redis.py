@@ -35,6 +35,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from sse.errors import BrokerUnavailable, EncodeError
+from sse.metrics import BROKER_UP, EVENTS_PUBLISHED
 from sse.protocol.frame import Frame
 from sse.protocol.sse import Event, encode
 from sse.pubsub.broker import ControlHandler
@@ -282,6 +283,7 @@ class RedisBroker:
             entry_id = await self._publish_script(keys=[_STREAM_PREFIX + topic], args=args)
         except RedisError as exc:
             raise BrokerUnavailable(f"Redis is unreachable ({exc})") from exc
+        EVENTS_PUBLISHED.labels(event or "message").inc()
         return str(entry_id)
 
     async def send_control(self, fields: Mapping[str, str]) -> None:
@@ -496,6 +498,7 @@ class RedisBroker:
                 continue
             if not self._up:
                 self._up = True
+                BROKER_UP.set(1)
                 took = asyncio.get_running_loop().time() - (self._down_since or 0.0)
                 log.warning("Redis is reachable again after %.1fs; reading on", took)
                 self._down_since = None
@@ -507,6 +510,7 @@ class RedisBroker:
     def _went_down(self, exc: BaseException, backoff: float) -> None:
         if self._up:
             self._up = False
+            BROKER_UP.set(0)
             self._down_since = asyncio.get_running_loop().time()
             log.error("Redis is unreachable (%s); streams stay open, retrying", exc)
         else:
