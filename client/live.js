@@ -18,7 +18,7 @@ export function busyText(message, retryMs) {
   const reason = typeof message === "string" && message !== "" ? message : "the server is busy";
   const sentence = reason.charAt(0).toUpperCase() + reason.slice(1).replace(/\.$/, "");
   if (!Number.isFinite(retryMs)) return `${sentence}; reconnecting soon`;
-  return `${sentence}; reconnecting in ${Math.max(1, Math.ceil(retryMs / 1000))} s`;
+  return `${sentence}; reconnecting in ${Math.max(1, Math.round(retryMs / 1000))} s`;
 }
 
 /** Show `text` in `element` (a notice beside a stream), or hide it for null. */
