@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from tests.browser.test_chat import _open_chat, _replies, _send
 from tests.browser.test_identity import OpenPerson, _people
 from tests.browser.test_room import FAST_RETRY, _post, _wait_for_message
 from tests.support.servers import ServerProcess
@@ -29,6 +30,7 @@ from tests.support.servers import ServerProcess
 CAP_RETRY_TIMEOUT_MS = 40_000
 BUSY_NOTICE = re.compile(r"^Too many streams open from this address; reconnecting in 1[5-7] s$")
 POSTS_NOTICE = re.compile(r"^Too many messages to the room\. Try again in [1-5] s\.$")
+REPLIES_NOTICE = re.compile(r"^Too many model replies started\. Try again in [1-6]?[0-9] s\.$")
 
 
 @pytest.fixture
@@ -104,3 +106,18 @@ def test_a_room_send_over_the_rate_shows_the_reason_and_the_wait_and_keeps_the_t
     expect(page.locator("#send-error")).to_be_visible()
     expect(page.locator("#message-input")).to_have_value("third, typed with care")
     expect(page.locator("#send-button")).to_be_enabled()
+
+
+def test_a_chat_message_over_the_reply_rate_shows_the_reason_and_the_wait_and_keeps_the_text(
+    spawn: Callable[..., ServerProcess], people: Callable[[ServerProcess], OpenPerson]
+) -> None:
+    server = spawn("--limits", "on", "--replies-per-minute", "1", *FAST_RETRY)
+    page = people(server)()
+    _open_chat(page)
+    _send(page, "the one reply of the minute")
+    expect(_replies(page).last).to_have_attribute("data-status", "complete")
+    box = page.locator("#chat-input")
+    box.fill("a second question, kept")
+    box.press("Enter")
+    expect(page.locator("#chat-error")).to_have_text(REPLIES_NOTICE)
+    expect(box).to_have_value("a second question, kept")
