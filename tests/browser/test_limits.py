@@ -12,9 +12,11 @@ CSP violations and uncaught errors (the watcher of test_identity).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import socket
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -23,6 +25,7 @@ from playwright.sync_api import Browser, Page, expect
 from tests.browser.test_chat import _open_chat, _replies, _send
 from tests.browser.test_identity import OpenPerson, _people
 from tests.browser.test_room import FAST_RETRY, _post, _wait_for_message
+from tests.support.fake_openai import FakeOpenAI
 from tests.support.servers import ServerProcess
 
 # A cap's refusal asks to come back after 15 s (plus jitter): the page's own
@@ -30,6 +33,7 @@ from tests.support.servers import ServerProcess
 CAP_RETRY_TIMEOUT_MS = 40_000
 BUSY_NOTICE = re.compile(r"^Too many streams open from this address; reconnecting in 1[5-7] s$")
 POSTS_NOTICE = re.compile(r"^Too many messages to the room\. Try again in [1-5] s\.$")
+BUDGET_NOTICE = re.compile(r"^Daily limit of model tokens reached; it resets at .+ UTC\.$")
 REPLIES_NOTICE = re.compile(r"^Too many model replies started\. Try again in [1-6]?[0-9] s\.$")
 
 
@@ -121,3 +125,48 @@ def test_a_chat_message_over_the_reply_rate_shows_the_reason_and_the_wait_and_ke
     box.press("Enter")
     expect(page.locator("#chat-error")).to_have_text(REPLIES_NOTICE)
     expect(box).to_have_value("a second question, kept")
+
+
+@contextlib.contextmanager
+def _fake_upstream() -> Iterator[FakeOpenAI]:
+    """The fake OpenAI upstream, served by an event loop on a thread of its own."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+
+    async def enter() -> FakeOpenAI:
+        return await FakeOpenAI().__aenter__()
+
+    fake = asyncio.run_coroutine_threadsafe(enter(), loop).result(10)
+    try:
+        yield fake
+    finally:
+        asyncio.run_coroutine_threadsafe(fake.__aexit__(None, None, None), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+        loop.close()
+
+
+def test_a_reply_refused_by_the_daily_budget_is_a_notice_in_the_transcript(
+    spawn: Callable[..., ServerProcess], people: Callable[[ServerProcess], OpenPerson]
+) -> None:
+    with _fake_upstream() as fake:
+        server = spawn(
+            "--limits", "on", "--model", "openai", "--model-url", fake.url,
+            "--model-name", "gpt-test", "--model-guest-daily-tokens", "1", *FAST_RETRY,
+            env={"OPENAI_API_KEY": "sk-test"},
+        )  # fmt: skip
+        page = people(server)()
+        _open_chat(page)
+        _send(page, "spend the day's tokens")
+        expect(_replies(page).last).to_have_attribute("data-status", "complete")
+        box = page.locator("#chat-input")
+        box.fill("one more, please")
+        box.press("Enter")
+        # The stream's `error` of no message: a notice, tied to no reply.
+        notice = page.locator("#transcript > li.transcript-notice")
+        expect(notice).to_have_text(BUDGET_NOTICE)
+        expect(notice).not_to_have_attribute("data-message-id", re.compile(".*"))
+        expect(page.locator("#chat-error")).to_contain_text("Daily limit of model tokens reached")
+        expect(box).to_have_value("one more, please")
+        expect(_replies(page)).to_have_count(1)
