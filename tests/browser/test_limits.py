@@ -88,6 +88,22 @@ def test_a_stream_over_the_cap_says_busy_and_the_browser_reconnects_by_itself(
     expect(page.locator("#room-notice")).to_be_hidden()
 
 
+def test_a_room_socket_over_the_cap_closed_1013_says_busy_and_comes_back_by_itself(
+    spawn: Callable[..., ServerProcess], people: Callable[[ServerProcess], OpenPerson]
+) -> None:
+    server = spawn("--limits", "on", "--streams-per-ip", "1", *FAST_RETRY)
+    open_person = people(server)
+    with _held_stream(server):
+        page = open_person(f"{server.url}/?transport=ws")
+        expect(page.locator("#transport-label")).to_have_text("WebSocket")
+        expect(page.locator("#room-notice")).to_have_text(BUSY_NOTICE)
+        expect(page.locator("#status")).to_have_text("reconnecting")
+    expect(page.locator("#status")).to_have_text("live", timeout=CAP_RETRY_TIMEOUT_MS)
+    expect(page.locator("#room-notice")).to_be_hidden()
+    _post(page, server.url, "after the socket's busy spell")
+    _wait_for_message(page, "after the socket's busy spell")
+
+
 def _send_from_the_composer(page: Page, text: str) -> None:
     page.locator("#message-input").fill(text)
     page.locator("#send-button").click()
