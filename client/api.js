@@ -8,24 +8,49 @@ import { serverUrl } from "./settings.js";
 /** A send that takes longer is abandoned so the button does not stay disabled. */
 export const SEND_TIMEOUT_MS = 15000;
 
-/** Explain a failed response: the server's JSON `error`, else the HTTP status. */
-export async function describeFailedResponse(response) {
+/**
+ * Read a failed response: the server's JSON `error` (else the HTTP status) and,
+ * for a refusal over a limit (429), the whole seconds to wait, from the body's
+ * `retry_after` or the Retry-After header (null when neither says).
+ */
+export async function readFailedResponse(response) {
   let body = "";
   try {
     body = await response.text();
   } catch (err) {
     // The body was cut off; the status line alone still explains something.
   }
+  let text = null;
+  let retryAfter = null;
   try {
     const parsed = JSON.parse(body);
-    if (parsed !== null && typeof parsed.error === "string" && parsed.error !== "") {
-      return parsed.error;
-    }
+    if (parsed !== null && typeof parsed.error === "string" && parsed.error !== "") text = parsed.error;
+    if (Number.isFinite(parsed?.retry_after)) retryAfter = Math.max(1, Math.ceil(parsed.retry_after));
   } catch (err) {
     if (!(err instanceof SyntaxError)) throw err;
   }
-  const reason = response.statusText ? ` ${response.statusText}` : "";
-  return `The server answered ${response.status}${reason}.`;
+  if (retryAfter === null && response.status === 429) {
+    // Retry-After is whole seconds here (the server never sends an HTTP date).
+    const header = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
+    if (Number.isFinite(header)) retryAfter = Math.max(1, header);
+  }
+  if (text === null) {
+    const reason = response.statusText ? ` ${response.statusText}` : "";
+    text = `The server answered ${response.status}${reason}.`;
+  }
+  return { text: withRetry(text, retryAfter), retryAfter };
+}
+
+/** Explain a failed response in words fit to show (see readFailedResponse). */
+export async function describeFailedResponse(response) {
+  return (await readFailedResponse(response)).text;
+}
+
+/** `text` (the server's reason, lower case) as a sentence, saying when to try again if known. */
+function withRetry(text, retryAfter) {
+  if (retryAfter === null) return text;
+  const sentence = text.charAt(0).toUpperCase() + text.slice(1).replace(/\.$/, "");
+  return `${sentence}. Try again in ${retryAfter} s.`;
 }
 
 /** Explain why fetch() itself rejected. */
@@ -37,12 +62,17 @@ export function describeFetchFailure(err) {
   return `Could not reach ${serverUrl}. Not sent.`;
 }
 
-/** A request to the server that failed; `message` is fit to show, `status` 0 if no answer. */
+/**
+ * A request to the server that failed; `message` is fit to show, `status` 0 if
+ * no answer, `retryAfter` the seconds a refusal over a limit (429) asks to wait,
+ * else null.
+ */
 export class RequestFailed extends Error {
-  constructor(message, status) {
+  constructor(message, status, retryAfter = null) {
     super(message);
     this.name = "RequestFailed";
     this.status = status;
+    this.retryAfter = retryAfter;
   }
 }
 
@@ -51,7 +81,8 @@ export class RequestFailed extends Error {
  * (if given) is sent as JSON. Resolves to the parsed answer.
  *
  * Raises RequestFailed for a network error, a timeout, a non-2xx status (with
- * the server's `error` text) or an unreadable body.
+ * the server's `error` text, and when to try again after a 429) or an
+ * unreadable body.
  */
 export async function requestJson(method, path, body) {
   const init = { method, cache: "no-store", signal: AbortSignal.timeout(SEND_TIMEOUT_MS) };
@@ -73,7 +104,8 @@ export async function requestJson(method, path, body) {
     );
   }
   if (!response.ok) {
-    throw new RequestFailed(await describeFailedResponse(response), response.status);
+    const { text, retryAfter } = await readFailedResponse(response);
+    throw new RequestFailed(text, response.status, retryAfter);
   }
   // 204 No Content (DELETE): nothing to parse.
   if (response.status === 204) return null;

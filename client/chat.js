@@ -30,7 +30,7 @@ import { State, ui } from "./dom.js";
 import { Change, onIdentityChanged, renewIdentity, whenIdentityKnown } from "./identity.js";
 import { LiveStream, StatusBadge } from "./live.js";
 import { serverUrl } from "./settings.js";
-import { applyChatEvent, renderTranscript } from "./transcript.js";
+import { appendTranscriptNotice, applyChatEvent, renderTranscript } from "./transcript.js";
 
 /** A reply opened mid-stream with a hole in its text is fetched again this often until it heals. */
 const HEAL_RETRY_MS = 1100;
@@ -58,6 +58,7 @@ const stream = new LiveStream({
     if (!chat.ready) syncTranscript();
   },
   onUnopenable: (url) => showChatError(`Cannot open a stream at ${url}.`),
+  notice: ui.chatNotice,
 });
 
 // ---------------------------------------------------------------- opening
@@ -151,9 +152,15 @@ function onChatEvent(event) {
     if (!(err instanceof SyntaxError)) throw err;
     return; // not ours to guess at; the next transcript fetch has the truth
   }
-  if (payload === null || typeof payload !== "object" || typeof payload.message_id !== "string") {
+  if (payload === null || typeof payload !== "object") return;
+  if (event.type === "error" && payload.message_id === null) {
+    // The conversation's own error, of no message: a reply refused before it
+    // began (the daily budget of model tokens is spent). Said in the transcript.
+    const text = typeof payload.message === "string" && payload.message !== "" ? payload.message : "no reply";
+    appendTranscriptNotice(`${text.charAt(0).toUpperCase()}${text.slice(1)}.`.replace(/\.\.$/, "."));
     return;
   }
+  if (typeof payload.message_id !== "string") return;
   recordPiece(event.type, payload);
   const item = { type: event.type, payload };
   if (chat.syncing) chat.buffer.push(item);

@@ -10,6 +10,25 @@ import { State } from "./dom.js";
 const MAX_REAUTHS = 3;
 const REAUTH_WINDOW_MS = 30000;
 
+/**
+ * The words of a refusal over a limit: the server's `message` as a sentence and
+ * when the page tries again, e.g. "Too many streams open; reconnecting in 15 s".
+ */
+export function busyText(message, retryMs) {
+  const reason = typeof message === "string" && message !== "" ? message : "the server is busy";
+  const sentence = reason.charAt(0).toUpperCase() + reason.slice(1).replace(/\.$/, "");
+  if (!Number.isFinite(retryMs)) return `${sentence}; reconnecting soon`;
+  return `${sentence}; reconnecting in ${Math.max(1, Math.round(retryMs / 1000))} s`;
+}
+
+/** Show `text` in `element` (a notice beside a stream), or hide it for null. */
+export function showNotice(element, text) {
+  if (element === null) return;
+  // Rewriting the same text would make screen readers announce it again.
+  if (element.textContent !== (text ?? "")) element.textContent = text ?? "";
+  element.hidden = text === null;
+}
+
 /** A badge showing one of State, and the Reconnect button offered beside it. */
 export class StatusBadge {
   constructor(status, reconnect, state) {
@@ -35,11 +54,25 @@ export class StatusBadge {
  * events to listen for ("message", "gap", ...) to handlers; `onOpen` runs once
  * live, `onClosed` when the browser gave up for good, `onUnopenable(url)` when
  * no EventSource could be made for the URL. Events of a replaced stream are
- * ignored.
+ * ignored. `event: busy` shows in `notice`, `event: reauth` calls `renew`.
  */
 export class LiveStream {
-  constructor({ badge, events, onOpen = () => {}, onClosed = () => {}, onUnopenable, renew = null }) {
+  constructor({
+    badge,
+    events,
+    onOpen = () => {},
+    onClosed = () => {},
+    onUnopenable,
+    renew = null,
+    notice = null,
+  }) {
     this.badge = badge;
+    /**
+     * Element for `event: busy` (the stream is over a limit of the server's,
+     * which then ends it): it says why and when the browser reconnects, by
+     * itself after the event's `retry:`, and is hidden again once a stream opens.
+     */
+    this.notice = notice;
     /**
      * On `event: reauth` (the stream's credential expired or was revoked; the
      * server ends the stream after it): `renew(reason)` resolves to true to
@@ -96,6 +129,8 @@ export class LiveStream {
     stream.addEventListener(
       "open",
       whileCurrent(() => {
+        // A refused stream opens too (200) before its `busy`, which shows the notice again.
+        showNotice(this.notice, null);
         this.badge.set(State.LIVE);
         this.onOpen();
       }),
@@ -113,6 +148,7 @@ export class LiveStream {
     for (const type of Object.keys(this.events)) {
       if (type !== "error") stream.addEventListener(type, whileCurrent((event) => this.dispatch(event)));
     }
+    stream.addEventListener("busy", whileCurrent((event) => this.busy(event)));
     if (this.renew !== null) stream.addEventListener("reauth", whileCurrent((event) => this.reauthorize(event)));
   }
 
@@ -142,9 +178,26 @@ export class LiveStream {
     else this.badge.set(State.CLOSED);
   }
 
+  /**
+   * The server said `busy`: over one of its limits, it ends the stream. Not
+   * closed here: the browser reconnects by itself after the `retry:` that came
+   * with the event (its retry_after_ms), resending Last-Event-ID. Only say so.
+   */
+  busy(event) {
+    let payload = null;
+    try {
+      payload = JSON.parse(event.data);
+    } catch (err) {
+      if (!(err instanceof SyntaxError)) throw err;
+    }
+    showNotice(this.notice, busyText(payload?.message, payload?.retry_after_ms));
+    this.badge.set(State.RECONNECTING);
+  }
+
   /** Stop listening, if a stream is open. */
   close() {
     this.epoch += 1;
+    showNotice(this.notice, null);
     if (this.source !== null) this.source.close();
     this.source = null;
   }

@@ -8,7 +8,7 @@
 import { describeFailedResponse, describeFetchFailure, SEND_TIMEOUT_MS } from "./api.js";
 import { NEAR_BOTTOM_PX, State, ui } from "./dom.js";
 import { renewIdentity } from "./identity.js";
-import { LiveStream, StatusBadge } from "./live.js";
+import { busyText, LiveStream, showNotice, StatusBadge } from "./live.js";
 import {
   saveTransport,
   serverUrl,
@@ -23,6 +23,19 @@ const SOCKET_RETRY_MS = 500;
 const SOCKET_RETRY_MAX_MS = 8000;
 /** A socket that fails to open this many times in a row is given up (Reconnect remains). */
 const SOCKET_GIVE_UP_AFTER = 6;
+/**
+ * A socket closed with 1013 (try again later: over a limit of the server's)
+ * comes back after this, plus a random part up to SOCKET_BUSY_JITTER_MS; the
+ * server's `busy` for an EventSource asks about as much (a cap's retry).
+ */
+const SOCKET_BUSY_RETRY_MS = 15000;
+const SOCKET_BUSY_JITTER_MS = 2000;
+/** Close codes the server uses (RFC 6455 section 7.4.1; 4000-4999 are the application's). */
+const CLOSE_TRY_AGAIN_LATER = 1013;
+const CLOSE_REAUTH = 4001;
+/** More 4001 closes than this within SOCKET_REAUTH_WINDOW_MS and the socket stays closed. */
+const SOCKET_MAX_REAUTHS = 3;
+const SOCKET_REAUTH_WINDOW_MS = 30000;
 /** Most <li> kept in #messages; older ones are dropped so the DOM stays small. */
 const MAX_MESSAGES = 500;
 /** Text the server broadcasts whenever any client connects. */
@@ -40,6 +53,7 @@ const stream = new LiveStream({
   onUnopenable: () => showSettingsError(`Cannot open a stream at ${serverUrl}/events.`),
   // `reauth` (jwt mode: the token expired): the room is everyone's, so any identity will do.
   renew: async () => (await renewIdentity()) !== "failed",
+  notice: ui.roomNotice,
 });
 /** The one WebSocket we listen to, or null; events from older ones are ignored. */
 let socket = null;
@@ -51,6 +65,8 @@ let reconnectTimer = null;
 let socketFailures = 0;
 /** Retries since the socket was last open; sets the backoff. */
 let socketRetries = 0;
+/** When recent 4001 closes came (ms), as LiveStream counts its reauths. */
+let socketReauths = [];
 /**
  * Messages sent over the WebSocket that await their answer, oldest first: the
  * server answers each with an ack or error frame, in order. An entry that timed
@@ -92,6 +108,7 @@ export function onTransportChange(event) {
 function disconnect() {
   clearTimeout(reconnectTimer);
   reconnectTimer = null;
+  showNotice(ui.roomNotice, null);
   // 1000: a normal closure (RFC 6455 section 7.4.1).
   if (socket !== null) socket.close(1000);
   socket = null;
@@ -178,13 +195,15 @@ function connectSocket() {
       opened = true;
       socketFailures = 0;
       socketRetries = 0;
+      // A socket over a limit opens too (101) before its 1013, which shows the notice again.
+      showNotice(ui.roomNotice, null);
       badge.set(State.LIVE);
     }),
   );
   opening.addEventListener("message", whileCurrent(onSocketMessage));
   opening.addEventListener(
     "close",
-    whileCurrent(() => onSocketClose(opened)),
+    whileCurrent((event) => onSocketClose(opened, event)),
   );
 }
 
@@ -218,10 +237,25 @@ function errorText(text) {
   return typeof text === "string" && text !== "" ? text : "The server refused the message.";
 }
 
-/** The socket closed: retry after a growing, jittered delay, resuming by id. */
-function onSocketClose(opened) {
+/**
+ * The socket closed. 1013 (over a limit): say so and retry after a long
+ * delay; 4001 (the credential expired): renew it (GET /me) and reconnect at
+ * once; anything else: retry after a growing, jittered delay. Each resumes by id.
+ */
+function onSocketClose(opened, event) {
   socket = null;
   answerPendingSends("The connection closed before the server answered; it may not be sent.");
+  if (event.code === CLOSE_TRY_AGAIN_LATER) {
+    const delay = SOCKET_BUSY_RETRY_MS + Math.random() * SOCKET_BUSY_JITTER_MS;
+    showNotice(ui.roomNotice, busyText(event.reason, delay));
+    badge.set(State.RECONNECTING);
+    reconnectTimer = setTimeout(connect, delay);
+    return;
+  }
+  if (event.code === CLOSE_REAUTH) {
+    reauthorizeSocket();
+    return;
+  }
   if (!opened) socketFailures += 1;
   if (socketFailures >= SOCKET_GIVE_UP_AFTER) {
     badge.set(State.CLOSED);
@@ -231,6 +265,23 @@ function onSocketClose(opened) {
   const base = Math.min(SOCKET_RETRY_MS * 2 ** socketRetries, SOCKET_RETRY_MAX_MS);
   socketRetries += 1;
   reconnectTimer = setTimeout(connect, base + Math.random() * base);
+}
+
+/**
+ * The socket closed with 4001: its credential (a token) expired or was
+ * revoked. The room is everyone's, so any identity will do: renew and
+ * reconnect, unless renewals keep failing (then it stays closed; Reconnect remains).
+ */
+async function reauthorizeSocket() {
+  badge.set(State.RECONNECTING);
+  const now = Date.now();
+  socketReauths = socketReauths.filter((when) => now - when < SOCKET_REAUTH_WINDOW_MS);
+  socketReauths.push(now);
+  const again = socketReauths.length <= SOCKET_MAX_REAUTHS && (await renewIdentity()) !== "failed";
+  // Another connect() (a switch of transport, Reconnect) happened meanwhile: that one stands.
+  if (socket !== null || reconnectTimer !== null || transport !== Transport.WS) return;
+  if (again) connect();
+  else badge.set(State.CLOSED);
 }
 
 /** Answer every send still waiting with `text` (the socket they went out on is gone). */

@@ -112,6 +112,7 @@ export function renderTranscript(transcript) {
   const messages = Array.isArray(transcript.messages) ? transcript.messages : [];
   const follow = isNearBottomOf(ui.transcript);
   const scrollTop = ui.transcript.scrollTop;
+  const notices = detachNotices();
   const shown = new Map();
   for (const item of ui.transcript.querySelectorAll(":scope > li[data-message-id]")) {
     shown.set(item.dataset.messageId, item);
@@ -166,6 +167,7 @@ export function renderTranscript(transcript) {
     cursor.remove();
     cursor = next;
   }
+  reattachNotices(notices);
   setReplying(replying);
   ui.transcript.scrollTop = follow ? ui.transcript.scrollHeight : scrollTop;
   return stitched;
@@ -287,6 +289,52 @@ function appendMessage(item) {
   const follow = isNearBottomOf(ui.transcript);
   ui.transcript.append(item);
   if (follow) ui.transcript.scrollTop = ui.transcript.scrollHeight;
+}
+
+/**
+ * Show `text` at the end of the transcript as a notice of the conversation's,
+ * tied to no message: e.g. an `error` event with message_id null (a reply the
+ * daily budget refused). The fetched transcript does not hold it, so
+ * renderTranscript keeps it after the message it followed.
+ */
+export function appendTranscriptNotice(text) {
+  const item = document.createElement("li");
+  item.className = "transcript-notice";
+  item.setAttribute("role", "status");
+  // textContent only: the text comes from the server.
+  item.textContent = text;
+  appendMessage(item);
+}
+
+/** Take the notices out of #transcript, each with the id of the message it followed (or null). */
+function detachNotices() {
+  const notices = [];
+  for (const item of ui.transcript.querySelectorAll(":scope > li.transcript-notice")) {
+    let before = item.previousElementSibling;
+    while (before !== null && before.dataset.messageId === undefined) before = before.previousElementSibling;
+    notices.push({ item, after: before?.dataset.messageId ?? null });
+    item.remove();
+  }
+  return notices;
+}
+
+/** Put detached notices back after their message (at the end if it is gone), in order. */
+function reattachNotices(notices) {
+  let top = null;
+  for (const { item, after } of notices) {
+    const anchor = after === null ? null : findMessage(after);
+    if (after === null) {
+      if (top === null) ui.transcript.prepend(item);
+      else top.after(item);
+      top = item;
+    } else if (anchor === null) ui.transcript.append(item);
+    else {
+      // After the anchor and the notices already put back after it.
+      let place = anchor;
+      while (place.nextElementSibling?.classList.contains("transcript-notice")) place = place.nextElementSibling;
+      place.after(item);
+    }
+  }
 }
 
 /** Set a message's text (textContent only: it is untrusted). */
