@@ -55,6 +55,7 @@ HOST = "127.0.0.1"
 SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
 MAX_OPEN_FILES = 20_000  # the brief's ceiling; the plan must stay well below it
 _TOKEN = re.compile(rb"soak-(\d+)\.")
+IDLE_REUSE_S = 5.0  # well under the server's keep-alive idle time (--header-timeout, 10 s)
 SLOW_FEED_BYTES = 5 * 1024 * 1024
 _TAIL = 32  # longer than any token, so one split across two reads is found whole
 
@@ -209,9 +210,13 @@ async def posters(address: tuple[str, int], plan: Plan, counts: Counts, until: f
     for _ in range(plan.posters):
         pool.put_nowait(None)
     tasks: set[asyncio.Task[None]] = set()
+    last_used: dict[Connection, float] = {}
 
     async def one(n: int, post: Posted) -> None:
         conn = await pool.get()
+        if conn is not None and time.monotonic() - last_used.pop(conn) > IDLE_REUSE_S:
+            await conn.close()  # the server may be closing it (--header-timeout): a new one
+            conn = None
         try:
             if conn is None:
                 conn = await Connection.open(address, None)
@@ -234,6 +239,8 @@ async def posters(address: tuple[str, int], plan: Plan, counts: Counts, until: f
         if answer.headers.get("connection", "").lower() == "close":
             await conn.close()
             conn = None
+        else:
+            last_used[conn] = time.monotonic()
         pool.put_nowait(conn)
 
     async def spawn() -> None:
@@ -455,7 +462,10 @@ async def slow_cycle(address: tuple[str, int], counts: Counts) -> None:
 
     async def sip() -> None:  # 16 bytes a second
         while True:
-            chunk = await reader.read(16)
+            try:
+                chunk = await reader.read(16)
+            except ConnectionError:
+                return  # cut; the drain below sees it again
             if not chunk:
                 return
             got.extend(chunk)
@@ -542,7 +552,10 @@ async def slow_readers(address: tuple[str, int], plan: Plan, counts: Counts, unt
     await asyncio.sleep(1.0)
     while True:
         started = time.monotonic()
-        await slow_cycle(address, counts)
+        try:
+            await slow_cycle(address, counts)
+        except (ConnectionError, TimeoutError, EOFError, h11.RemoteProtocolError) as exc:
+            counts.fail(f"slow reader cycle: {type(exc).__name__}: {exc}")
         next_at = started + plan.slow_every_s
         if next_at + 20.0 > until:
             return
@@ -814,7 +827,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="ssechat-soak-") as tmp:
         proc, port, log_path = _start_server(Path(tmp))
         try:
-            table, failures = asyncio.run(soak((HOST, port), proc.pid, plan))
+            try:
+                table, failures = asyncio.run(soak((HOST, port), proc.pid, plan))
+            except (OSError, TimeoutError, EOFError, h11.RemoteProtocolError) as exc:
+                table, failures = "", [f"the soak broke off: {type(exc).__name__}: {exc}"]
             if proc.poll() is not None:
                 failures.append(f"the server exited with {proc.returncode}")
         finally:
@@ -822,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
         log = log_path.read_text(errors="replace")
     bad = [line for line in log.splitlines() if "ERROR" in line or "Traceback" in line]
     failures.extend(f"server log: {line}" for line in bad[:20])
+    if failures and not table:
+        failures.extend(f"server log: {line}" for line in log.splitlines()[-20:])
     print(table)
     if failures:
         print(f"\nFAILED: {len(failures)} problem(s)", file=sys.stderr)
