@@ -144,7 +144,12 @@ class RoomStream:
     async def run(self, address: tuple[str, int], opened: asyncio.Event) -> None:
         """Open, then read until cancelled; an end before that is recorded as a cut."""
         src = SOURCES[self.index % len(SOURCES)]
-        reader, writer = await asyncio.open_connection(*address, local_addr=(src, 0))
+        try:
+            reader, writer = await asyncio.open_connection(*address, local_addr=(src, 0))
+        except OSError as exc:
+            self.cut = f"could not open: {exc}"
+            opened.set()
+            return
         conn = h11.Connection(h11.CLIENT)
         try:
             writer.write(
