@@ -71,3 +71,12 @@ bench: $(STAMP) $(LOADGEN)  ## fan-out benchmark, ours vs the seed's Node/Expres
 	  else echo "npm is missing: the node peer needs Node.js 18+ (or pass BENCH_ARGS=\"--servers ours\")"; fi; \
 	fi
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Soak (bench/soak.py): every kind of traffic at once for SOAK_MINUTES against a fresh server;
+# fails on a lost message, an unfinished reply or a slow reader left running. README "Soak".
+SOAK_MINUTES ?= 10
+SOAK_ARGS    ?=
+
+.PHONY: soak
+soak: $(STAMP)  ## soak test: SOAK_MINUTES=10 of streams, churn, posts, replies and a slow reader
+	$(PY) bench/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
