@@ -23,6 +23,7 @@ from sse.app.refusals import reauth_event
 from sse.app.values import OpenSocket, OpenStream, Reply, Request, json_reply
 from sse.errors import BrokerUnavailable
 from sse.io.hooks import ServerState
+from sse.io.reset import reset
 from sse.io.stream import Stream
 from sse.io.websocket import accept
 from sse.limits.policy import Claim
@@ -593,7 +594,10 @@ class HttpConnection(asyncio.Protocol):
     def abort_stream(self, reason: str) -> None:
         """Drop the stream at once, unsent bytes and all (its client resumes by id)."""
         self._stream_close_reason = reason
-        self._abort()
+        self._cancel_timer()
+        self._phase = Phase.CLOSING
+        if self._transport is not None:
+            reset(self._transport)
 
     def finish_stream(self, reason: str, last: bytes = b"") -> None:
         """End the stream cleanly: `last` (an event), a jittered retry, the last chunk, close."""

@@ -37,6 +37,7 @@ from sse.config import Config
 from sse.errors import BrokerUnavailable
 from sse.io.backlog import Backlog
 from sse.io.hooks import ServerState
+from sse.io.reset import reset
 from sse.metrics import WS, replayed
 from sse.protocol.frame import Frame
 from sse.protocol.http1 import with_header
@@ -617,7 +618,7 @@ class WebSocket(Backlog, asyncio.Protocol):
         self._server.detach(self.topic, self.key)
         self._cancel_timer()
         self._phase = _Phase.CLOSED
-        self._transport.abort()
+        reset(self._transport)
 
     # -- timers --------------------------------------------------------------------
 
