@@ -21,6 +21,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from sse.config import parse_listen
+from sse.metrics import flush_requests
 from sse.protocol.http1 import status_phrase
 
 __all__ = ["MetricsListener", "multiprocess_registry"]
@@ -111,6 +112,7 @@ class MetricsListener:
             status, body, kind = 405, b"GET /metrics\n", "text/plain"
         else:
             # Off the loop: with --workers it reads a file per worker and metric type.
+            flush_requests()  # this process's tallies (workers flush their own each second)
             body = await asyncio.to_thread(generate_latest, self._registry)
             status, kind = (
                 200,

@@ -35,7 +35,16 @@ from sse.io.hooks import Connection, OpenSink
 from sse.io.http import HttpConnection
 from sse.io.metrics import MetricsListener
 from sse.limits.policy import Limits
-from sse.metrics import BROKER_UP, PUBLISH_FANOUT, SSE, WS, sent, stream_closed, stream_opened
+from sse.metrics import (
+    BROKER_UP,
+    PUBLISH_FANOUT,
+    SSE,
+    WS,
+    flush_requests,
+    sent,
+    stream_closed,
+    stream_opened,
+)
 from sse.protocol.forwarded import Networks, parse_networks
 from sse.pubsub.broker import Broker, MemoryBroker
 from sse.pubsub.hub import Hub, Resume, Sink
@@ -53,6 +62,8 @@ _BROADCASTS_KEPT = 1000
 # answer is reused, so that a flood of probes costs one query a second at most.
 _READY_TIMEOUT_S = 1.0
 _READY_CACHE_S = 1.0
+# How often this process's request tallies reach the metrics (see sse.metrics).
+_METRICS_FLUSH_S = 1.0
 
 
 class Server:
@@ -122,6 +133,7 @@ class Server:
         self._broadcast_s: deque[float] = deque(maxlen=_BROADCASTS_KEPT)
         self._idle = asyncio.Event()
         self._heartbeat: asyncio.TimerHandle | None = None
+        self._metrics_timer: asyncio.TimerHandle | None = None
         self._listener: asyncio.Server | None = None
         # --metrics-listen in one process; with --workers the supervisor serves it.
         self.metrics = MetricsListener(config.metrics_listen) if config.metrics_listen else None
@@ -377,11 +389,18 @@ class Server:
                 await self.metrics.close()
             raise
         self._heartbeat = loop.call_later(self.config.ping_interval_s, self._beat)
+        self._metrics_timer = loop.call_later(_METRICS_FLUSH_S, self._flush_metrics)
         sock = self._listener.sockets[0]
         host, port = sock.getsockname()[:2]
         self.address = (host, port)
         log.info("ssechat listening on http://%s:%d", _url_host(host), port)
         return host, port
+
+    def _flush_metrics(self) -> None:
+        flush_requests()
+        self._metrics_timer = asyncio.get_running_loop().call_later(
+            _METRICS_FLUSH_S, self._flush_metrics
+        )
 
     def _beat(self) -> None:
         # A stream whose topic carried an event since the last beat is not idle.
@@ -404,6 +423,8 @@ class Server:
         self._listener.close()
         if self._heartbeat is not None:
             self._heartbeat.cancel()
+        if self._metrics_timer is not None:
+            self._metrics_timer.cancel()
         # Replies first: each publishes its last event and is saved as far as it
         # got, and only then do the streams that carry those events end.
         await self.chat.shutdown()

@@ -41,6 +41,8 @@ _UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
 
 # All guests of one address together may do this many times what one guest may.
 GUEST_IP_FACTOR = 10
+# Daily token counts a node keeps at most (without Redis).
+_MAX_BUDGETS_KEPT = 100_000
 # How often a node renews the leases of the caps it holds in Redis.
 _RENEW_EVERY_S = CAP_LEASE_S / 3
 
@@ -323,9 +325,14 @@ class Limits:
         return self._tokens.get((client, day), 0)
 
     def _forget_old_days(self, day: str) -> None:
-        if len(self._tokens) > 10_000:
-            for key in [k for k in self._tokens if k[1] != day]:
-                del self._tokens[key]
+        tokens = self._tokens
+        if len(tokens) > _MAX_BUDGETS_KEPT // 2:
+            for key in [k for k in tokens if k[1] != day]:
+                del tokens[key]
+        # Still too many today: the oldest entries go (a dict keeps insertion
+        # order). Only this node's counts, so only these clients' budgets restart.
+        while len(tokens) > _MAX_BUDGETS_KEPT:
+            del tokens[next(iter(tokens))]
 
     # -- Redis's health --------------------------------------------------------
 

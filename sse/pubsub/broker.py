@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 from uuid import UUID
 
-from sse.metrics import EVENTS_PUBLISHED
+from sse.metrics import event_published
 from sse.pubsub.hub import Hub, Resume, Sink
 
 __all__ = ["Broker", "ControlHandler", "MemoryBroker", "settle"]
@@ -124,7 +124,7 @@ class MemoryBroker:
     def publish(self, topic: str, data: str, *, event: str | None = None) -> str:
         """Publish now; the id is `<epoch>-<seq>`."""
         published = self.hub.publish(topic, data, event=event).id
-        EVENTS_PUBLISHED.labels(event or "message").inc()
+        event_published(event)
         return published
 
     def attach(self, topic: str, key: UUID, sink: Sink, last_event_id: str | None) -> Resume:

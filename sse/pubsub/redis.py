@@ -35,7 +35,7 @@ from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from sse.errors import BrokerUnavailable, EncodeError
-from sse.metrics import BROKER_UP, EVENTS_PUBLISHED
+from sse.metrics import BROKER_UP, event_published
 from sse.protocol.frame import Frame
 from sse.protocol.sse import Event, encode
 from sse.pubsub.broker import ControlHandler
@@ -283,7 +283,7 @@ class RedisBroker:
             entry_id = await self._publish_script(keys=[_STREAM_PREFIX + topic], args=args)
         except RedisError as exc:
             raise BrokerUnavailable(f"Redis is unreachable ({exc})") from exc
-        EVENTS_PUBLISHED.labels(event or "message").inc()
+        event_published(event)
         return str(entry_id)
 
     async def send_control(self, fields: Mapping[str, str]) -> None:
