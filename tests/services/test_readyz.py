@@ -1,14 +1,16 @@
-"""Readiness over real sockets: /readyz follows Redis down and up, and fails while draining."""
+"""Readiness over real sockets: /readyz follows Redis and PostgreSQL down and up, fails draining."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 
 import h11
 
 from sse.io.server import Server
 from tests.support.client import Connection, EventStream, json_object, request, wait_until
+from tests.support.postgres_server import PostgresServer
 from tests.support.redis_server import RedisServer
 from tests.support.servers import MakeServer
 
@@ -125,3 +127,40 @@ async def test_readyz_is_503_while_the_server_drains(make_server: MakeServer) ->
     assert response.headers["connection"] == "close"
     await conn.close()
     await stopping
+
+
+async def test_readyz_is_503_while_postgresql_is_down_and_200_again_after(
+    make_server: MakeServer,
+) -> None:
+    # A cluster of its own: stopping the session's would fail every other test using it.
+    postgres = PostgresServer()
+    try:
+        with postgres.database() as url:
+            server = await make_server(db_url=url)
+            assert await _readyz(server) == (200, {"status": "ready"})
+            assert postgres.proc is not None
+            # A "fast" shutdown (SIGINT): it ends the server's open connections, which a
+            # "smart" one (SIGTERM) would wait for.
+            postgres.proc.send_signal(signal.SIGINT)
+            postgres.proc.wait(30)
+
+            async def not_ready() -> bool:
+                return (await _readyz(server))[0] == 503
+
+            await wait_until(not_ready, timeout=15, what="/readyz to fail with PostgreSQL down")
+            _, body = await _readyz(server)
+            assert body["status"] == "not ready"
+            reasons = body["reasons"]
+            assert isinstance(reasons, list)
+            assert len(reasons) == 1
+            assert str(reasons[0]).startswith("database: ")
+            # Liveness stays: /healthz touches no database.
+            assert (await request(server.address, "GET", "/healthz")).status == 200
+            postgres.start()
+
+            async def ready() -> bool:
+                return (await _readyz(server))[0] == 200
+
+            await wait_until(ready, timeout=15, what="/readyz to pass with PostgreSQL back")
+    finally:
+        postgres.kill()
