@@ -152,16 +152,7 @@ class RoomStream:
             return
         conn = h11.Connection(h11.CLIENT)
         try:
-            writer.write(
-                conn.send(
-                    h11.Request(
-                        method="GET",
-                        target="/events",
-                        headers=[("host", HOST), ("accept", "text/event-stream")],
-                    )
-                )
-                + conn.send(h11.EndOfMessage())
-            )
+            writer.write(_room_stream_request(conn))
             while True:
                 event = conn.next_event()
                 if event is h11.NEED_DATA:
@@ -185,6 +176,14 @@ class RoomStream:
             self.closed_at = time.monotonic()
             opened.set()
             writer.close()
+
+
+def _room_stream_request(conn: h11.Connection) -> bytes:
+    """The bytes of `GET /events` asking for an event stream, framed by `conn`."""
+    head = h11.Request(
+        method="GET", target="/events", headers=[("host", HOST), ("accept", "text/event-stream")]
+    )
+    return conn.send(head) + conn.send(h11.EndOfMessage())
 
 
 def _post_body(n: int, pad: str) -> bytes:
@@ -283,16 +282,7 @@ async def churn_one(address: tuple[str, int], counts: Counts) -> None:
         return
     conn = h11.Connection(h11.CLIENT)
     try:
-        writer.write(
-            conn.send(
-                h11.Request(
-                    method="GET",
-                    target="/events",
-                    headers=[("host", HOST), ("accept", "text/event-stream")],
-                )
-            )
-            + conn.send(h11.EndOfMessage())
-        )
+        writer.write(_room_stream_request(conn))
         deadline = time.monotonic() + lifetime_s
         status = 0
         while True:

@@ -301,47 +301,43 @@ class App:
         limits = self._limits
         if limits is None:
             return _with_cors(opening, cors)
-        ip = f"ip:{req.client_ip}"
-        opened = limits.hit(limits.stream_opens, [(ip, 1.0)])
-        if opened is None:
-            return self._claim(req, opening, cors)
+        opened = limits.hit(limits.stream_opens, [(f"ip:{req.client_ip}", 1.0)])
         if isinstance(opened, OverLimit):
             return self._over(req, opening, opened, cors)
-        return self._await_admission(opened, req, opening, cors)
+        if opened is not None:  # counted in Redis: the rest waits for it
+            return self._admit_later(req, opening, cors, opened)
+        claimed = limits.claim(self._caps(req), uuid.uuid4().hex)
+        if isinstance(claimed, Claim | OverLimit):
+            return self._claimed(req, opening, claimed, cors)
+        return self._admit_later(req, opening, cors, None, claimed)
 
-    async def _await_admission(
+    async def _admit_later(
         self,
-        opened: Awaitable[OverLimit | None],
         req: Request,
         opening: OpenStream | OpenSocket,
         cors: tuple[tuple[str, str], ...],
+        opened: Awaitable[OverLimit | None] | None,
+        claiming: Awaitable[Claim | OverLimit] | None = None,
     ) -> Result:
-        refused = await opened
-        if refused is not None:
-            return self._over(req, opening, refused, cors)
-        return await settle(self._claim(req, opening, cors))
-
-    def _claim(
-        self, req: Request, opening: OpenStream | OpenSocket, cors: tuple[tuple[str, str], ...]
-    ) -> Result | Awaitable[Result]:
         limits = self._limits
         assert limits is not None
+        if opened is not None:
+            refused = await opened
+            if refused is not None:
+                return self._over(req, opening, refused, cors)
+            pending = limits.claim(self._caps(req), uuid.uuid4().hex)
+            if isinstance(pending, Claim | OverLimit):
+                return self._claimed(req, opening, pending, cors)
+            claiming = pending
+        assert claiming is not None
+        return self._claimed(req, opening, await claiming, cors)
+
+    @staticmethod
+    def _caps(req: Request) -> list[tuple[str, str]]:
         caps = [("streams_per_ip", f"ip:{req.client_ip}")]
         if req.identity is not None:
             caps.append(("streams", req.identity.owner))
-        claimed = limits.claim(caps, uuid.uuid4().hex)
-        if not isinstance(claimed, Claim | OverLimit):
-            return self._await_claim(claimed, req, opening, cors)
-        return self._claimed(req, opening, claimed, cors)
-
-    async def _await_claim(
-        self,
-        claimed: Awaitable[Claim | OverLimit],
-        req: Request,
-        opening: OpenStream | OpenSocket,
-        cors: tuple[tuple[str, str], ...],
-    ) -> Result:
-        return self._claimed(req, opening, await claimed, cors)
+        return caps
 
     def _claimed(
         self,
