@@ -6,7 +6,6 @@ the forged ones (`alg: none`, HS256 keyed with our RSA public key) are built by 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
@@ -16,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
 
 from sse.io.server import Server
 from sse.protocol.sse import DecodedEvent
@@ -39,6 +38,7 @@ from tests.support.jwt_keys import (
 )
 from tests.support.redis_server import RedisServer
 from tests.support.servers import ROOT, MakeServer, ServerProcess
+from tests.support.sockets import closed_by_server
 
 Spawn = Callable[..., ServerProcess]
 Address = tuple[str, int]
@@ -383,19 +383,9 @@ async def test_a_websocket_closes_with_4001_when_its_token_expires(
         additional_headers=_bearer(short),
         open_timeout=5,
     ) as ws:
-        closed = await _closed(ws)
+        closed = await closed_by_server(ws, 15.0)
     assert closed.rcvd is not None
     assert closed.rcvd.code == 4001
-
-
-async def _closed(ws: ClientConnection, timeout: float = 15.0) -> ConnectionClosed:
-    """Read on until the server closes; how it closed."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    except ConnectionClosed as closed:
-        return closed
 
 
 # -- 6. stream tickets ------------------------------------------------------------

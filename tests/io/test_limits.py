@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
 
 from sse.io.server import Server
 from sse.limits.gcra import Rate
@@ -36,6 +35,7 @@ from tests.support.client import (
 )
 from tests.support.fake_openai import FakeOpenAI, Script
 from tests.support.servers import MakeServer, ServerProcess
+from tests.support.sockets import closed_by_server
 
 A, B = "127.0.0.2", "127.0.0.3"
 JSON = [("content-type", "application/json")]
@@ -157,15 +157,6 @@ async def _recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
     payload = json.loads(message)
     assert isinstance(payload, dict)
     return payload
-
-
-async def _closed(ws: ClientConnection, timeout: float = 5.0) -> ConnectionClosed:
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    except ConnectionClosed as closed:
-        return closed
 
 
 def _data(event: DecodedEvent) -> dict[str, Any]:
@@ -493,7 +484,7 @@ async def test_streams_past_the_identity_cap_get_busy_and_a_closed_one_frees_its
     # A WebSocket over the cap: 101, then close code 1013 (try again later).
     ws_url = _url(server, f"/conversations/{cid}/ws")
     async with connect(ws_url, additional_headers=cookie_headers(server.address)) as ws:
-        closed = await _closed(ws)
+        closed = await closed_by_server(ws)
     assert closed.rcvd is not None
     assert closed.rcvd.code == 1013
     assert closed.rcvd.reason
@@ -524,7 +515,7 @@ async def test_streams_past_the_address_cap_get_busy_and_other_addresses_do_not(
         await _assert_live(stream)
     await _assert_busy(await _stream(server, A), "streams_per_ip")
     async with connect(_url(server), local_addr=(A, 0)) as ws:
-        closed = await _closed(ws)
+        closed = await closed_by_server(ws)
     assert closed.rcvd is not None
     assert closed.rcvd.code == 1013
     other = await _stream(server, B)

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, InvalidStatus
+from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 from websockets.typing import Origin
 from wsproto.connection import Connection as WsprotoConnection
 from wsproto.connection import ConnectionType
@@ -41,6 +41,7 @@ from tests.support.client import (
     wait_until,
 )
 from tests.support.servers import MakeServer, ServerProcess
+from tests.support.sockets import closed_by_server
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 UPGRADE = [
@@ -86,16 +87,6 @@ async def _recv_until(
     while not seen or seen[-1].get("event") != kind:
         seen.append(await _recv(ws, timeout))
     return seen
-
-
-async def _closed(ws: ClientConnection, timeout: float = 5.0) -> ConnectionClosed:
-    """Read on until the server closes; how it closed."""
-    try:
-        async with asyncio.timeout(timeout):
-            while True:
-                await ws.recv()
-    except ConnectionClosed as closed:
-        return closed
 
 
 async def _send(ws: ClientConnection, payload: object) -> None:
@@ -510,7 +501,7 @@ async def test_shutdown_closes_sockets_with_1001(make_server: MakeServer) -> Non
     ws = await connect(_url(server))
     await _recv(ws)
     stopping = asyncio.create_task(server.stop())
-    closed = await _closed(ws)
+    closed = await closed_by_server(ws)
     assert isinstance(closed, ConnectionClosedOK)  # both Close frames were exchanged
     assert closed.rcvd is not None
     assert closed.rcvd.code == 1001
@@ -558,7 +549,7 @@ async def test_message_over_the_limit_is_closed_with_1009(make_server: MakeServe
         await _send(ws, {"type": "send", "message": "x" * 900})  # within the limit
         assert (await _recv(ws))["type"] == "ack"
         await ws.send("y" * 1025)
-        closed = await _closed(ws)
+        closed = await closed_by_server(ws)
         assert closed.rcvd is not None
         assert closed.rcvd.code == 1009
 
@@ -596,7 +587,7 @@ async def test_compressed_message_inflating_past_the_limit_is_closed_with_1009(
         await _recv(ws)
         # 16 MB of one letter: a few kilobytes on the wire.
         await ws.send("z" * (16 << 20))
-        closed = await _closed(ws)
+        closed = await closed_by_server(ws)
         assert closed.rcvd is not None
         assert closed.rcvd.code == 1009
 
@@ -709,7 +700,7 @@ async def test_server_process_on_uvloop_fails_closes_and_drains_sockets(
     async with connect(f"ws://{host}:{port}/ws") as ws:
         assert (await _recv(ws))["data"] == "A new user joined!"
         proc.proc.terminate()
-        closed = await _closed(ws, timeout=10)
+        closed = await closed_by_server(ws, timeout=10)
         assert closed.rcvd is not None
         assert closed.rcvd.code == 1001
     assert await asyncio.to_thread(proc.terminate) == 0
