@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from sse.app.commands import conversation_commands
+from sse.app.export import FORMATS, content_disposition, export_json, export_markdown, media_type
 from sse.app.handshake import check_handshake
 from sse.app.inputs import last_event_id, parse_json_object, path_conversation_id, require_text
 from sse.app.origins import CookieOrigins
 from sse.app.replies import ReplyAdmission
-from sse.app.values import OpenSocket, OpenStream, Reply, Request, Route, json_reply
+from sse.app.values import NOSNIFF, OpenSocket, OpenStream, Reply, Request, Route, json_reply
 from sse.chat.service import ChatService, topic_of
 from sse.chat.store.base import ConversationSummary, StoredMessage
 from sse.config import Config
@@ -113,6 +114,24 @@ class _ChatApi:
         payload["messages"] = [_message(m, labels) for m in snapshot.transcript.messages]
         return json_reply(200, payload, _NO_STORE)
 
+    async def export(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        conversation_id = path_conversation_id(params)
+        fmt = req.query.get("format", "json")
+        if fmt not in FORMATS:
+            raise ClientError(400, f"format must be one of: {', '.join(sorted(FORMATS))}")
+        # As saved: a reply still streaming is exported with the text stored so far.
+        transcript = await self._service.store.transcript(req.who.owner, conversation_id)
+        if transcript is None:
+            raise _missing(conversation_id)
+        if fmt == "md":
+            model = self._service.model
+            data = export_markdown(transcript, {model.name: model.label})
+        else:
+            data = export_json(transcript)
+        disposition = content_disposition(transcript.conversation.title, fmt)
+        headers = (NOSNIFF, ("content-disposition", disposition), *_NO_STORE)
+        return Reply(200, data, media_type(fmt), headers)
+
     async def rename(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         conversation_id = path_conversation_id(params)
         title = " ".join(require_text(parse_json_object(req, body), "title").split())
@@ -183,6 +202,7 @@ def conversation_routes(
             {"GET": api.transcript, "PATCH": api.rename, "DELETE": api.delete},
             identity=True,
         ),
+        Route("/conversations/{id}/export", {"GET": api.export}, identity=True),
         Route("/conversations/{id}/events", {"GET": api.events}, identity=True),
         Route("/conversations/{id}/messages", {"POST": api.post}, identity=True),
         Route("/conversations/{id}/stop", {"POST": api.stop}, identity=True),
