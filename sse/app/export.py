@@ -25,6 +25,8 @@ _FALLBACK = "conversation"
 _NOT_ASCII_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # \w is Unicode-aware for str: letters and digits of every script stay.
 _NOT_SAFE = re.compile(r"[^\w.-]+")
+# A run of dots and dashes with a dash in it reads as one dash ("a-..-b" -> "a-b").
+_DASHES = re.compile(r"[-.]*-[-.]*")
 # What an assistant line says when its reply did not end normally.
 _ENDINGS = {"cancelled": "stopped", "interrupted": "interrupted", "streaming": "still streaming"}
 
@@ -85,8 +87,9 @@ def export_markdown(transcript: Transcript, labels: Mapping[str, str]) -> bytes:
     return ("\n\n".join(parts) + "\n").encode()
 
 
-def _trim(name: str) -> str:
-    return name[:_SLUG_MAX_CHARS].strip("-.")
+def _slug(name: str, unsafe: re.Pattern[str]) -> str:
+    dashed = _DASHES.sub("-", unsafe.sub("-", name)).strip("-.")
+    return dashed[:_SLUG_MAX_CHARS].strip("-.") or _FALLBACK
 
 
 def content_disposition(title: str, fmt: str) -> str:
@@ -97,10 +100,10 @@ def content_disposition(title: str, fmt: str) -> str:
     """
     ext = FORMATS[fmt][1]
     ascii_text = unicodedata.normalize("NFKD", title).encode("ascii", "ignore").decode()
-    slug = _trim(_NOT_ASCII_SAFE.sub("-", ascii_text).strip("-.").lower()) or _FALLBACK
+    slug = _slug(ascii_text.lower(), _NOT_ASCII_SAFE)
     value = f'attachment; filename="{slug}.{ext}"'
     if title.isascii():
         return value
     # RFC 6266 section 4.3: a UTF-8 name for the clients that read it (RFC 8187 encoding).
-    wide = _trim(_NOT_SAFE.sub("-", unicodedata.normalize("NFC", title)).strip("-.")) or _FALLBACK
+    wide = _slug(unicodedata.normalize("NFC", title), _NOT_SAFE)
     return f"{value}; filename*=UTF-8''{quote(f'{wide}.{ext}', safe='')}"
