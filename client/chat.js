@@ -95,6 +95,7 @@ export function openConversation(id, title = null) {
     `[data-conversation-id="${CSS.escape(id)}"] .conversation-title`,
   );
   setChatTitle(title ?? listed?.textContent ?? "Conversation");
+  setExportLinks(id);
   ui.transcript.setAttribute("aria-busy", "true");
   markActiveConversation();
   saveConversation(id);
@@ -111,6 +112,7 @@ export function closeConversation(why = null, forget = false) {
   if (forget && chat.conversationId !== null) saveConversation(null);
   chat.conversationId = null;
   setChatTitle("New conversation");
+  setExportLinks(null);
   ui.transcript.removeAttribute("aria-busy");
   badge.set(State.CLOSED);
   ui.chatStatus.hidden = true;
@@ -118,6 +120,21 @@ export function closeConversation(why = null, forget = false) {
   markActiveConversation();
   if (!ui.chatView.hidden) replaceHash(chatHash());
   if (why !== null) showChatError(why);
+}
+
+/**
+ * Point the Export links at conversation `id` (hidden without one). The server
+ * names the file (Content-Disposition); the session cookie goes with the click.
+ */
+function setExportLinks(id) {
+  ui.chatExport.hidden = id === null;
+  for (const [link, format] of [
+    [ui.chatExportMd, "md"],
+    [ui.chatExportJson, "json"],
+  ]) {
+    if (id === null) link.removeAttribute("href");
+    else link.href = `${serverUrl}${conversationPath(id, `/export?format=${format}`)}`;
+  }
 }
 
 // ---------------------------------------------------------------- stream
