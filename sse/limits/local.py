@@ -28,7 +28,19 @@ class LocalRates:
 
     def hit(self, rate: Rate, client: str, now: float | None = None) -> float:
         """Count one request; 0.0 when allowed, else the seconds until it would be."""
-        return self.hit_all([(rate, client)], now)
+        # `hit_all` for one client, without its lists: every request passes here.
+        key = (rate.name, client)
+        states = self._states
+        allowed, tat, retry_after = gcra(
+            states.get(key, 0.0), time.monotonic() if now is None else now, rate
+        )
+        if not allowed:
+            return retry_after
+        states[key] = tat
+        states.move_to_end(key)
+        if len(states) > self._max:
+            states.popitem(last=False)
+        return 0.0
 
     def hit_all(self, checks: Sequence[tuple[Rate, str]], now: float | None = None) -> float:
         """Count one request against every (rate, client), or, if one refuses, against none.
@@ -36,6 +48,8 @@ class LocalRates:
         As the Redis script does: a guest refused for its address is not charged
         for itself, so a refusal costs nothing (0.0 when allowed, else the wait).
         """
+        if len(checks) == 1:
+            return self.hit(*checks[0], now)
         when = time.monotonic() if now is None else now
         states = self._states
         new: list[tuple[tuple[str, str], float]] = []
