@@ -16,7 +16,6 @@ from sse.chat.store.base import ConversationSummary, StoredMessage
 from sse.config import Config
 from sse.errors import BrokerUnavailable, ClientError
 from sse.limits.policy import Limits
-from sse.pubsub.broker import settle
 
 __all__ = ["conversation_routes"]
 
@@ -74,11 +73,7 @@ class _ChatApi:
     async def create(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         limits = self._limits
         if limits is not None:
-            refused = await settle(
-                limits.hit(limits.conversations, limits.clients(req.who, req.client_ip))
-            )
-            if refused is not None:
-                raise refused
+            await limits.enforce(limits.conversations, req.who, req.client_ip)
         summary = await self._service.create(req.who.owner)
         location = f"/conversations/{summary.id}"
         return json_reply(201, _summary(summary), (("location", location),))

@@ -14,7 +14,6 @@ from sse.chat.store.base import StoredMessage
 from sse.config import Config
 from sse.errors import OverLimit
 from sse.limits.policy import Claim, Limits
-from sse.pubsub.broker import settle
 
 __all__ = ["ReplyAdmission"]
 
@@ -58,9 +57,7 @@ class ReplyAdmission:
                 await limits.spend(who, ip, tokens)
 
         try:
-            refused = await settle(limits.hit(limits.replies, limits.clients(who, ip)))
-            if refused is not None:
-                raise refused
+            await limits.enforce(limits.replies, who, ip)
             if paid:
                 over = await limits.check_budget(who, ip)
                 if over is not None:

@@ -35,7 +35,7 @@ from sse.auth.gate import Gate
 from sse.auth.identity import Verdict
 from sse.config import Config
 from sse.errors import ClientError, OverLimit, StoreUnavailable
-from sse.limits.policy import Claim, Limits
+from sse.limits.policy import Claim, Limits, address_client
 from sse.metrics import AUTH_FAILURES
 from sse.protocol.sse import encode_retry
 from sse.pubsub.broker import settle
@@ -147,7 +147,7 @@ class App:
             return error_reply(403, message, cors)
         limits = self._limits
         if limits is not None and not _is_probe(req.path):
-            flooded = limits.hit_local(limits.requests, f"ip:{req.client_ip}")
+            flooded = limits.hit_local(limits.requests, address_client(req.client_ip))
             if flooded is not None:
                 return self._client_error(req, flooded, cors)
         if identity:
@@ -208,7 +208,7 @@ class App:
         limits = self._limits
         if cookies and limits is not None:
             # New guests per address: dropping the cookie is no way around the limits.
-            minted = limits.hit(limits.guests, [(f"ip:{req.client_ip}", 1.0)])
+            minted = limits.hit(limits.guests, [(address_client(req.client_ip), 1.0)])
             if isinstance(minted, OverLimit):
                 return self._client_error(req, minted, cors)
             if minted is not None:
@@ -226,15 +226,19 @@ class App:
     ) -> Result:
         refused = await minted
         if refused is not None:
-            return self._client_error(req, refused, tuple(h for h in cors if h[0] != "set-cookie"))
+            return self._client_error(req, refused, _without_cookies(cors))
         return await settle(self._call(req, body, params, handler, cors))
+
+    def _jittered(self, base_ms: int) -> int:
+        # Spread the reconnects of the browsers refused at one moment.
+        return base_ms + self._random.randint(0, self._config.retry_jitter_ms)
 
     def _unidentified(self, req: Request, problem: str, cors: tuple[tuple[str, str], ...]) -> Reply:
         AUTH_FAILURES.labels(problem if problem in _PROBLEMS else "invalid").inc()
         # A stream whose credential can be renewed is told so on a 200 the browser
         # survives; only a first stream with no credential at all gets the 401.
         if self.is_stream(req) and problem != "missing":
-            retry = self._config.retry_ms + self._random.randint(0, self._config.retry_jitter_ms)
+            retry = self._jittered(self._config.retry_ms)
             return refused_stream(reauth_event(problem, retry), cors)
         messages = {
             "missing": "sign-in required: send a token (Authorization: Bearer) or a ticket",
@@ -286,11 +290,9 @@ class App:
             return error_reply(exc.status, exc.message, cors)
         if self.is_stream(req):
             # 429 would end an EventSource for good: 200, `event: busy`, a retry, the end.
-            retry = round(exc.retry_after_s * 1000) + self._random.randint(
-                0, self._config.retry_jitter_ms
-            )
+            retry = self._jittered(round(exc.retry_after_s * 1000))
             body = busy_event(exc.limit, exc.message, retry)
-            return refused_stream(body, tuple(h for h in cors if h[0] != "set-cookie"))
+            return refused_stream(body, _without_cookies(cors))
         payload = {"error": exc.message, "limit": exc.limit, "retry_after": exc.retry_after}
         return json_reply(429, payload, (*cors, ("retry-after", str(exc.retry_after))))
 
@@ -301,7 +303,7 @@ class App:
         limits = self._limits
         if limits is None:
             return _with_cors(opening, cors)
-        opened = limits.hit(limits.stream_opens, [(f"ip:{req.client_ip}", 1.0)])
+        opened = limits.hit(limits.stream_opens, [(address_client(req.client_ip), 1.0)])
         if isinstance(opened, OverLimit):
             return self._over(req, opening, opened, cors)
         if opened is not None:  # counted in Redis: the rest waits for it
@@ -334,7 +336,7 @@ class App:
 
     @staticmethod
     def _caps(req: Request) -> list[tuple[str, str]]:
-        caps = [("streams_per_ip", f"ip:{req.client_ip}")]
+        caps = [("streams_per_ip", address_client(req.client_ip))]
         if req.identity is not None:
             caps.append(("streams", req.identity.owner))
         return caps
@@ -415,14 +417,19 @@ def _readiness_reply(reasons: Sequence[str]) -> Reply:
     return json_reply(200, {"status": "ready"}, headers)
 
 
+def _without_cookies(headers: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """`headers` without the Set-Cookie a new guest's cookie rides in (see `App._as`)."""
+    return tuple(h for h in headers if h[0] != "set-cookie")
+
+
 def _with_cors(result: Result, cors: tuple[tuple[str, str], ...]) -> Result:
     if not cors or isinstance(result, OpenSocket):
         return result  # a 101 has no body to share; sse.app.handshake checks Origin instead
     if isinstance(result, OpenStream):
-        return replace(result, cors=tuple(h for h in cors if h[0] != "set-cookie"))
+        return replace(result, cors=_without_cookies(cors))
     headers = result.headers
     if any(name == "set-cookie" for name, _ in headers):
         # The handler set the session itself (a sign-in): a new guest's cookie
         # would undo it.
-        cors = tuple(h for h in cors if h[0] != "set-cookie")
+        cors = _without_cookies(cors)
     return Reply(result.status, result.body, result.content_type, (*cors, *headers))

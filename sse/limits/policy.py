@@ -30,8 +30,9 @@ from sse.limits.gcra import Rate
 from sse.limits.local import LocalCaps, LocalRates
 from sse.limits.redis import CAP_LEASE_S, RedisLimits
 from sse.metrics import RATE_LIMIT_WOULD_REFUSE, RATE_LIMITED
+from sse.pubsub.broker import settle
 
-__all__ = ["Claim", "Limits"]
+__all__ = ["Claim", "Limits", "address_client"]
 
 log = logging.getLogger("ssechat.limits")
 
@@ -45,6 +46,11 @@ GUEST_IP_FACTOR = 10
 _MAX_BUDGETS_KEPT = 100_000
 # How often a node renews the leases of the caps it holds in Redis.
 _RENEW_EVERY_S = CAP_LEASE_S / 3
+
+
+def address_client(ip: str) -> str:
+    """How limits name a client counted by its address (never an identity's owner string)."""
+    return f"ip:{ip}"
 
 
 class Claim:
@@ -147,9 +153,9 @@ class Limits:
     def clients(self, identity: Identity | None, ip: str) -> list[tuple[str, float]]:
         """Who an action counts against: the identity; a guest's or anonymous one's IP too."""
         if identity is None:
-            return [(f"ip:{ip}", 1.0)]
+            return [(address_client(ip), 1.0)]
         if identity.kind == GUEST:
-            return [(identity.owner, 1.0), (f"ip:{ip}", GUEST_IP_FACTOR)]
+            return [(identity.owner, 1.0), (address_client(ip), GUEST_IP_FACTOR)]
         return [(identity.owner, 1.0)]
 
     def hit(
@@ -162,6 +168,16 @@ class Limits:
         if self._shared is not None and self._redis_resting is None:
             return self._hit_shared(rate.name, checks)
         return self._hit_here(rate.name, checks)
+
+    async def enforce(self, rate: Rate, identity: Identity, ip: str) -> None:
+        """Count one action of `identity` (and a guest's address) against `rate`.
+
+        Raises:
+            OverLimit: over it (not in a dry run).
+        """
+        refused = await settle(self.hit(rate, self.clients(identity, ip)))
+        if refused is not None:
+            raise refused
 
     def hit_local(self, rate: Rate, client: str) -> OverLimit | None:
         """Count one action against this node's own table only (the per-request flood guard)."""
