@@ -86,3 +86,8 @@ soak: $(STAMP)  ## soak test: SOAK_MINUTES=10 of streams, churn, posts, replies 
 .PHONY: vendor
 vendor:  ## re-copy client/vendor/ from the locked npm packages (needs npm); README "Vendored libraries"
 	$(PYTHON) tools/vendor_client.py
+
+# docs/screenshots/chat-*.png, shown in the README: the Chat view with a Markdown reply.
+.PHONY: screenshots
+screenshots: $(STAMP)  ## redraw docs/screenshots/ against a fresh server (needs Chromium)
+	$(PY) tools/screenshots.py
