@@ -137,6 +137,59 @@ def test_markdown_is_drawn_while_the_reply_streams(
             expect(content.locator(".code-language")).to_have_text("python")
 
 
+# Holds the page's animation frames until the test runs them, and counts `delta` events.
+_HOLD_FRAMES = """
+window.__frames = [];
+window.__deltas = 0;
+let lastFrame = 0;
+window.requestAnimationFrame = (callback) => {
+  window.__frames.push(callback);
+  lastFrame += 1;
+  return lastFrame;
+};
+window.__runFrames = () => {
+  for (const callback of window.__frames.splice(0)) callback(performance.now());
+};
+const PageEventSource = window.EventSource;
+window.EventSource = class extends PageEventSource {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("delta", () => { window.__deltas += 1; });
+  }
+};
+"""
+
+
+def test_many_deltas_are_drawn_in_one_animation_frame(
+    browser: Browser, spawn: Callable[..., ServerProcess]
+) -> None:
+    pieces = [f"word{index} " for index in range(12)]
+    with _fake_upstream() as fake:
+        held = asyncio.Event()
+        fake.script = Script(pieces=pieces, hold={len(pieces) - 1: held})
+        server = _upstream_server(spawn, fake)
+        with _watched(browser, f"{server.url}/") as open_:
+            page = open_()
+            page.context.add_init_script(_HOLD_FRAMES)
+            page.reload()
+            _open_chat(page)
+            _send(page, f"count frames {token()}")
+            # Polled on a timer: requestAnimationFrame is the one being held.
+            page.wait_for_function(f"() => window.__deltas === {len(pieces) - 1}", polling=50)
+            content = _replies(page).first.locator(".message-content")
+            # Eleven deltas asked for one frame, and nothing is drawn before it runs.
+            assert page.evaluate("window.__frames.length") == 1
+            assert content.evaluate("node => node.textContent") == ""
+            page.evaluate("window.__runFrames()")
+            expected = "".join(pieces[:-1]).rstrip()
+            assert content.evaluate("node => node.textContent") == expected
+            assert page.evaluate("window.__frames.length") == 0
+            _loop_of(fake).call_soon_threadsafe(held.set)
+            # The last piece's frame is not run: `done` draws the final text at once.
+            expect(_replies(page).first).to_have_attribute("data-status", "complete")
+            expect(content).to_have_text("".join(pieces).rstrip())
+
+
 def _loop_of(fake: FakeOpenAI) -> asyncio.AbstractEventLoop:
     """The event loop the fake upstream runs on (its server's)."""
     assert fake._server is not None
