@@ -11,7 +11,15 @@ from urllib.parse import urlsplit
 import pytest
 
 from sse.io.server import Server
-from tests.support.client import CookieJar, EventStream, Response, events_until, json_object, request
+from tests.support.client import (
+    DEFAULT,
+    CookieJar,
+    EventStream,
+    Response,
+    events_until,
+    json_object,
+    request,
+)
 from tests.support.fake_openai import FakeOpenAI, Script
 from tests.support.servers import MakeServer
 
@@ -39,10 +47,9 @@ async def _create(server: Server) -> str:
     return str(json_object(await request(server.address, "POST", "/conversations"))["id"])
 
 
-async def _patch(server: Server, cid: str, body: object, jar: Any = None) -> Response:
+async def _patch(server: Server, cid: str, body: object, jar: CookieJar = DEFAULT) -> Response:
     data = json.dumps(body).encode()
-    extra = {} if jar is None else {"jar": jar}
-    return await request(server.address, "PATCH", f"/conversations/{cid}", JSON, data, **extra)
+    return await request(server.address, "PATCH", f"/conversations/{cid}", JSON, data, jar=jar)
 
 
 async def _post(server: Server, cid: str, content: str) -> Response:
