@@ -7,6 +7,7 @@
 
 import { conversationPath, RequestFailed, requestJson } from "./api.js";
 import { onChatKeydown, sendChatMessage, stopReply } from "./chat-composer.js";
+import { clearConversationSettings, showConversationSettings, wireChatSettings } from "./chat-settings.js";
 import {
   chat,
   chatHash,
@@ -29,13 +30,14 @@ import {
 import { State, ui } from "./dom.js";
 import { Change, onIdentityChanged, renewIdentity, whenIdentityKnown } from "./identity.js";
 import { LiveStream, StatusBadge } from "./live.js";
+import { wireMessageActions } from "./message-actions.js";
 import { serverUrl } from "./settings.js";
 import { appendTranscriptNotice, applyChatEvent, renderTranscript } from "./transcript.js";
 
 /** A reply opened mid-stream with a hole in its text is fetched again this often until it heals. */
 const HEAL_RETRY_MS = 1100;
 /** Named events of a conversation stream that carry chat data (all JSON). */
-const CHAT_EVENTS = Object.freeze(["user", "start", "delta", "done"]);
+const CHAT_EVENTS = Object.freeze(["truncate", "user", "start", "delta", "done"]);
 
 /** #chat-status: the open conversation's stream (the header's badge is the room's). */
 const badge = new StatusBadge(ui.chatStatus, ui.chatReconnect, State.CLOSED);
@@ -82,6 +84,7 @@ function resetConversationState() {
   chat.replyingId = null;
   chat.stopping = false;
   ui.transcript.replaceChildren();
+  clearConversationSettings();
   updateChatComposer();
 }
 
@@ -264,6 +267,7 @@ export async function syncTranscript() {
   } while (chat.resyncWanted);
   chat.syncing = false;
   const stitched = transcript === null ? new Set() : renderTranscript(transcript);
+  if (transcript !== null) showConversationSettings(transcript);
   flushChatBuffer(stitched);
   if (!chat.ready && transcript !== null) {
     chat.ready = true;
@@ -355,6 +359,8 @@ export function wireChat() {
     setDrawerOpen(ui.chatView.dataset.drawer !== "open");
   });
   ui.chatReconnect.addEventListener("click", () => chatConnect());
+  wireMessageActions();
+  wireChatSettings();
   onIdentityChanged(onIdentity);
 }
 
