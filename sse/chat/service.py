@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import uuid4
 
+from sse.chat.endings import EndingSaver
 from sse.chat.models import ChatTurn, Finish, Model, Usage
 from sse.chat.models.catalog import ModelCatalog
 from sse.chat.store.base import ConversationSummary, Revision, Store, StoredMessage, Transcript
@@ -45,14 +46,6 @@ _STILL_STREAMING = "a reply is still streaming; stop it or wait for it"
 _SAVE_EVERY_S = 1.0
 # How long a stop waits for the node that generates the reply to confirm.
 _REMOTE_STOP_TIMEOUT_S = 5.0
-# A reply's last save that the store refused is retried this often at first,
-# doubling up to the cap, for as long as the server runs: a message left
-# "streaming" would answer 409 to its conversation on every node. Past the
-# warning time an operator is told once. Bounded: while the store refuses
-# writes no reply can start, so no new retries begin.
-_RESAVE_FIRST_S = 0.1
-_RESAVE_MAX_GAP_S = 5.0
-_RESAVE_WARN_AFTER_S = 120.0
 # Statuses of replies whose text the model should see again as context.
 _CONTEXT_STATUSES = frozenset({"complete", "cancelled", "interrupted"})
 
@@ -105,8 +98,8 @@ class ChatService:
         self._shutting_down = False
         # Stops asked of other nodes, by request id, waiting for their answer.
         self._remote_stops: dict[str, asyncio.Future[str | None]] = {}
-        # Last saves the store refused, retried until it takes them.
-        self._resaves: set[asyncio.Task[None]] = set()
+        # Saves replies' endings, and retries those the store refused.
+        self._endings = EndingSaver(store, spawn)
         broker.on_control(self._control)
 
     @property
@@ -308,7 +301,7 @@ class ChatService:
             self._replies.pop(conversation_id, None)
             await self._tell_ended(reply, 0)
             why = f"No reply was started: {exc}."
-            await self._save_last(answer.id, "", "error", None, why, None)
+            await self._endings.save(answer.id, "", "error", None, why, None)
             raise ClientError(503, f"the message was saved but not announced: {exc}") from None
         reply.task = self._spawn(self._run(conversation_id, reply, history, model))
         return user, answer.id
@@ -349,9 +342,7 @@ class ChatService:
         self._shutting_down = True
         tasks = [r.task for r in self._replies.values() if r.task is not None]
         # A save still refused now is left to the next start's recovery.
-        tasks += self._resaves
-        for task in self._resaves:
-            task.cancel()
+        tasks += self._endings.cancel_retries()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -518,7 +509,7 @@ class ChatService:
             error = f"The model failed unexpectedly ({type(exc).__name__})."
         text = "".join(reply.parts)
         try:
-            refused = await self._save_last(
+            refused = await self._endings.save(
                 reply.message_id,
                 text,
                 status,
@@ -576,64 +567,6 @@ class ChatService:
             None,
             event_id=reply.last_event_id,
         )
-
-    async def _save_last(
-        self,
-        message_id: str,
-        text: str,
-        status: str,
-        finish: str | None,
-        error: str | None,
-        event_id: str | None,
-    ) -> str | None:
-        """Save a reply's ending, whatever cancels the caller; None, or the error it ends with.
-
-        When the store refuses, the reply is saved as an error instead, by a task
-        retrying with backoff: it must not stay "streaming" (which blocks its
-        conversation on every node) once the store takes writes again.
-        """
-        saving = asyncio.ensure_future(
-            self._store.save_reply(message_id, text, status, finish, error, event_id=event_id)
-        )
-        while not saving.done():
-            # A stop arriving while the ending is saved must not lose the ending.
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({saving})
-        failure = saving.exception()
-        if failure is None:
-            return None
-        if isinstance(failure, StoreUnavailable):
-            log.warning("reply %s could not be saved: %s", message_id, failure)
-        else:
-            log.error("reply %s could not be saved", message_id, exc_info=failure)
-        why = f"The reply could not be saved: {failure or type(failure).__name__}."
-        task = self._spawn(self._resave(message_id, text, why, event_id))
-        self._resaves.add(task)
-        task.add_done_callback(self._resaves.discard)
-        return why
-
-    async def _resave(self, message_id: str, text: str, why: str, event_id: str | None) -> None:
-        gap_s = _RESAVE_FIRST_S
-        warn_at = time.monotonic() + _RESAVE_WARN_AFTER_S
-        while True:
-            await asyncio.sleep(gap_s)
-            try:
-                await self._store.save_reply(
-                    message_id, text, "error", None, why, event_id=event_id
-                )
-            except StoreUnavailable as exc:
-                if warn_at and time.monotonic() > warn_at:
-                    warn_at = 0.0
-                    log.error(
-                        "reply %s is still not saved after %.0fs (%s); still trying",
-                        message_id,
-                        _RESAVE_WARN_AFTER_S,
-                        exc,
-                    )
-                gap_s = min(gap_s * 2, _RESAVE_MAX_GAP_S)
-                continue
-            log.info("reply %s saved after all, as an error", message_id)
-            return
 
     async def _publish_last(
         self, reply: _Reply, topic: str, event: str, payload: dict[str, object]

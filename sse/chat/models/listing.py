@@ -52,6 +52,8 @@ def parse_listing(body: bytes, wanted: Collection[str]) -> dict[str, str]:
         doc = json.loads(body)
     except RecursionError:
         raise ValueError("the model listing is nested too deeply") from None
+    except ValueError:
+        raise ValueError("the model listing is not JSON") from None
     data = doc.get("data") if isinstance(doc, dict) else None
     if not isinstance(data, list):
         raise ValueError('the model listing has no "data" list')
