@@ -88,6 +88,19 @@ async def test_edit_replaces_the_message_and_drops_what_followed(backend: Backen
     assert after is not None
     assert after.messages[2].id == second.id
     assert after.messages[3].id == revision.answer.id
+    # The title was made of the first message: it follows that one's edit, not others'.
+    assert after.conversation.title == "one"
+    await store.save_reply(revision.answer.id, "x", "complete", "stop")
+    await store.edit_reply(OWNER, cid, before.messages[0].id, "ONE", "echo")
+    renamed = await store.transcript(OWNER, cid)
+    assert renamed is not None
+    assert renamed.conversation.title == "ONE"
+    await store.save_reply(renamed.messages[-1].id, "x", "complete", "stop")
+    await store.rename_conversation(OWNER, cid, "My title")
+    await store.edit_reply(OWNER, cid, before.messages[0].id, "uno", "echo")
+    kept = await store.transcript(OWNER, cid)
+    assert kept is not None
+    assert kept.conversation.title == "My title"
 
 
 async def test_revisions_refuse_what_cannot_be_answered_again(backend: Backend) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
 
-from sse.chat.store.base import ConversationSettings, Revision, StoredMessage
+from sse.chat.store.base import ConversationSettings, Revision, StoredMessage, title_from
 from sse.errors import NothingToRevise, ReplyInProgress
 
 __all__ = ["read_settings", "revise", "write_settings"]
@@ -137,6 +137,14 @@ async def revise(
             user.id,
             conversation_id,
             owner,
+        )
+        # A title made of the old text follows it (one the owner gave stays).
+        await conn.execute(
+            "UPDATE conversations SET title = $1 WHERE id = $2 AND owner = $3 AND title = $4",
+            title_from(edit[1]),
+            conversation_id,
+            owner,
+            title_from(user.content),
         )
         user = StoredMessage(user.id, "user", edit[1], user.status, None, None, user.created_at)
         truncated_from = user.id

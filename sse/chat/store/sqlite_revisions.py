@@ -11,7 +11,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from sse.chat.store.base import ConversationSettings, Revision, StoredMessage
+from sse.chat.store.base import ConversationSettings, Revision, StoredMessage, title_from
 from sse.errors import NothingToRevise, ReplyInProgress
 
 __all__ = ["read_settings", "revise", "write_settings"]
@@ -118,6 +118,11 @@ def revise(
                 "UPDATE messages SET content = ?, updated_at = ? WHERE id = ? AND conversation_id "
                 "IN (SELECT id FROM conversations WHERE id = ? AND owner = ?)",
                 (edit[1], answer.created_at, user.id, conversation_id, owner),
+            )
+            # A title made of the old text follows it (one the owner gave stays).
+            db.execute(
+                "UPDATE conversations SET title = ? WHERE id = ? AND owner = ? AND title = ?",
+                (title_from(edit[1]), conversation_id, owner, title_from(user.content)),
             )
             user = StoredMessage(user.id, "user", edit[1], user.status, None, None, user.created_at)
             truncated_from = user.id
