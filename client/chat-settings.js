@@ -67,6 +67,18 @@ export function showConversationSettings(transcript) {
   }
 }
 
+/** A `settings` event: this conversation's model or prompt changed (here or in another tab). */
+export function onSettingsEvent(event) {
+  let payload;
+  try {
+    payload = JSON.parse(event.data);
+  } catch (err) {
+    if (!(err instanceof SyntaxError)) throw err;
+    return;
+  }
+  if (payload !== null && typeof payload === "object") showConversationSettings(payload);
+}
+
 /** No conversation open: the default model, no system prompt. */
 export function clearConversationSettings() {
   if (defaultModel !== null) selectModel(defaultModel);

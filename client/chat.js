@@ -7,7 +7,12 @@
 
 import { conversationPath, RequestFailed, requestJson } from "./api.js";
 import { onChatKeydown, sendChatMessage, stopReply } from "./chat-composer.js";
-import { clearConversationSettings, showConversationSettings, wireChatSettings } from "./chat-settings.js";
+import {
+  clearConversationSettings,
+  onSettingsEvent,
+  showConversationSettings,
+  wireChatSettings,
+} from "./chat-settings.js";
 import {
   chat,
   chatHash,
@@ -50,6 +55,7 @@ const stream = new LiveStream({
     error: onChatEvent,
     gap: onChatGap,
     deleted: onChatDeleted,
+    settings: onSettingsEvent,
   },
   onOpen: onChatOpen,
   // `reauth`: go on only as the same person; someone else was told (onIdentity).

@@ -172,7 +172,8 @@ class _ChatApi:
             raise ClientError(413, f'"system" is longer than {SYSTEM_MAX_CHARS} characters')
         owner, store = req.who.owner, self._service.store
         summary = await store.rename_conversation(owner, conversation_id, title) if title else None
-        settings = await store.update_settings(owner, conversation_id, model=model, system=system)
+        service = self._service
+        settings = await service.configure(owner, conversation_id, model=model, system=system)
         if settings is None or (title and summary is None):
             raise _missing(conversation_id)
         if summary is None:

@@ -23,7 +23,14 @@ from uuid import uuid4
 from sse.chat.endings import EndingSaver
 from sse.chat.models import ChatTurn, Finish, Model, Usage
 from sse.chat.models.catalog import ModelCatalog
-from sse.chat.store.base import ConversationSummary, Revision, Store, StoredMessage, Transcript
+from sse.chat.store.base import (
+    ConversationSettings,
+    ConversationSummary,
+    Revision,
+    Store,
+    StoredMessage,
+    Transcript,
+)
 from sse.errors import BrokerUnavailable, ClientError, ModelError, ReplyInProgress, StoreUnavailable
 from sse.metrics import generation_ended
 from sse.pubsub.broker import Broker, settle
@@ -207,6 +214,33 @@ class ChatService:
             await settle(self._broker.publish(topic_of(conversation_id), payload, event="error"))
         except BrokerUnavailable as exc:
             log.warning("a refusal was not announced: %s", exc)
+
+    async def configure(
+        self,
+        owner: str,
+        conversation_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+    ) -> ConversationSettings | None:
+        """Set what is given of the conversation's model and system prompt; the result.
+
+        Every stream of the conversation is told: a `settings` event, so other
+        tabs show the same. None, changing nothing, if not `owner`'s.
+        """
+        settings = await self._store.update_settings(
+            owner, conversation_id, model=model, system=system
+        )
+        if settings is None or (model is None and system is None):
+            return settings
+        shown = {"model": self._models.get(settings.model).name, "system": settings.system}
+        payload = json.dumps(shown, ensure_ascii=False)
+        try:
+            await settle(self._broker.publish(topic_of(conversation_id), payload, event="settings"))
+        except BrokerUnavailable as exc:
+            # Saved all the same: other tabs show it at their next transcript fetch.
+            log.warning("a change of settings was not announced: %s", exc)
+        return settings
 
     async def post(
         self,

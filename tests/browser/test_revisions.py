@@ -158,9 +158,15 @@ def test_the_model_picker_and_system_prompt_shape_the_upstream_request(
         page.locator("#chat-settings > summary").click()
         expect(page.locator("#chat-model")).to_have_value("gpt-b")
         expect(page.locator("#chat-system")).to_have_value("Answer like a pirate.")
-        # Back to the first model: the next reply comes from it.
+        # Back to the first model: the next reply comes from it, and another tab is told.
+        other = page.context.new_page()
+        other.goto(page.url)
+        _open_chat(other)
+        other.locator("#chat-settings > summary").click()
+        expect(other.locator("#chat-model")).to_have_value("gpt-b")
         page.locator("#chat-model").select_option("gpt-a")
         expect(status).to_have_text("Replies now come from Model A.")
+        expect(other.locator("#chat-model")).to_have_value("gpt-a")
         _send(page, "and now?")
         expect(_replies(page)).to_have_count(2)
         expect(_replies(page).last).to_have_attribute("data-status", "complete")

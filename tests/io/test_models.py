@@ -123,6 +123,10 @@ async def test_a_conversations_model_and_system_prompt_are_kept_and_sent(
     assert changed.status == 200
     body = json_object(changed)
     assert (body["id"], body["model"], body["system"]) == (cid, "gpt-b", "Answer briefly.")
+    # Every open tab is told.
+    told = await stream.next_event()
+    assert told.type == "settings"
+    assert json.loads(told.data) == {"model": "gpt-b", "system": "Answer briefly."}
     fake.script = Script(pieces=["B says hi"])
     assert (await _post(server, cid, "again")).status == 202
     events = await events_until(stream, "done")
