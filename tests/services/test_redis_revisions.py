@@ -1,9 +1,15 @@
-"""Regenerate and edit across nodes on Redis: the new reply streams to a tab on another node."""
+"""Regenerate and edit across nodes on Redis: the new reply streams to a tab on another node.
+
+Once with the nodes on one SQLite file, once on one PostgreSQL database.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.support.client import EventStream, events_until, json_object, request
 from tests.support.redis_server import RedisServer
@@ -12,12 +18,19 @@ from tests.support.servers import MakeServer
 JSON = [("content-type", "application/json")]
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
+    """Where two nodes keep their conversations: one SQLite file, or one PostgreSQL database."""
+    if request.param == "sqlite":
+        return {"db_path": tmp_path / "shared.sqlite3"}
+    return {"db_url": request.getfixturevalue("postgres_url")}
+
+
 async def test_a_regenerate_and_an_edit_on_one_node_stream_to_a_tab_on_another(
-    redis_server: RedisServer, make_server: MakeServer, tmp_path: Path
+    redis_server: RedisServer, make_server: MakeServer, shared: dict[str, Any]
 ) -> None:
-    db = tmp_path / "shared.sqlite3"
-    a = await make_server(redis_url=redis_server.url, db_path=db)
-    b = await make_server(redis_url=redis_server.url, db_path=db)
+    a = await make_server(redis_url=redis_server.url, **shared)
+    b = await make_server(redis_url=redis_server.url, **shared)
     created = json_object(await request(a.address, "POST", "/conversations"))
     cid = str(created["id"])
     tab_on_b = await EventStream.open(b.address, f"/conversations/{cid}/events")
