@@ -17,6 +17,7 @@ from tests.support.client import (
     json_object,
     request,
 )
+from tests.support.servers import MakeServer
 
 JSON = [("content-type", "application/json")]
 
@@ -163,4 +164,23 @@ async def test_what_cannot_be_answered_again_is_refused(server: Server) -> None:
     too_long = "x" * (server.config.max_content_chars + 1)
     assert (await _edit(server, cid, mid, too_long)).status == 413
     assert (await _transcript(server, cid))["messages"] == messages
+    await stream.close()
+
+
+async def test_a_regenerate_and_an_edit_count_as_replies_for_the_limits(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(limits="on", replies_per_min=1)
+    cid = await _create(server)
+    stream = await EventStream.open(server.address, f"/conversations/{cid}/events")
+    await _talk(server, stream, cid, "the one reply of the minute")
+    before = (await _transcript(server, cid))["messages"]
+    for refused in (
+        await _regenerate(server, cid),
+        await _edit(server, cid, before[0]["id"], "changed"),
+    ):
+        assert refused.status == 429
+        assert int(refused.headers["retry-after"]) >= 1
+    # Refused before anything was written: the transcript is as it was.
+    assert (await _transcript(server, cid))["messages"] == before
     await stream.close()
