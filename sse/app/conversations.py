@@ -170,17 +170,14 @@ class _ChatApi:
         system = require_text(fields, "system").strip() if "system" in fields else None
         if system is not None and len(system) > SYSTEM_MAX_CHARS:
             raise ClientError(413, f'"system" is longer than {SYSTEM_MAX_CHARS} characters')
-        owner, store = req.who.owner, self._service.store
-        summary = await store.rename_conversation(owner, conversation_id, title) if title else None
-        service = self._service
-        settings = await service.configure(owner, conversation_id, model=model, system=system)
-        if settings is None or (title and summary is None):
+        owner, service = req.who.owner, self._service
+        if title and await service.rename(owner, conversation_id, title) is None:
             raise _missing(conversation_id)
-        if summary is None:
-            listed = await store.transcript(owner, conversation_id)
-            if listed is None:
-                raise _missing(conversation_id)
-            summary = listed.conversation
+        # Also what a title-only PATCH answers with: one query reads it all.
+        changed = await service.configure(owner, conversation_id, model=model, system=system)
+        if changed is None:
+            raise _missing(conversation_id)
+        summary, settings = changed
         return json_reply(200, {**_summary(summary), **self._settings(settings)}, _NO_STORE)
 
     async def delete(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:

@@ -222,17 +222,18 @@ class ChatService:
         *,
         model: str | None = None,
         system: str | None = None,
-    ) -> ConversationSettings | None:
-        """Set what is given of the conversation's model and system prompt; the result.
+    ) -> tuple[ConversationSummary, ConversationSettings] | None:
+        """Set what is given of the conversation's model and system prompt; what it is now.
 
         Every stream of the conversation is told: a `settings` event, so other
         tabs show the same. None, changing nothing, if not `owner`'s.
         """
-        settings = await self._store.update_settings(
+        changed = await self._store.update_settings(
             owner, conversation_id, model=model, system=system
         )
-        if settings is None or (model is None and system is None):
-            return settings
+        if changed is None or (model is None and system is None):
+            return changed
+        settings = changed[1]
         shown = {"model": self._models.get(settings.model).name, "system": settings.system}
         payload = json.dumps(shown, ensure_ascii=False)
         try:
@@ -240,7 +241,7 @@ class ChatService:
         except BrokerUnavailable as exc:
             # Saved all the same: other tabs show it at their next transcript fetch.
             log.warning("a change of settings was not announced: %s", exc)
-        return settings
+        return changed
 
     async def post(
         self,

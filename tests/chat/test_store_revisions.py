@@ -152,11 +152,17 @@ async def test_settings_are_kept_and_changed_one_at_a_time(backend: Backend) -> 
     cid = conversation.id
     assert await store.conversation_settings(OWNER, cid) == ConversationSettings(None, "")
     changed = await store.update_settings(OWNER, cid, model="gpt-b")
-    assert changed == ConversationSettings("gpt-b", "")
+    assert changed is not None
+    summary, settings = changed
+    assert (summary.id, summary.title) == (cid, conversation.title)
+    assert summary.updated_at >= conversation.updated_at
+    assert settings == ConversationSettings("gpt-b", "")
     changed = await store.update_settings(OWNER, cid, system="Be brief.")
-    assert changed == ConversationSettings("gpt-b", "Be brief.")
+    assert changed is not None
+    assert changed[1] == ConversationSettings("gpt-b", "Be brief.")
     changed = await store.update_settings(OWNER, cid, system="")
-    assert changed == ConversationSettings("gpt-b", "")
+    assert changed is not None
+    assert changed[1] == ConversationSettings("gpt-b", "")
     await store.update_settings(OWNER, cid, system="Answer in French.")
     # Another node on the same database reads them, and so does the transcript.
     other = backend.make()
@@ -187,6 +193,8 @@ async def test_a_sqlite_file_from_before_settings_gains_the_columns(tmp_path: Pa
     await store.open()
     try:
         assert await store.conversation_settings(OWNER, "c1") == ConversationSettings()
-        assert await store.update_settings(OWNER, "c1", model="m") == ConversationSettings("m")
+        changed = await store.update_settings(OWNER, "c1", model="m")
+        assert changed is not None
+        assert changed[1] == ConversationSettings("m")
     finally:
         await store.close()

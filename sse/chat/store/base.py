@@ -418,10 +418,11 @@ class Store(Protocol):
         *,
         model: str | None = None,
         system: str | None = None,
-    ) -> ConversationSettings | None:
-        """Set what is given (None: unchanged) of `owner`'s conversation; the result.
+    ) -> tuple[ConversationSummary, ConversationSettings] | None:
+        """Set what is given (None: unchanged) of `owner`'s conversation; what it is now.
 
-        None, with nothing written, if the conversation is missing or not `owner`'s.
+        The update time moves. None, with nothing written, if the conversation is
+        missing or not `owner`'s.
 
         Raises:
             StoreUnavailable: the database failed; nothing is written.

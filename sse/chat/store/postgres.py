@@ -540,7 +540,7 @@ class PostgresStore:
         *,
         model: str | None = None,
         system: str | None = None,
-    ) -> ConversationSettings | None:
+    ) -> tuple[ConversationSummary, ConversationSettings] | None:
         """Set what is given (None: unchanged); the result, or None if not `owner`'s."""
         pool = self._open_pool()
         system = None if system is None else _text(system)

@@ -12,7 +12,13 @@ from collections.abc import Awaitable, Callable
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
 
-from sse.chat.store.base import ConversationSettings, Revision, StoredMessage, title_from
+from sse.chat.store.base import (
+    ConversationSettings,
+    ConversationSummary,
+    Revision,
+    StoredMessage,
+    title_from,
+)
 from sse.errors import NothingToRevise, ReplyInProgress
 
 __all__ = ["read_settings", "revise", "write_settings"]
@@ -45,19 +51,22 @@ async def write_settings(
     conversation_id: str,
     model: str | None,
     system: str | None,
-) -> ConversationSettings | None:
+) -> tuple[ConversationSummary, ConversationSettings] | None:
     """Set the given settings (None: unchanged); the result, or None if not `owner`'s."""
     row = await conn.fetchrow(
         "UPDATE conversations SET model = COALESCE($1, model), "
-        "system_prompt = COALESCE($2, system_prompt), updated_at = $3 "
-        "WHERE id = $4 AND owner = $5 RETURNING model, system_prompt",
+        "system_prompt = COALESCE($2, system_prompt), updated_at = $3 WHERE id = $4 "
+        "AND owner = $5 RETURNING id, title, created_at, updated_at, model, system_prompt",
         model,
         system,
         time.time(),
         conversation_id,
         owner,
     )
-    return None if row is None else ConversationSettings(row[0], row[1] or "")
+    if row is None:
+        return None
+    values = tuple(row)
+    return ConversationSummary(*values[:4]), ConversationSettings(values[4], values[5] or "")
 
 
 async def revise(

@@ -626,10 +626,12 @@ class SqliteStore:
         *,
         model: str | None = None,
         system: str | None = None,
-    ) -> ConversationSettings | None:
+    ) -> tuple[ConversationSummary, ConversationSettings] | None:
         """Set what is given (None: unchanged); the result, or None if not `owner`'s."""
 
-        def update(db: sqlite3.Connection) -> ConversationSettings | None:
+        def update(
+            db: sqlite3.Connection,
+        ) -> tuple[ConversationSummary, ConversationSettings] | None:
             return sqlite_revisions.write_settings(db, owner, conversation_id, model, system)
 
         return await self._run(update, write=True)

@@ -11,7 +11,13 @@ import sqlite3
 import time
 from collections.abc import Callable
 
-from sse.chat.store.base import ConversationSettings, Revision, StoredMessage, title_from
+from sse.chat.store.base import (
+    ConversationSettings,
+    ConversationSummary,
+    Revision,
+    StoredMessage,
+    title_from,
+)
 from sse.errors import NothingToRevise, ReplyInProgress
 
 __all__ = ["read_settings", "revise", "write_settings"]
@@ -43,15 +49,17 @@ def write_settings(
     conversation_id: str,
     model: str | None,
     system: str | None,
-) -> ConversationSettings | None:
+) -> tuple[ConversationSummary, ConversationSettings] | None:
     """Set the given settings (None: unchanged); the result, or None if not `owner`'s."""
     row = db.execute(
         "UPDATE conversations SET model = COALESCE(?, model), "
-        "system_prompt = COALESCE(?, system_prompt), updated_at = ? "
-        "WHERE id = ? AND owner = ? RETURNING model, system_prompt",
+        "system_prompt = COALESCE(?, system_prompt), updated_at = ? WHERE id = ? AND owner = ? "
+        "RETURNING id, title, created_at, updated_at, model, system_prompt",
         (model, system, time.time(), conversation_id, owner),
     ).fetchone()
-    return None if row is None else ConversationSettings(row[0], row[1] or "")
+    if row is None:
+        return None
+    return ConversationSummary(*row[:4]), ConversationSettings(row[4], row[5] or "")
 
 
 def revise(
