@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 
@@ -23,7 +24,7 @@ __all__ = ["conversation_routes"]
 _LIST_LIMIT_MAX = 200
 _TITLE_MAX_CHARS = 200
 # A system prompt is instructions, not a document: long enough for a page of them.
-SYSTEM_MAX_CHARS = 4000
+_SYSTEM_MAX_CHARS = 4000
 _PATCHABLE = frozenset({"title", "model", "system"})
 _NO_STORE = (("cache-control", "no-store"),)
 
@@ -154,8 +155,11 @@ class _ChatApi:
         conversation_id = path_conversation_id(params)
         fields = parse_json_object(req, body)
         unknown = sorted(set(fields) - _PATCHABLE)
-        if unknown or not fields:
-            raise ClientError(400, 'give any of "title", "model", "system", and nothing else')
+        if unknown:
+            named = ", ".join(json.dumps(key) for key in unknown)
+            raise ClientError(400, f"cannot change {named} of a conversation")
+        if not fields:
+            raise ClientError(400, 'give any of "title", "model" and "system"')
         title = None
         if "title" in fields:
             title = " ".join(require_text(fields, "title").split())
@@ -168,8 +172,8 @@ class _ChatApi:
         if model is not None and not catalog.offers(model):
             raise ClientError(400, f'"model" must be one of: {", ".join(catalog.ids)}')
         system = require_text(fields, "system").strip() if "system" in fields else None
-        if system is not None and len(system) > SYSTEM_MAX_CHARS:
-            raise ClientError(413, f'"system" is longer than {SYSTEM_MAX_CHARS} characters')
+        if system is not None and len(system) > _SYSTEM_MAX_CHARS:
+            raise ClientError(413, f'"system" is longer than {_SYSTEM_MAX_CHARS} characters')
         owner, service = req.who.owner, self._service
         if title and await service.rename(owner, conversation_id, title) is None:
             raise _missing(conversation_id)
