@@ -8,6 +8,12 @@
 import { conversationPath, RequestFailed, requestJson } from "./api.js";
 import { onChatKeydown, onChatViewKeydown, sendChatMessage, stopReply } from "./chat-composer.js";
 import {
+  clearConversationSettings,
+  onSettingsEvent,
+  showConversationSettings,
+  wireChatSettings,
+} from "./chat-settings.js";
+import {
   chat,
   chatHash,
   clearChatError,
@@ -30,13 +36,14 @@ import { State, ui } from "./dom.js";
 import { Change, onIdentityChanged, renewIdentity, whenIdentityKnown } from "./identity.js";
 import { LiveStream, StatusBadge } from "./live.js";
 import { wireCodeCopy } from "./message-content.js";
+import { wireMessageActions } from "./message-actions.js";
 import { serverUrl } from "./settings.js";
 import { appendTranscriptNotice, applyChatEvent, renderTranscript } from "./transcript.js";
 
 /** A reply opened mid-stream with a hole in its text is fetched again this often until it heals. */
 const HEAL_RETRY_MS = 1100;
 /** Named events of a conversation stream that carry chat data (all JSON). */
-const CHAT_EVENTS = Object.freeze(["user", "start", "delta", "done"]);
+const CHAT_EVENTS = Object.freeze(["truncate", "user", "start", "delta", "done"]);
 
 /** #chat-status: the open conversation's stream (the header's badge is the room's). */
 const badge = new StatusBadge(ui.chatStatus, ui.chatReconnect, State.CLOSED);
@@ -49,6 +56,7 @@ const stream = new LiveStream({
     error: onChatEvent,
     gap: onChatGap,
     deleted: onChatDeleted,
+    settings: onSettingsEvent,
   },
   onOpen: onChatOpen,
   // `reauth`: go on only as the same person; someone else was told (onIdentity).
@@ -83,6 +91,7 @@ function resetConversationState() {
   chat.replyingId = null;
   chat.stopping = false;
   ui.transcript.replaceChildren();
+  clearConversationSettings();
   updateChatComposer();
 }
 
@@ -265,6 +274,7 @@ export async function syncTranscript() {
   } while (chat.resyncWanted);
   chat.syncing = false;
   const stitched = transcript === null ? new Set() : renderTranscript(transcript);
+  if (transcript !== null) showConversationSettings(transcript);
   flushChatBuffer(stitched);
   if (!chat.ready && transcript !== null) {
     chat.ready = true;
@@ -358,6 +368,8 @@ export function wireChat() {
     setDrawerOpen(ui.chatView.dataset.drawer !== "open");
   });
   ui.chatReconnect.addEventListener("click", () => chatConnect());
+  wireMessageActions();
+  wireChatSettings();
   onIdentityChanged(onIdentity);
 }
 

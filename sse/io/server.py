@@ -26,7 +26,7 @@ from sse.app.router import App
 from sse.app.static import load_static
 from sse.auth.gate import Gate
 from sse.auth.secret import session_secret
-from sse.chat.models.factory import build_model
+from sse.chat.models.factory import build_models
 from sse.chat.service import ChatService
 from sse.chat.store.factory import build_store
 from sse.config import Config
@@ -100,7 +100,7 @@ class Server:
         self.chat = ChatService(
             self.broker,
             self.store,
-            build_model(config),
+            build_models(config),
             context_messages=config.context_messages,
             spawn=self.spawn,
             end_streams=self.end_streams,
@@ -368,7 +368,7 @@ class Server:
             log.info(
                 "conversations in %s; model %s (%s)",
                 self.store.describe(),
-                self.chat.model.name,
+                ", ".join(self.chat.models.ids),
                 self.chat.model.label,
             )
             self._listener = await loop.create_server(
@@ -444,7 +444,7 @@ class Server:
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.chat.model.aclose()
+        await self.chat.models.aclose()
         await self.limits.close()
         await self.broker.close()
         await self.store.close()
