@@ -336,3 +336,22 @@ async def test_rooms_need_an_identity_in_jwt_mode(make_server: MakeServer) -> No
     posted = await request(address, "POST", "/rooms/lobby/messages", [*_JSON, *bearer], body)
     assert posted.status == 201
     assert json_object(posted)["from"] == {"id": "ann", "name": "Ann"}
+
+
+async def test_a_resume_past_the_rooms_history_gets_a_gap(make_server: MakeServer) -> None:
+    server = await make_server(history_size=2)
+    address = server.address
+    stream = await EventStream.open(address, "/rooms/lobby/events", jar=CookieJar())
+    await _post(address, "/rooms/lobby/messages", {"text": "first"})
+    first = await _next_of(stream, "message")
+    for i in range(4):
+        await _post(address, "/rooms/lobby/messages", {"text": f"later {i}"})
+    await stream.close()
+    resumed = await EventStream.open(
+        address, "/rooms/lobby/events", [("last-event-id", first.last_event_id)], jar=CookieJar()
+    )
+    gap = await resumed.next_event()
+    assert gap.type == "gap"
+    replayed = [await _next_of(resumed, "message") for _ in range(2)]
+    assert [_data(e)["text"] for e in replayed] == ["later 2", "later 3"]
+    await resumed.close()
