@@ -355,3 +355,21 @@ async def test_a_resume_past_the_rooms_history_gets_a_gap(make_server: MakeServe
     replayed = [await _next_of(resumed, "message") for _ in range(2)]
     assert [_data(e)["text"] for e in replayed] == ["later 2", "later 3"]
     await resumed.close()
+
+
+async def test_a_seed_post_with_an_accounts_cookie_shows_the_account(
+    make_server: MakeServer,
+) -> None:
+    server = await make_server(auth="accounts")
+    address = server.address
+    account = {"username": "ann", "password": "correct horse 1"}
+    signed = await _post(address, "/auth/signup", account)
+    assert signed.status == 201, signed.body
+    me = await _me(address)
+    assert me["kind"] == "account"
+    lobby = await EventStream.open(address, "/rooms/lobby/events", jar=CookieJar())
+    assert (await post_message(address, "as an account")).status == 200
+    data = _data(await _next_of(lobby, "message"))
+    # Named by the account, never by its sign-in (which `Gate.peek` alone would give).
+    assert data["from"] == {"id": me["id"], "name": me["name"]}
+    await lobby.close()
