@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -373,3 +374,22 @@ async def test_a_seed_post_with_an_accounts_cookie_shows_the_account(
     # Named by the account, never by its sign-in (which `Gate.peek` alone would give).
     assert data["from"] == {"id": me["id"], "name": me["name"]}
     await lobby.close()
+
+
+async def test_messages_posted_at_once_are_all_kept_in_order(make_server: MakeServer) -> None:
+    server = await make_server()
+    address = server.address
+    stream = await EventStream.open(address, "/rooms/lobby/events", jar=CookieJar())
+    texts = [f"burst {i}" for i in range(40)]
+    posted = await asyncio.gather(
+        *(_post(address, "/rooms/lobby/messages", {"text": t}) for t in texts),
+        *(post_message(address, f"seed {i}") for i in range(20)),
+    )
+    assert all(r.status in (200, 201) for r in posted)
+    kept = json_object(await _get(address, "/rooms/lobby/messages?limit=200"))["messages"]
+    assert sorted(m["text"] for m in kept) == sorted([*texts, *(f"seed {i}" for i in range(20))])
+    ids = [int(m["id"]) for m in kept]
+    assert ids == sorted(set(ids))
+    live = [_data(await _next_of(stream, "message")) for _ in range(60)]
+    assert sorted(m["text"] for m in live) == sorted(m["text"] for m in kept)
+    await stream.close()
