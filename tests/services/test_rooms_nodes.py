@@ -177,3 +177,30 @@ async def test_postgres_keeps_room_messages_across_a_restart(
         r["name"] for r in json_object(await request(second.address, "GET", "/rooms"))["rooms"]
     ]
     assert names == ["kept", "lobby"]
+
+
+async def test_presence_catches_up_after_a_redis_outage(
+    redis_server: RedisServer, spawn: Spawn
+) -> None:
+    (node,) = _nodes(spawn, redis_server, 1, "--presence-grace", "0.3", "--presence-lease", "1.5")
+    watcher = await EventStream.open(node.address, "/rooms/lobby/events", jar=CookieJar())
+    await _next_of(watcher, "presence")
+    me = await _me(node.address)
+    redis_server.stop()
+    typing = await _post(node.address, "/rooms/lobby/typing", {})
+    assert typing.status == 503
+    assert "error" in json_object(typing)
+    presence = await request(node.address, "GET", "/rooms/lobby/presence")
+    assert presence.status == 503
+    # Joining while Redis is away: the stream opens, and the join is announced once it is back.
+    during = await EventStream.open(node.address, "/rooms/lobby/events")
+    assert during.status == 200
+    redis_server.start()
+    joined = _data(await _next_of(watcher, "presence", timeout=30.0))
+    assert joined["action"] == "join"
+    assert joined["user"]["id"] == me["id"]
+    assert joined["count"] == 2
+    back = json_object(await request(node.address, "GET", "/rooms/lobby/presence"))
+    assert back["count"] == 2
+    await during.close()
+    await watcher.close()
