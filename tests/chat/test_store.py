@@ -25,6 +25,8 @@ from tests.support.client import Response, request, wait_until
 from tests.support.servers import ROOT, ServerProcess
 
 JSON = [("content-type", "application/json")]
+# Every migration this release has, as schema_version rows.
+_ALL_VERSIONS = [(v,) for v in range(1, len(_MIGRATIONS) + 1)]
 # Fast leases for the tests that wait for one to go stale.
 FAST = {"lease_interval_s": 0.05, "stale_after_s": 0.5}
 # A lease that is taken at open and not renewed during a test.
