@@ -7,9 +7,15 @@ directly: the named rooms' own routes are not this module's business.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+from sse.auth.identity import Identity
+from sse.config import Config
+from sse.errors import ClientError
 from sse.io.server import Server
 from sse.protocol.multiplex import fingerprint
 from sse.protocol.sse import DecodedEvent
@@ -21,6 +27,7 @@ from tests.support.client import (
     events_until,
     json_object,
     request,
+    wait_until,
 )
 
 JSON = [("content-type", "application/json")]
@@ -46,6 +53,16 @@ async def _say(server: Server, room: str, text: str) -> str:
     """A room message as the rooms publish them: JSON on `room:<name>`, with an id."""
     payload = {"id": text, "room": room, "text": text, "from": {"id": "u1", "name": "Ann"}}
     return await settle(server.broker.publish(f"room:{room}", json.dumps(payload), event="message"))
+
+
+@contextlib.asynccontextmanager
+async def _running(config: Config, rooms: Any) -> AsyncIterator[Server]:
+    server = Server(config, rooms=rooms)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 def _target(*channels: str) -> str:
@@ -291,3 +308,64 @@ async def test_a_deleted_conversation_leaves_the_other_channels_streaming(server
     await _say(server, "lobby", "still here")
     assert _data(await stream.next_event())["text"] == "still here"
     await stream.close()
+
+
+class _Rooms:
+    """A RoomAccess that knows two rooms and records presence, as the named rooms will."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str, tuple[str, ...]]] = []
+
+    def check(self, who: Identity, rooms: tuple[str, ...]) -> None:
+        for room in rooms:
+            if room not in ("lobby", "games"):
+                raise ClientError(404, f"no room {room}")
+
+    def watch(self, who: Identity, rooms: tuple[str, ...]) -> _Watch:
+        return _Watch(self.told, who.owner, rooms)
+
+
+class _Watch:
+    def __init__(
+        self, told: list[tuple[str, str, tuple[str, ...]]], owner: str, rooms: tuple[str, ...]
+    ) -> None:
+        self._told, self._owner, self._rooms = told, owner, rooms
+
+    def opened(self) -> None:
+        self._told.append(("opened", self._owner, self._rooms))
+
+    def closed(self) -> None:
+        self._told.append(("closed", self._owner, self._rooms))
+
+
+async def test_room_access_refuses_unknown_rooms_and_hears_of_opens_and_closes(
+    tmp_path: Path,
+) -> None:
+    rooms = _Rooms()
+    config = Config(
+        port=0,
+        db_path=tmp_path / "chat.sqlite3",
+        session_secret_file=tmp_path / "session.secret",
+        limits="off",
+        shutdown_timeout_s=2.0,
+    )
+    async with _running(config, rooms) as server:
+        cid = await _create(server)
+        missing = await request(server.address, "GET", _target("room:lobby", "room:nowhere"))
+        assert (missing.status, json_object(missing)) == (404, {"error": "no room nowhere"})
+        stream = await EventStream.open(
+            server.address, _target("room:lobby", f"conv:{cid}", "room:games")
+        )
+        assert stream.status == 200
+        await _say(server, "games", "gg")
+        assert _data(await stream.next_event())["text"] == "gg"
+        (opened,) = rooms.told
+        assert opened[0] == "opened"
+        assert opened[2] == ("lobby", "games")
+        await stream.close()
+        await wait_until(lambda: len(rooms.told) == 2, what="the close told")
+        assert rooms.told[1] == ("closed", *opened[1:])
+        # A stream of conversations only has no presence to tell.
+        alone = await EventStream.open(server.address, _target(f"conv:{cid}"))
+        await alone.close()
+        assert len(rooms.told) == 2
