@@ -31,6 +31,8 @@ from sse.protocol.sse import Event, encode
 
 __all__ = [
     "MAX_CHANNELS",
+    "ONE_CHUNKED",
+    "ONE_RAW",
     "ChannelIds",
     "fingerprint",
     "one_channel",
@@ -47,8 +49,8 @@ _SEP = "."
 _MAX_COMPOSITE_CHARS = 9 + MAX_CHANNELS * 42
 # Keys of `Frame.encodings` (shared with the WebSocket encodings, which use others).
 _BODY = "mux:body"  # one event's tagged bytes, without an id line
-_ONE_RAW = "mux:one"  # a frame as a one-channel stream writes it, unframed
-_ONE_CHUNKED = "mux:one-chunked"  # the same as one HTTP/1.1 chunk
+ONE_RAW = "mux:one"  # a frame as a one-channel stream writes it, unframed
+ONE_CHUNKED = "mux:one-chunked"  # the same as one HTTP/1.1 chunk
 
 
 def fingerprint(channels: Sequence[str]) -> str:
@@ -108,13 +110,13 @@ def one_channel(frame: Frame, channel: str, prefix: str, *, chunked: bool) -> by
     The composite id of a one-channel stream depends only on the event, so the
     bytes are the same for all of them: built once per frame, like `Frame.chunked`.
     """
-    key = _ONE_CHUNKED if chunked else _ONE_RAW
+    key = ONE_CHUNKED if chunked else ONE_RAW
     done = frame.encodings.get(key)
     if done is not None:
         return done
-    raw = frame.encodings.get(_ONE_RAW)
+    raw = frame.encodings.get(ONE_RAW)
     if raw is None:
-        raw = frame.encodings[_ONE_RAW] = b"".join(
+        raw = frame.encodings[ONE_RAW] = b"".join(
             b"id: %b\n%b" % ((prefix + s.id).encode(), tagged_body(s, channel))
             if s.id
             else tagged_body(s, channel)
@@ -122,7 +124,7 @@ def one_channel(frame: Frame, channel: str, prefix: str, *, chunked: bool) -> by
         )
     if not chunked:
         return raw
-    framed = frame.encodings[_ONE_CHUNKED] = chunk(raw)
+    framed = frame.encodings[ONE_CHUNKED] = chunk(raw)
     return framed
 
 

@@ -369,3 +369,34 @@ async def test_room_access_refuses_unknown_rooms_and_hears_of_opens_and_closes(
         alone = await EventStream.open(server.address, _target(f"conv:{cid}"))
         await alone.close()
         assert len(rooms.told) == 2
+
+
+async def test_a_one_channel_stream_shares_its_bytes_and_resumes_exactly(server: Server) -> None:
+    target = _target("room:solo")
+    tabs = [await EventStream.open(server.address, target) for _ in range(3)]
+    ids = [await _say(server, "solo", f"m{i}") for i in range(3)]
+    seen = [await tab.events(3) for tab in tabs]
+    prefix = fingerprint(("room:solo",)) + "."
+    for got in seen:
+        assert [e.last_event_id for e in got] == [prefix + i for i in ids]
+        assert [_data(e) for e in got] == [_data(e) for e in seen[0]]
+        assert _data(got[0])["channel"] == "room:solo"
+    await tabs[0].close()
+    for i in range(3, 5):
+        await _say(server, "solo", f"m{i}")
+    back = await EventStream.open(
+        server.address, target, [("last-event-id", seen[0][1].last_event_id)]
+    )
+    assert [_data(e)["text"] for e in await back.events(3)] == ["m2", "m3", "m4"]
+    for tab in (*tabs[1:], back):
+        await tab.close()
+
+
+async def test_a_one_channel_stream_of_a_deleted_conversation_ends(server: Server) -> None:
+    cid = await _create(server)
+    stream = await EventStream.open(server.address, _target(f"conv:{cid}"))
+    assert (await request(server.address, "DELETE", f"/conversations/{cid}")).status == 204
+    deleted = await stream.next_event()
+    assert (deleted.type, _data(deleted)["channel"]) == ("deleted", f"conv:{cid}")
+    await stream.wait_ended()
+    assert stream.ended
