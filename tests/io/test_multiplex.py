@@ -18,7 +18,7 @@ from sse.config import Config
 from sse.errors import ClientError
 from sse.io.server import Server
 from sse.protocol.multiplex import fingerprint
-from sse.protocol.sse import DecodedEvent
+from sse.protocol.sse import Comment, DecodedEvent, Decoder
 from sse.pubsub.broker import settle
 from tests.support.client import (
     CookieJar,
@@ -400,3 +400,31 @@ async def test_a_one_channel_stream_of_a_deleted_conversation_ends(server: Serve
     assert (deleted.type, _data(deleted)["channel"]) == ("deleted", f"conv:{cid}")
     await stream.wait_ended()
     assert stream.ended
+
+
+async def test_an_idle_multiplexed_stream_gets_heartbeats(make_server: Any) -> None:
+    server = await make_server(ping_interval_s=0.05)
+    stream = await EventStream.open(server.address, _target("room:a", "room:b"))
+    while not isinstance(await stream.next_item(), Comment):
+        pass
+    await stream.close()
+
+
+async def test_over_http_1_0_the_stream_is_close_delimited_and_tagged(server: Server) -> None:
+    reader, writer = await asyncio.open_connection(*server.address)
+    writer.write(f"GET {_target('room:a', 'room:b')} HTTP/1.0\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding" not in head.lower()
+    await reader.readuntil(b"\n")  # the retry line
+    server.broker.publish("room:b", json.dumps({"text": "hi"}), event="message")
+    server.broker.publish("room:a", json.dumps({"text": "ho"}), event="message")
+    decoder = Decoder()
+    events: list[Any] = []
+    while len(events) < 2:
+        events += decoder.feed(await reader.read(4096))
+    assert [json.loads(e.data) for e in events] == [
+        {"text": "hi", "channel": "room:b"},
+        {"text": "ho", "channel": "room:a"},
+    ]
+    writer.close()
