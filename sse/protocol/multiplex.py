@@ -8,7 +8,9 @@ position of the connection in every channel at that event:
     <fingerprint>.<position 1>.<position 2>...
 
 in the order the channels were asked for. A position is the channel's own
-event id (`<epoch>-<seq>` in one process, a Redis entry id across nodes); the
+event id (`<epoch>-<seq>` in one process, a Redis entry id across nodes); a
+later position that shares the first one's `<epoch>-` (every channel, in one
+process) is written as its `<seq>` alone. The
 fingerprint is 8 hex digits of a hash of the channel list, so that an id meant
 for another list of channels is recognised as foreign instead of misread. No
 CR, LF or NUL can appear in it: fingerprints are hex, positions are checked.
@@ -44,6 +46,8 @@ __all__ = [
 MAX_CHANNELS = 16
 # A position as our brokers write them: `<epoch ms>-<seq>` or a Redis entry id.
 _POSITION = re.compile(r"[0-9]{1,20}-[0-9]{1,20}\Z")
+# A later position with the first one's `<epoch>-`, written without it.
+_SEQ = re.compile(r"[0-9]{1,20}\Z")
 _SEP = "."
 # Past this nothing we issue is as long: such an id is not even split.
 _MAX_COMPOSITE_CHARS = 9 + MAX_CHANNELS * 42
@@ -74,7 +78,17 @@ def parse_composite(value: str | None, channels: Sequence[str]) -> list[str | No
     parts = value.split(_SEP)
     if len(parts) != len(channels) + 1 or parts[0] != fingerprint(channels):
         return unknown
-    return [p if _POSITION.match(p) else None for p in parts[1:]]
+    first = parts[1]
+    base = _base_of(first) if _POSITION.match(first) else ""
+    out: list[str | None] = []
+    for part in parts[1:]:
+        if _POSITION.match(part):
+            out.append(part)
+        elif base and _SEQ.match(part):
+            out.append(base + part)
+        else:
+            out.append(None)
+    return out
 
 
 def tagged_data(data: str, channel: str) -> str:
@@ -131,15 +145,25 @@ def one_channel(frame: Frame, channel: str, prefix: str, *, chunked: bool) -> by
 class ChannelIds:
     """A connection's position in each of its channels, and its composite ids."""
 
-    __slots__ = ("_positions", "fingerprint")
+    __slots__ = ("_base", "_parts", "_positions", "fingerprint")
 
     def __init__(self, channels: Sequence[str], positions: Sequence[str]) -> None:
         self.fingerprint = fingerprint(channels)
         self._positions = list(positions)
+        self._base = ""
+        self._parts: list[str] = []
+        self._rebase()
+
+    def _rebase(self) -> None:
+        # The first position is written whole; each other one sharing its
+        # `<epoch>-` (every channel in one process) as its sequence number alone.
+        positions = self._positions
+        self._base = _base_of(positions[0]) if positions else ""
+        self._parts = [positions[0], *(_compact(p, self._base) for p in positions[1:])]
 
     def composite(self) -> str:
         """The composite id of the positions now."""
-        return _SEP.join((self.fingerprint, *self._positions))
+        return _SEP.join((self.fingerprint, *self._parts))
 
     def encode(self, index: int, frame: Frame, channel: str) -> bytes:
         """`frame`'s events of channel `index`, each with its composite id; advances it.
@@ -148,14 +172,35 @@ class ChannelIds:
         line is the cached tagged body plus one join of three strings per event.
         """
         positions = self._positions
-        head = _SEP.join((self.fingerprint, *positions[:index])) + _SEP
-        tail = _SEP.join(("", *positions[index + 1 :])) if index + 1 < len(positions) else ""
+        parts = self._parts
+        head = _SEP.join((self.fingerprint, *parts[:index])) + _SEP
+        tail = _SEP.join(("", *parts[index + 1 :])) if index + 1 < len(parts) else ""
         out = []
         for single in frame.singles():
             body = tagged_body(single, channel)
-            if single.id:
-                positions[index] = single.id
-                out.append(b"id: %b\n%b" % ((head + single.id + tail).encode(), body))
-            else:
+            if not single.id:
                 out.append(body)
+                continue
+            positions[index] = single.id
+            if index == 0:
+                if self._base and single.id.startswith(self._base):
+                    parts[0] = single.id
+                else:  # a new epoch (a Redis millisecond): the others are written anew
+                    self._rebase()
+                    parts = self._parts
+                    tail = _SEP.join(("", *parts[1:]))
+                part = single.id
+            else:
+                part = parts[index] = _compact(single.id, self._base)
+            out.append(b"id: %b\n%b" % ((head + part + tail).encode(), body))
         return b"".join(out)
+
+
+def _base_of(position: str) -> str:
+    """`<epoch>-` of a position, or "" for none."""
+    cut = position.find("-")
+    return position[: cut + 1] if cut > 0 else ""
+
+
+def _compact(position: str, base: str) -> str:
+    return position[len(base) :] if base and position.startswith(base) else position

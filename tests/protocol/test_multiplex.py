@@ -36,6 +36,21 @@ def test_a_composite_id_round_trips() -> None:
     assert parse_composite(ids.composite(), CHANNELS) == ["1-0", "5-3"]
 
 
+def test_later_positions_sharing_the_first_ones_epoch_are_written_short() -> None:
+    ids = ChannelIds(CHANNELS, ["1796-4", "1796-9"])
+    fp = fingerprint(CHANNELS)
+    assert ids.composite() == f"{fp}.1796-4.9"
+    assert parse_composite(ids.composite(), CHANNELS) == ["1796-4", "1796-9"]
+    # The first channel moving to another epoch (a Redis millisecond) writes the others whole.
+    events = Decoder().feed(ids.encode(0, _frame("{}", "1800-0"), CHANNELS[0]))
+    assert events[0].last_event_id == f"{fp}.1800-0.1796-9"
+    assert parse_composite(events[0].last_event_id, CHANNELS) == ["1800-0", "1796-9"]
+    events = Decoder().feed(ids.encode(1, _frame("{}", "1800-3"), CHANNELS[1]))
+    assert events[0].last_event_id == f"{fp}.1800-0.3"
+    # A short part needs a whole first one.
+    assert parse_composite(f"{fp}.nope.3", CHANNELS) == [None, None]
+
+
 def test_ids_from_clients_never_raise_and_are_unknown_per_channel() -> None:
     fp = fingerprint(CHANNELS)
     assert parse_composite(None, CHANNELS) is None
