@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,13 +45,17 @@ def requests(n: int) -> list[bytes]:
 class CountingTransport:
     """Just enough of an asyncio transport for `HttpConnection`: writes and answers are counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int) -> None:
         self.written = 0
         self.answered = 0
+        self.expected = expected
+        self.all_answered = asyncio.Event()
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
         self.answered += data.count(SENT)
+        if self.answered >= self.expected:
+            self.all_answered.set()
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return ("127.0.0.1", 50000) if name == "peername" else default
@@ -96,13 +100,12 @@ async def feed_server(n: int, limits: bool) -> None:
         server = Server(config)
         await server.start()
         conn = HttpConnection(server)
-        transport = CountingTransport()
+        transport = CountingTransport(n)
         conn.connection_made(transport)  # type: ignore[arg-type]
         for request in requests(n):
             conn.data_received(request)
-        deadline = time.monotonic() + 120.0
-        while transport.answered < n and time.monotonic() < deadline:
-            await asyncio.sleep(0.001)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(transport.all_answered.wait(), 120.0)
         conn.connection_lost(None)
         await server.stop()
     if transport.answered < n:

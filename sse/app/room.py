@@ -4,14 +4,13 @@ Plain `data:` text events, a join announcement for each new stream, and an
 acknowledgement only once the broker has the message.
 
 This room is the named room `lobby` (sse.chat.rooms): a message sent here is
-kept in the lobby's messages first, then published to the seed's streams, and
-then to `room:lobby` as JSON with its sender. The acknowledgement waits for the
-store and the seed's broker (nothing acknowledged can be lost, and a message
-that could not be kept is sent nowhere); the `room:lobby` publish follows,
-not waited for, and cannot fail the post (the message is kept and was sent): a
-failure there is logged. The
-sender is the request's identity when the route resolved one, else who the
-session cookie names (`Gate.peek`: no store, no new guest), else anonymous.
+published to the seed's streams and acknowledged once the broker has it, as
+ever; then it is kept in the lobby's scrollback and published to `room:lobby`
+as JSON with its sender, behind the acknowledgement and in batches
+(sse.chat.rooms.seed_posts says why, and what a crash can cost). The sender is
+the request's identity when the route resolved one, else who the session
+cookie names (`Gate.peek`: no store, no new guest; an account's name is read
+from the store), else anonymous.
 GET /events pays nothing for any of it.
 """
 
@@ -116,42 +115,61 @@ class Room:
             raise over
         return await settle(self.send(message))
 
-    async def _keep_and_send(
+    def _send_and_keep(
         self, req: Request, clients: list[tuple[str, float]] | None, message: str
-    ) -> str:
-        """Count, keep in the lobby, publish to the seed's streams, then to `room:lobby`.
+    ) -> str | Awaitable[str]:
+        """Count, publish to the seed's streams, then queue for the lobby's scrollback.
+
+        Synchronous when the sender is known from the request alone (no cookie,
+        a guest's, a token's): the seed's hot path stays as fast as it was.
 
         Raises:
-            OverLimit: over the room-post limit; nothing is kept or sent.
-            StoreUnavailable: the lobby could not keep it; nothing is sent.
-            ClientError: 503 when the broker did not take it.
+            OverLimit: over the room-post limit; nothing is sent or kept.
+            ClientError: 503 when the lobby's queue is full or the broker did not take it.
         """
         rooms = self._rooms
         assert rooms is not None
-        limits = self._limits
-        if clients is not None and limits is not None:
-            refused = await settle(limits.hit(limits.room_posts, clients))
-            if refused is not None:
-                raise refused
-        kept = await rooms.keep_seed_post(message, await self._sender(req))
-        published = await settle(self.send(message))
-        if kept is not None:
-            rooms.publish_seed_post(kept)
-        return published
+        sender = self._sender_now(req)
+        if sender is None:
+            return self._resolve_and_send(req, clients, message)
+        rooms.seed_posts.check()
+        sent = self.send(message) if clients is None else self._send_counted(clients, message)
+        if isinstance(sent, str):
+            rooms.keep_seed_post(message, sender)
+            return sent
+        return self._keep_once_sent(sent, message, sender)
 
-    async def _sender(self, req: Request) -> Sender:
-        who: Identity | None = req.identity
+    async def _keep_once_sent(self, sent: Awaitable[str], message: str, sender: Sender) -> str:
+        event_id = await sent
+        assert self._rooms is not None
+        self._rooms.keep_seed_post(message, sender)
+        return event_id
+
+    async def _resolve_and_send(
+        self, req: Request, clients: list[tuple[str, float]] | None, message: str
+    ) -> str:
         gate = self._gate
-        if who is None and gate is not None:
-            peeked = gate.peek(req.headers)
-            if peeked is not None and peeked.kind == GUEST:
-                who = peeked
-            elif peeked is not None:
-                # An account's cookie: its name is in the store (peek names it by
-                # its sign-in, which must never be shown to the room).
-                verdict = await settle(gate.resolve(req.headers, {}, stream=False))
-                who = verdict.identity
-        return ANONYMOUS if who is None else Sender(who.id, who.name)
+        assert gate is not None
+        assert self._rooms is not None
+        # An account's cookie: its name is in the store (peek names it by its
+        # sign-in, which must never be shown to the room).
+        verdict = await settle(gate.resolve(req.headers, {}, stream=False))
+        who = verdict.identity
+        sender = ANONYMOUS if who is None else Sender(who.id, who.name)
+        self._rooms.seed_posts.check()
+        sent = self.send(message) if clients is None else self._send_counted(clients, message)
+        return await self._keep_once_sent(_awaited(sent), message, sender)
+
+    def _sender_now(self, req: Request) -> Sender | None:
+        """Who sends a seed post, when the request says it alone; None for an account's cookie."""
+        who: Identity | None = req.identity
+        if who is not None:
+            return Sender(who.id, who.name)
+        gate = self._gate
+        peeked = gate.peek(req.headers) if gate is not None else None
+        if peeked is None:
+            return ANONYMOUS
+        return Sender(peeked.id, peeked.name) if peeked.kind == GUEST else None
 
     def _announce(self, last_id: str | None) -> str | None:
         # A stream that resumes is a returning user, not a new one: announcing it
@@ -169,8 +187,11 @@ class Room:
         message = require_text(parse_json_object(req, body), "message")
         clients = self._counted(req)
         if self._rooms is not None:
-            return _sent_reply(self._keep_and_send(req, clients, message))
-        sent = self.send(message) if clients is None else self._send_counted(clients, message)
+            sent = self._send_and_keep(req, clients, message)
+        elif clients is None:
+            sent = self.send(message)
+        else:
+            sent = self._send_counted(clients, message)
         if isinstance(sent, str):
             return Reply(200, SENT_REPLY, _TEXT)
         return _sent_reply(sent)
@@ -184,7 +205,7 @@ class Room:
         clients = self._counted(req)
         send: Callable[[str], str | Awaitable[str]]
         if self._rooms is not None:
-            send = functools.partial(self._keep_and_send, req, clients)
+            send = functools.partial(self._send_and_keep, req, clients)
         elif clients is None:
             send = self.send
         else:
@@ -201,6 +222,10 @@ async def _published(published: Awaitable[str]) -> str:
         raise ClientError(400, f'"message" cannot be sent: {exc}') from None
     except BrokerUnavailable as exc:
         raise ClientError(503, f"the message was not sent: {exc}; try again") from None
+
+
+async def _awaited(sent: str | Awaitable[str]) -> str:
+    return sent if isinstance(sent, str) else await sent
 
 
 async def _sent_reply(sent: Awaitable[str]) -> Reply:

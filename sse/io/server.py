@@ -490,6 +490,8 @@ class Server:
             conn.abort_stream("shutdown timeout")
         # connection_lost runs on the next loop iteration after an abort.
         await asyncio.sleep(0)
+        # Seed posts acknowledged but not yet in the lobby's scrollback go there now.
+        await self.rooms.seed_posts.drain()
         # Every stream has closed: no grace runs out after this, and this node's
         # people are let go in Redis now (with their leaves) rather than lapse.
         self.presence.close()

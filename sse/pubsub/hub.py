@@ -199,6 +199,11 @@ class Hub:
         """How many events the histories of all topics hold now, and their bytes."""
         return sum(len(t.history) for t in self._holding.values()), self._history_bytes
 
+    def topic_held(self, topic: str) -> tuple[int, int]:
+        """How many events `topic`'s history holds now, and their bytes."""
+        t = self._topics.get(topic)
+        return (0, 0) if t is None else (len(t.history), t.history_bytes)
+
     def publish(
         self, topic: str, data: str, *, event: str | None = None, id: str | None = None
     ) -> Frame:

@@ -8,7 +8,8 @@ its data is the store's (for `?before=` scrollback).
 
 The lobby is also the seed's plain-text room (topic `room`): a message posted
 to it here reaches the seed's streams too, as plain text, as the seed's own
-posts reach this room's streams with their sender.
+posts reach this room's streams with their sender. The seed's posts are kept
+behind their acknowledgement, in batches (sse.chat.rooms.seed_posts says why).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 from sse.chat.rooms.presence import Presence
 from sse.chat.rooms.records import LOBBY, ROOM_NAME, RoomMessage, RoomStore, Sender, room_topic
+from sse.chat.rooms.seed_posts import SeedPosts
 from sse.chat.rooms.typing import Typing
 from sse.errors import BrokerUnavailable, ClientError, EncodeError
 from sse.pubsub.broker import Broker, settle
@@ -54,6 +56,7 @@ class RoomService:
         self._max_rooms = max_rooms
         self._spawn = spawn
         self._known: set[str] = {LOBBY}
+        self.seed_posts = SeedPosts(store, self.publish_seed_post, spawn)
 
     @staticmethod
     def check_name(name: str) -> str:
@@ -120,13 +123,13 @@ class RoomService:
             await self._to_seed(message.text)
         return message
 
-    async def keep_seed_post(self, text: str, sender: Sender) -> RoomMessage | None:
-        """Keep a post of the seed API (already published to its topic) in the lobby.
+    def keep_seed_post(self, text: str, sender: Sender) -> None:
+        """Keep a post of the seed API (already published to its topic) in the lobby, later.
 
-        Raises:
-            StoreUnavailable: the store could not keep it.
+        Call `seed_posts.check()` before publishing it: it refuses (503) while
+        the queue of posts to keep is full.
         """
-        return await self.store.add_room_message(LOBBY, text, sender)
+        self.seed_posts.keep(text, sender)
 
     def publish_seed_post(self, message: RoomMessage) -> None:
         """Publish a kept seed post to the lobby's JSON stream, without waiting.
