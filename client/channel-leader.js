@@ -1,0 +1,429 @@
+/**
+ * One connection per browser. Every tab of the page wants some channels
+ * (`room:<name>`, `conv:<id>`) of the server's multiplexed GET /stream; one
+ * tab, the leader, holds the only EventSource, on the union of what every tab
+ * wants, and relays each event to the others.
+ *
+ * - Who leads: a Web Lock (navigator.locks) named after the server. Every tab
+ *   asks for it; the first holds it while it lives, the others wait in line.
+ *   When the leader closes, the browser grants the lock to the next tab.
+ * - How tabs talk: a BroadcastChannel of the same name. Each tab announces its
+ *   channels (`want`, again every HEARTBEAT_MS so a crashed tab is forgotten);
+ *   the leader reopens /stream when the union changes and relays every event
+ *   (`event`: name, data, composite id, channel) and its state (`state`).
+ * - Nothing lost on a handover: every tab remembers the composite id of the
+ *   last event relayed to it. The new leader opens /stream with that id, so
+ *   the server replays whatever the old leader did not get to relay.
+ *
+ * Why: HTTP/1.1 browsers open at most six connections per host. An
+ * EventSource per tab (or per view) holds one each, so the seventh tab of the
+ * page, or any fetch() beside six tabs, would wait forever.
+ *
+ * Without Web Locks or BroadcastChannel (an http:// page on a host that is not
+ * localhost is no secure context), each tab simply leads alone.
+ */
+
+import { State } from "./dom.js";
+import { busyText } from "./live.js";
+import { serverUrl } from "./settings.js";
+
+/** The server's limit of channels on one /stream; the oldest used ones beyond it are left out. */
+export const MAX_CHANNELS = 16;
+/** Named events of /stream the page listens to (an EventSource hears only those it names). */
+const STREAM_EVENTS = Object.freeze([
+  "message", "presence", "typing", "gap", "user", "start", "delta", "done", "error", "deleted",
+]); // prettier-ignore
+/** Tabs re-announce their channels this often; the leader forgets a tab silent for 3 of them. */
+const HEARTBEAT_MS = 4000;
+const TAB_TIMEOUT_MS = 3 * HEARTBEAT_MS;
+/** Announcements within this long are one change of the union: one reopen, not several. */
+const REOPEN_DELAY_MS = 40;
+/**
+ * A new leader waits this long before opening: relays the old leader posted
+ * just before it closed are still being delivered, and its resume point is the
+ * last of them.
+ */
+const TAKEOVER_DELAY_MS = 150;
+/** More reauths than this within REAUTH_WINDOW_MS and the stream stays closed (Reconnect remains). */
+const MAX_REAUTHS = 3;
+const REAUTH_WINDOW_MS = 30000;
+
+/** A random id for this tab (crypto.randomUUID needs a secure context). */
+function newTabId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(12));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+/** The data of an event as an object, or null. */
+function parseData(data) {
+  try {
+    const parsed = JSON.parse(data);
+    return parsed !== null && typeof parsed === "object" ? parsed : null;
+  } catch (err) {
+    if (!(err instanceof SyntaxError)) throw err;
+    return null;
+  }
+}
+
+/**
+ * The page's share of the browser's one stream. subscribe(channel, ...) to
+ * get that channel's events in this tab, wherever the EventSource is.
+ */
+export class SharedStream {
+  /**
+   * `renew(reason)` (on `reauth`) resolves to "same", "replaced" or "failed";
+   * `ready()` resolves once the stream may open (the page knows who it is).
+   */
+  constructor({ renew, ready }) {
+    this.renew = renew;
+    this.ready = ready;
+    this.tab = newTabId();
+    /** Channel -> Set of subscriptions of this tab. */
+    this.subs = new Map();
+    /** Other tabs' announcements: tab -> {channels: [[channel, usedAt]], seen}. */
+    this.wants = new Map();
+    this.leader = false;
+    this.source = null;
+    /** The channels of the stream open now (the leader's, relayed to every tab). */
+    this.channels = [];
+    /** The composite id of the last event this tab saw; where a new stream resumes. */
+    this.lastId = null;
+    this.state = State.CONNECTING;
+    this.notice = null;
+    /** Listeners of the stream's state: (state, notice) => void. */
+    this.stateListeners = [];
+    this.reauths = [];
+    this.bus = null;
+    this.abort = null;
+    this.release = null;
+    this.timers = [];
+    this.reopenTimer = null;
+    window.addEventListener("pagehide", () => this.post({ kind: "bye", tab: this.tab }));
+  }
+
+  // ------------------------------------------------------------ joining
+
+  /** Join the page's tabs on the current server: announce, and queue for the lead. */
+  start() {
+    const name = `ssechat-stream@${serverUrl}`;
+    if (typeof BroadcastChannel !== "function" || navigator.locks === undefined) {
+      this.lead();
+      return;
+    }
+    this.bus = new BroadcastChannel(name);
+    this.bus.addEventListener("message", (event) => this.onBus(event.data));
+    this.announce(true);
+    this.timers.push(setInterval(() => this.tick(), HEARTBEAT_MS));
+    this.abort = new AbortController();
+    navigator.locks
+      .request(name, { signal: this.abort.signal }, () => {
+        this.lead();
+        // Held until this tab closes (or stop() leaves this server).
+        return new Promise((resolve) => {
+          this.release = resolve;
+        });
+      })
+      .catch((err) => {
+        // stop() withdrew the request before it was granted.
+        if (!(err instanceof DOMException && err.name === "AbortError")) throw err;
+      });
+  }
+
+  /** Leave this server's tabs (the server URL changed): give up the lead, forget its ids. */
+  stop() {
+    this.post({ kind: "bye", tab: this.tab });
+    for (const timer of this.timers.splice(0)) clearInterval(timer);
+    clearTimeout(this.reopenTimer);
+    this.abort?.abort();
+    this.release?.();
+    this.bus?.close();
+    this.closeSource();
+    Object.assign(this, { bus: null, abort: null, release: null, leader: false, lastId: null });
+    this.wants.clear();
+    this.channels = [];
+  }
+
+  /** Stop and join again: another server is other tabs, another lock, other ids. */
+  restart() {
+    this.stop();
+    this.start();
+  }
+
+  // ------------------------------------------------------------ subscribing
+
+  /**
+   * Receive `channel`'s events in this tab. `events` maps event names to
+   * handlers of {type, data, lastEventId}; `onOpen` runs whenever a stream
+   * carrying the channel goes live, `onClosed` when one failed for good.
+   * Returns the subscription; its close() ends it.
+   */
+  subscribe(channel, { events, onOpen = () => {}, onClosed = () => {} }) {
+    const sub = { channel, events, onOpen, onClosed, live: false, usedAt: Date.now() };
+    sub.close = () => this.unsubscribe(sub);
+    if (!this.subs.has(channel)) this.subs.set(channel, new Set());
+    this.subs.get(channel).add(sub);
+    this.changed();
+    // The stream open now may carry it already (another tab wants it too);
+    // told after the caller has the subscription in hand.
+    queueMicrotask(() => {
+      if (this.state === State.LIVE && this.channels.includes(channel) && this.subs.get(channel)?.has(sub)) {
+        this.noteOpen(sub);
+      }
+    });
+    return sub;
+  }
+
+  unsubscribe(sub) {
+    const set = this.subs.get(sub.channel);
+    if (set === undefined || !set.delete(sub)) return;
+    if (set.size === 0) this.subs.delete(sub.channel);
+    this.changed();
+  }
+
+  /** This tab's channels, [[channel, usedAt]], the most recently taken first. */
+  ownChannels() {
+    const used = [];
+    for (const [channel, set] of this.subs) used.push([channel, Math.max(...[...set].map((s) => s.usedAt))]);
+    return used;
+  }
+
+  /** This tab's set changed: tell the leader (or, leading, reopen). */
+  changed() {
+    this.announce(true);
+    if (this.leader) this.scheduleReopen();
+  }
+
+  /** The Reconnect button: open again now, wherever the stream is. */
+  reconnect() {
+    this.reauths = [];
+    if (this.leader) this.reopen(true);
+    else this.post({ kind: "reconnect" });
+  }
+
+  /** Listen to the stream's state; told the current one at once. */
+  onState(callback) {
+    this.stateListeners.push(callback);
+    callback(this.state, this.notice);
+  }
+
+  // ------------------------------------------------------------ the bus
+
+  post(message) {
+    this.bus?.postMessage(message);
+  }
+
+  announce(changed) {
+    this.post({ kind: "want", tab: this.tab, channels: this.ownChannels(), changed });
+  }
+
+  /** Every HEARTBEAT_MS: re-announce; leading, forget tabs gone silent. */
+  tick() {
+    this.announce(false);
+    if (!this.leader) return;
+    const now = Date.now();
+    let dropped = false;
+    for (const [tab, want] of this.wants) {
+      if (now - want.seen > TAB_TIMEOUT_MS) dropped = this.wants.delete(tab);
+    }
+    if (dropped) this.scheduleReopen();
+  }
+
+  onBus(message) {
+    if (message === null || typeof message !== "object") return;
+    switch (message.kind) {
+      case "want":
+        this.wants.set(message.tab, { channels: message.channels, seen: Date.now() });
+        if (this.leader && message.changed) {
+          this.scheduleReopen();
+          // A tab that wants a channel the stream already carries learns it is live.
+          this.broadcastState();
+        }
+        break;
+      case "bye":
+        this.wants.delete(message.tab);
+        if (this.leader) this.scheduleReopen();
+        break;
+      case "leader":
+        // A new leader: it learns everyone's channels from the announcements.
+        this.leader = false;
+        this.announce(true);
+        break;
+      case "event":
+        this.deliver(message);
+        break;
+      case "state":
+        this.channels = message.channels;
+        this.setState(message.state, message.notice);
+        break;
+      case "renewed":
+        // The leader renewed the identity (the cookie is the browser's): learn who we are now.
+        this.renew("renewed");
+        break;
+      case "reconnect":
+        if (this.leader) this.reopen(true);
+        break;
+    }
+  }
+
+  // ------------------------------------------------------------ leading
+
+  /** This tab holds the lock: after the old leader's last relays arrived, open the stream. */
+  async lead() {
+    this.leader = true;
+    this.post({ kind: "leader", tab: this.tab });
+    await new Promise((resolve) => setTimeout(resolve, this.bus === null ? 0 : TAKEOVER_DELAY_MS));
+    await this.ready();
+    if (this.leader) this.reopen(true);
+  }
+
+  /** The union of every tab's channels, at most MAX_CHANNELS, the most recently taken kept. */
+  wantedChannels() {
+    const latest = new Map();
+    const add = (list) => {
+      for (const [channel, usedAt] of Array.isArray(list) ? list : []) {
+        if (typeof channel === "string") latest.set(channel, Math.max(latest.get(channel) ?? 0, usedAt));
+      }
+    };
+    add(this.ownChannels());
+    for (const want of this.wants.values()) add(want.channels);
+    const kept = [...latest].sort((a, b) => b[1] - a[1]).slice(0, MAX_CHANNELS);
+    return kept.map(([channel]) => channel).sort();
+  }
+
+  scheduleReopen() {
+    clearTimeout(this.reopenTimer);
+    this.reopenTimer = setTimeout(() => this.reopen(false), REOPEN_DELAY_MS);
+  }
+
+  /** Open /stream on the wanted channels, unless the stream open now is on just those. */
+  reopen(force) {
+    if (!this.leader) return;
+    const wanted = this.wantedChannels();
+    const same = wanted.join("\n") === this.channels.join("\n");
+    if (same && !force && (this.source !== null || wanted.length === 0)) return;
+    this.closeSource();
+    this.channels = wanted;
+    if (wanted.length === 0) {
+      this.setState(State.CLOSED, null);
+      this.broadcastState();
+      return;
+    }
+    const query = new URLSearchParams(wanted.map((channel) => ["ch", channel]));
+    // A new EventSource cannot send Last-Event-ID; the server reads the query instead.
+    if (this.lastId !== null) query.set("last_event_id", this.lastId);
+    this.setState(State.CONNECTING, null);
+    this.broadcastState();
+    let stream;
+    try {
+      stream = new EventSource(`${serverUrl}/stream?${query}`);
+    } catch (err) {
+      if (!(err instanceof DOMException)) throw err;
+      this.failedForGood();
+      return;
+    }
+    this.source = stream;
+    const whileCurrent = (handler) => (event) => {
+      if (stream === this.source) handler(event);
+    };
+    stream.addEventListener("open", whileCurrent(() => this.setLeaderState(State.LIVE, null)));
+    stream.addEventListener(
+      "error",
+      whileCurrent((event) => {
+        if (event instanceof MessageEvent) this.relay(event);
+        else if (stream.readyState === EventSource.CONNECTING) this.setLeaderState(State.RECONNECTING, null);
+        else this.failedForGood();
+      }),
+    );
+    for (const type of STREAM_EVENTS) {
+      if (type !== "error") stream.addEventListener(type, whileCurrent((event) => this.relay(event)));
+    }
+    stream.addEventListener("busy", whileCurrent((event) => this.busy(event)));
+    stream.addEventListener("reauth", whileCurrent((event) => this.reauthorize(event)));
+  }
+
+  closeSource() {
+    this.source?.close();
+    this.source = null;
+  }
+
+  /** The browser gave up (a status but 200): closed until the set changes or Reconnect. */
+  failedForGood() {
+    this.closeSource();
+    this.setLeaderState(State.CLOSED, null);
+  }
+
+  /** An event of the leader's stream: to every tab, this one included. */
+  relay(event) {
+    const payload = parseData(event.data);
+    const channel = typeof payload?.channel === "string" ? payload.channel : null;
+    const message = { kind: "event", type: event.type, data: event.data, id: event.lastEventId, channel };
+    this.post(message);
+    this.deliver(message);
+  }
+
+  /** Over a limit of the server's: it ends the stream; the browser comes back after `retry:`. */
+  busy(event) {
+    const payload = parseData(event.data);
+    this.setLeaderState(State.RECONNECTING, busyText(payload?.message, payload?.retry_after_ms));
+  }
+
+  /** The stream's credential expired or was revoked: close at once, renew, reopen. */
+  async reauthorize(event) {
+    this.closeSource();
+    this.setLeaderState(State.RECONNECTING, null);
+    const now = Date.now();
+    this.reauths = this.reauths.filter((when) => now - when < REAUTH_WINDOW_MS);
+    this.reauths.push(now);
+    const reason = parseData(event.data)?.reason;
+    const outcome = this.reauths.length <= MAX_REAUTHS ? await this.renew(reason ?? "expired") : "failed";
+    this.post({ kind: "renewed" });
+    if (!this.leader) return;
+    // Someone else now: the views drop what is not theirs (onIdentityChanged), then it reopens.
+    if (outcome !== "failed") this.reopen(true);
+    else this.failedForGood();
+  }
+
+  setLeaderState(state, notice) {
+    this.setState(state, notice);
+    this.broadcastState();
+  }
+
+  broadcastState() {
+    if (this.leader) this.post({ kind: "state", state: this.state, notice: this.notice, channels: this.channels });
+  }
+
+  // ------------------------------------------------------------ every tab
+
+  /** Show `state` and tell the subscriptions whose channel opened or failed. */
+  setState(state, notice) {
+    const was = this.state;
+    this.state = state;
+    this.notice = notice;
+    for (const callback of this.stateListeners) callback(state, notice);
+    for (const [channel, set] of this.subs) {
+      const carried = this.channels.includes(channel);
+      for (const sub of set) {
+        if (state === State.LIVE && carried) this.noteOpen(sub);
+        else if (state !== State.LIVE) sub.live = false;
+        if (state === State.CLOSED && was !== State.CLOSED && carried) sub.onClosed();
+      }
+    }
+  }
+
+  noteOpen(sub) {
+    if (sub.live) return;
+    sub.live = true;
+    sub.onOpen();
+  }
+
+  /** An event relayed (or received, leading): remember its id, hand it to its channel's subscribers. */
+  deliver({ type, data, id, channel }) {
+    if (typeof id === "string" && id !== "") this.lastId = id;
+    const event = { type, data, lastEventId: id ?? "" };
+    // A gap without a channel concerns every channel.
+    const targets = channel === null ? [...this.subs.values()] : [this.subs.get(channel) ?? new Set()];
+    for (const set of targets) {
+      for (const sub of [...set]) sub.events[type]?.(event);
+    }
+  }
+}
