@@ -11,18 +11,17 @@
  *   channels (`want`, again every HEARTBEAT_MS so a crashed tab is forgotten);
  *   the leader reopens /stream when the union changes and relays every event
  *   (`event`: name, data, composite id, channel) and its state (`state`).
- * - Nothing lost on a handover: every tab remembers the composite id of the
- *   last event relayed to it. The new leader opens /stream with that id, so
- *   the server replays whatever the old leader did not get to relay.
+ * - Nothing lost on a handover: every tab remembers where each channel was at
+ *   the last event relayed to it (the composite id, channel-ids.js). The new
+ *   leader opens /stream from there, so the server replays whatever the old
+ *   leader did not get to relay; a reopen on a new set of channels likewise.
  *
- * Why: HTTP/1.1 browsers open at most six connections per host. An
- * EventSource per tab (or per view) holds one each, so the seventh tab of the
- * page, or any fetch() beside six tabs, would wait forever.
- *
+ * Why: a browser opens at most six HTTP/1.1 connections to a host (README).
  * Without Web Locks or BroadcastChannel (an http:// page on a host that is not
  * localhost is no secure context), each tab simply leads alone.
  */
 
+import { compositeFor, parseObject, positionsOf, sameList, unionOf } from "./channel-ids.js";
 import { State } from "./dom.js";
 import { busyText } from "./live.js";
 import { serverUrl } from "./settings.js";
@@ -38,32 +37,11 @@ const HEARTBEAT_MS = 4000;
 const TAB_TIMEOUT_MS = 3 * HEARTBEAT_MS;
 /** Announcements within this long are one change of the union: one reopen, not several. */
 const REOPEN_DELAY_MS = 40;
-/**
- * A new leader waits this long before opening: relays the old leader posted
- * just before it closed are still being delivered, and its resume point is the
- * last of them.
- */
+/** A new leader waits this long before opening: the old leader's last relays are still arriving. */
 const TAKEOVER_DELAY_MS = 150;
 /** More reauths than this within REAUTH_WINDOW_MS and the stream stays closed (Reconnect remains). */
 const MAX_REAUTHS = 3;
 const REAUTH_WINDOW_MS = 30000;
-
-/** A random id for this tab (crypto.randomUUID needs a secure context). */
-function newTabId() {
-  const bytes = crypto.getRandomValues(new Uint8Array(12));
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-/** The data of an event as an object, or null. */
-function parseData(data) {
-  try {
-    const parsed = JSON.parse(data);
-    return parsed !== null && typeof parsed === "object" ? parsed : null;
-  } catch (err) {
-    if (!(err instanceof SyntaxError)) throw err;
-    return null;
-  }
-}
 
 /**
  * The page's share of the browser's one stream. subscribe(channel, ...) to
@@ -77,7 +55,8 @@ export class SharedStream {
   constructor({ renew, ready }) {
     this.renew = renew;
     this.ready = ready;
-    this.tab = newTabId();
+    // A random id for this tab (crypto.randomUUID needs a secure context).
+    this.tab = Array.from(crypto.getRandomValues(new Uint32Array(3)), (n) => n.toString(36)).join("");
     /** Channel -> Set of subscriptions of this tab. */
     this.subs = new Map();
     /** Other tabs' announcements: tab -> {channels: [[channel, usedAt]], seen}. */
@@ -86,8 +65,8 @@ export class SharedStream {
     this.source = null;
     /** The channels of the stream open now (the leader's, relayed to every tab). */
     this.channels = [];
-    /** The composite id of the last event this tab saw; where a new stream resumes. */
-    this.lastId = null;
+    /** Channel -> its position at the last event this tab saw: where a new stream resumes. */
+    this.positions = new Map();
     this.state = State.CONNECTING;
     this.notice = null;
     /** Listeners of the stream's state: (state, notice) => void. */
@@ -138,8 +117,10 @@ export class SharedStream {
     this.release?.();
     this.bus?.close();
     this.closeSource();
-    Object.assign(this, { bus: null, abort: null, release: null, leader: false, lastId: null });
+    Object.assign(this, { bus: null, abort: null, release: null, leader: false });
+    delete document.documentElement.dataset.streamLeader;
     this.wants.clear();
+    this.positions.clear();
     this.channels = [];
   }
 
@@ -270,6 +251,8 @@ export class SharedStream {
   /** This tab holds the lock: after the old leader's last relays arrived, open the stream. */
   async lead() {
     this.leader = true;
+    // Which tab holds the connection, for the curious (devtools) and the tests.
+    document.documentElement.dataset.streamLeader = "true";
     this.post({ kind: "leader", tab: this.tab });
     await new Promise((resolve) => setTimeout(resolve, this.bus === null ? 0 : TAKEOVER_DELAY_MS));
     await this.ready();
@@ -278,16 +261,7 @@ export class SharedStream {
 
   /** The union of every tab's channels, at most MAX_CHANNELS, the most recently taken kept. */
   wantedChannels() {
-    const latest = new Map();
-    const add = (list) => {
-      for (const [channel, usedAt] of Array.isArray(list) ? list : []) {
-        if (typeof channel === "string") latest.set(channel, Math.max(latest.get(channel) ?? 0, usedAt));
-      }
-    };
-    add(this.ownChannels());
-    for (const want of this.wants.values()) add(want.channels);
-    const kept = [...latest].sort((a, b) => b[1] - a[1]).slice(0, MAX_CHANNELS);
-    return kept.map(([channel]) => channel).sort();
+    return unionOf([this.ownChannels(), ...[...this.wants.values()].map((want) => want.channels)], MAX_CHANNELS);
   }
 
   scheduleReopen() {
@@ -299,7 +273,7 @@ export class SharedStream {
   reopen(force) {
     if (!this.leader) return;
     const wanted = this.wantedChannels();
-    const same = wanted.join("\n") === this.channels.join("\n");
+    const same = sameList(wanted, this.channels);
     if (same && !force && (this.source !== null || wanted.length === 0)) return;
     this.closeSource();
     this.channels = wanted;
@@ -310,7 +284,8 @@ export class SharedStream {
     }
     const query = new URLSearchParams(wanted.map((channel) => ["ch", channel]));
     // A new EventSource cannot send Last-Event-ID; the server reads the query instead.
-    if (this.lastId !== null) query.set("last_event_id", this.lastId);
+    const resume = compositeFor(wanted, this.positions);
+    if (resume !== null) query.set("last_event_id", resume);
     this.setState(State.CONNECTING, null);
     this.broadcastState();
     let stream;
@@ -354,16 +329,18 @@ export class SharedStream {
 
   /** An event of the leader's stream: to every tab, this one included. */
   relay(event) {
-    const payload = parseData(event.data);
+    const payload = parseObject(event.data);
     const channel = typeof payload?.channel === "string" ? payload.channel : null;
-    const message = { kind: "event", type: event.type, data: event.data, id: event.lastEventId, channel };
+    // Where every channel of this stream is now, for whichever tab opens the next one.
+    const positions = event.lastEventId === "" ? null : positionsOf(event.lastEventId, this.channels);
+    const message = { kind: "event", type: event.type, data: event.data, id: event.lastEventId, channel, positions };
     this.post(message);
     this.deliver(message);
   }
 
   /** Over a limit of the server's: it ends the stream; the browser comes back after `retry:`. */
   busy(event) {
-    const payload = parseData(event.data);
+    const payload = parseObject(event.data);
     this.setLeaderState(State.RECONNECTING, busyText(payload?.message, payload?.retry_after_ms));
   }
 
@@ -374,7 +351,7 @@ export class SharedStream {
     const now = Date.now();
     this.reauths = this.reauths.filter((when) => now - when < REAUTH_WINDOW_MS);
     this.reauths.push(now);
-    const reason = parseData(event.data)?.reason;
+    const reason = parseObject(event.data)?.reason;
     const outcome = this.reauths.length <= MAX_REAUTHS ? await this.renew(reason ?? "expired") : "failed";
     this.post({ kind: "renewed" });
     if (!this.leader) return;
@@ -416,9 +393,9 @@ export class SharedStream {
     sub.onOpen();
   }
 
-  /** An event relayed (or received, leading): remember its id, hand it to its channel's subscribers. */
-  deliver({ type, data, id, channel }) {
-    if (typeof id === "string" && id !== "") this.lastId = id;
+  /** An event relayed (or received, leading): remember where it was, hand it to its channel's subscribers. */
+  deliver({ type, data, id, channel, positions }) {
+    for (const [name, position] of Object.entries(positions ?? {})) this.positions.set(name, position);
     const event = { type, data, lastEventId: id ?? "" };
     // A gap without a channel concerns every channel.
     const targets = channel === null ? [...this.subs.values()] : [this.subs.get(channel) ?? new Set()];

@@ -8,6 +8,7 @@
  */
 
 import { RequestFailed, requestJson } from "./api.js";
+import { parseObject } from "./channel-ids.js";
 import { shared } from "./channel-stream.js";
 import { NEAR_BOTTOM_PX, State } from "./dom.js";
 import { whenIdentityKnown } from "./identity.js";
@@ -52,15 +53,7 @@ function byId(id) {
 }
 
 /** An event's JSON data as an object, or null. */
-function parse(event) {
-  try {
-    const payload = JSON.parse(event.data);
-    return payload !== null && typeof payload === "object" ? payload : null;
-  } catch (err) {
-    if (!(err instanceof SyntaxError)) throw err;
-    return null;
-  }
-}
+const parse = (event) => parseObject(event.data);
 
 // ---------------------------------------------------------------- switching
 
