@@ -1,0 +1,313 @@
+"""Browser end-to-end for rooms and one connection per browser (issue 16).
+
+Real Chromium through Playwright against `python server.py`. A browser
+context is one person's browser: its pages are tabs that share cookies, Web
+Locks and BroadcastChannels, so they share one GET /stream, held by one of
+them (client/channel-leader.js). The server's own count of open streams
+(`/healthz`'s `streams`) proves it; every page also counts the EventSources
+it constructs. Another context is another person. Every page is watched for
+uncaught errors and Content Security Policy violations.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
+
+from tests.browser.test_chat import _conversation_id, _open_chat, _replies, _send
+from tests.browser.test_identity import _WATCH_CSP, _wait_for_name
+from tests.browser.test_room import FAST_RETRY
+from tests.support.browser import token
+from tests.support.servers import ServerProcess
+
+# Every page lists the URL of each EventSource it constructs.
+_COUNT_EVENT_SOURCES = """
+(() => {
+  const Original = window.EventSource;
+  window.eventSourcesOpened = [];
+  window.EventSource = class extends Original {
+    constructor(url, init) {
+      super(url, init);
+      window.eventSourcesOpened.push(String(url));
+    }
+  };
+})();
+"""
+# How long a condition of the server (its stream count) may take to come true.
+SETTLE_S = 15.0
+
+OpenBrowser = Callable[[ServerProcess], Page]
+
+
+@pytest.fixture
+def person(browser: Browser) -> Iterator[OpenBrowser]:
+    """Open a person's browser (a fresh context) on a server's page; fail on errors and CSP."""
+    contexts: list[BrowserContext] = []
+    problems: list[str] = []
+
+    def watch(page: Page) -> None:
+        page.on("pageerror", lambda exc: problems.append(f"{page.url}: {exc}"))
+
+        def on_console(message: ConsoleMessage) -> None:
+            if "CSP violation" in message.text or "Content Security Policy" in message.text:
+                problems.append(f"{page.url}: {message.text}")
+
+        page.on("console", on_console)
+
+    def open_(server: ServerProcess) -> Page:
+        context = browser.new_context()
+        context.set_default_timeout(10_000)
+        context.add_init_script(_WATCH_CSP)
+        context.add_init_script(_COUNT_EVENT_SOURCES)
+        context.on("page", watch)
+        contexts.append(context)
+        page = context.new_page()
+        page.goto(f"{server.url}/")
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert problems == [], "uncaught errors or CSP violations in the page"
+
+
+@pytest.fixture
+def server(spawn: Callable[..., ServerProcess]) -> ServerProcess:
+    """A server of the test's own: its count of streams is the test's alone."""
+    return spawn(*FAST_RETRY)
+
+
+def _tab(page: Page) -> Page:
+    """Another tab of the same browser on the same page."""
+    tab = page.context.new_page()
+    tab.goto(page.url.split("#")[0])
+    return tab
+
+
+def _live(page: Page) -> None:
+    expect(page.locator("#rooms-status")).to_have_text("live")
+
+
+def _streams(server: ServerProcess) -> int:
+    """The server's count of open event streams (GET /healthz, no cookie)."""
+    with urllib.request.urlopen(f"{server.url}/healthz", timeout=5) as answer:
+        health: dict[str, Any] = json.load(answer)
+    count: int = health["streams"]
+    return count
+
+
+def _wait_for_streams(server: ServerProcess, expected: int) -> None:
+    """Wait until the server counts `expected` open streams (closed ones take a moment)."""
+    deadline = time.monotonic() + SETTLE_S
+    while (count := _streams(server)) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count == expected
+
+
+def _opened(page: Page) -> list[str]:
+    urls: list[str] = page.evaluate("() => window.eventSourcesOpened")
+    return urls
+
+
+def _leaders(tabs: list[Page]) -> list[Page]:
+    return [t for t in tabs if t.evaluate("() => document.documentElement.dataset.streamLeader")]
+
+
+def _wait_for_leader(tabs: list[Page]) -> None:
+    """Wait until one of `tabs` holds the stream (the browser granted it the lock)."""
+    deadline = time.monotonic() + SETTLE_S
+    while not (leaders := _leaders(tabs)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(leaders) == 1
+
+
+def _room_texts(page: Page) -> list[str]:
+    """The exact text of every message shown in the open room, in order."""
+    texts: list[str] = page.locator("#room-messages li.room-message .text").evaluate_all(
+        "items => items.map(item => item.textContent)"
+    )
+    return texts
+
+
+def _wait_for_room_text(page: Page, text: str) -> None:
+    page.wait_for_function(
+        """text => [...document.querySelectorAll("#room-messages li.room-message .text")]
+                     .some(item => item.textContent === text)""",
+        arg=text,
+    )
+
+
+def _say(page: Page, text: str) -> None:
+    """Send `text` to the open room through the page's composer."""
+    box = page.locator("#room-input")
+    box.fill(text)
+    box.press("Enter")
+    expect(box).to_have_value("")
+    expect(page.locator("#room-send-error")).to_be_hidden()
+
+
+def _post(page: Page, server: ServerProcess, room: str, text: str) -> None:
+    """POST a room message as `page`'s person, from outside the page (its context's cookies)."""
+    answer = page.request.post(f"{server.url}/rooms/{room}/messages", data={"text": text})
+    assert answer.ok, (answer.status, answer.text())
+
+
+def test_three_tabs_hold_one_stream_and_each_shows_another_person_s_message(
+    person: OpenBrowser, server: ServerProcess
+) -> None:
+    first = person(server)
+    tabs = [first, _tab(first), _tab(first)]
+    for tab in tabs:
+        _live(tab)
+    # One browser, three tabs: one stream on the server, one EventSource in one tab.
+    _wait_for_streams(server, 1)
+    assert len(_leaders(tabs)) == 1
+    opened = [url for tab in tabs for url in _opened(tab)]
+    assert len(opened) == 1, opened
+    assert "/stream?" in opened[0]
+    assert "ch=room%3Alobby" in opened[0]
+
+    other = person(server)
+    _live(other)
+    their_name = _wait_for_name(other)
+    _wait_for_streams(server, 2)
+    said = f"hello from another browser {token()}"
+    _say(other, said)
+    for page in (*tabs, other):
+        _wait_for_room_text(page, said)
+        shown = page.locator("#room-messages li.room-message").filter(has_text=said)
+        expect(shown).to_have_count(1)
+        expect(shown.locator(".sender")).to_have_text(their_name)
+    # Still one stream per browser, and no tab opened a second EventSource.
+    assert _streams(server) == 2
+    assert sum(len(_opened(tab)) for tab in tabs) == 1
+
+
+def test_closing_the_leading_tab_hands_over_without_a_lost_or_repeated_message(
+    person: OpenBrowser, server: ServerProcess
+) -> None:
+    first = person(server)
+    tabs = [first, _tab(first), _tab(first)]
+    for tab in tabs:
+        _live(tab)
+    other = person(server)
+    _live(other)
+    _wait_for_streams(server, 2)
+    [leader] = _leaders(tabs)
+    rest = [tab for tab in tabs if tab is not leader]
+
+    word = token()
+    sent = [f"{word} before"]
+    _post(other, server, "lobby", sent[0])
+    for tab in tabs:
+        _wait_for_room_text(tab, sent[0])
+    leader.close()
+    # During the handover: nobody holds the stream until the next tab has the lock.
+    for n in range(3):
+        sent.append(f"{word} during {n}")
+        _post(other, server, "lobby", sent[-1])
+    _wait_for_leader(rest)
+    for tab in rest:
+        _live(tab)
+    sent.append(f"{word} after")
+    _post(other, server, "lobby", sent[-1])
+    for tab in rest:
+        _wait_for_room_text(tab, sent[-1])
+        assert [text for text in _room_texts(tab) if text.startswith(word)] == sent
+    assert len(_leaders(rest)) == 1
+    # The old leader's stream closed; the new one is the browser's only one.
+    _wait_for_streams(server, 2)
+    assert sum(len(_opened(tab)) for tab in rest) == 1
+
+
+def test_presence_shows_the_other_person_and_typing_says_who_is_typing(
+    person: OpenBrowser, server: ServerProcess
+) -> None:
+    a = person(server)
+    b = person(server)
+    a_name, b_name = _wait_for_name(a), _wait_for_name(b)
+    assert a_name != b_name
+    room = f"t-{token()}"
+    # A creates a room through the switcher; B finds it listed (GET /rooms) and opens it.
+    a.locator("#room-name").fill(room)
+    a.locator("#room-create-button").click()
+    expect(a.locator("#room-title")).to_have_text(f"#{room}")
+    b.reload()
+    b.locator(f'#room-list [data-room="{room}"]').click()
+    expect(b.locator("#room-title")).to_have_text(f"#{room}")
+    for page, other in ((a, b_name), (b, a_name)):
+        _live(page)
+        expect(page.locator("#presence-list li").filter(has_text=other)).to_have_count(1)
+    expect(a.locator("#presence-count")).to_have_text("2 here")
+
+    b.locator("#room-input").press_sequentially("typing now")
+    expect(a.locator("#typing")).to_have_text(f"{b_name} is typing…")
+    # Nobody is told of their own typing.
+    expect(b.locator("#typing")).to_have_text("")
+    said = f"typed {token()}"
+    _say(b, said)
+    _wait_for_room_text(a, said)
+    # The message ends the typing notice.
+    expect(a.locator("#typing")).to_have_text("")
+
+
+def test_older_messages_load_on_demand_in_order_once_each(
+    person: OpenBrowser, server: ServerProcess
+) -> None:
+    a = person(server)
+    _live(a)
+    word = token()
+    sent = [f"{word} {n:02d}" for n in range(60)]
+    for text in sent:
+        _post(a, server, "lobby", text)
+    reader = person(server)
+    _live(reader)
+    # The newest page first, then the older ones on demand.
+    _wait_for_room_text(reader, sent[-1])
+    assert _room_texts(reader) == sent[-50:]
+    reader.locator("#room-older").click()
+    _wait_for_room_text(reader, sent[0])
+    assert _room_texts(reader) == sent
+    expect(reader.locator("#room-older")).to_be_hidden()
+
+
+def test_another_person_sees_the_rooms_but_cannot_open_the_first_person_s_conversation(
+    person: OpenBrowser, server: ServerProcess
+) -> None:
+    a = person(server)
+    asked: list[str] = []
+    a.on("request", lambda request: asked.append(request.url))
+    _open_chat(a)
+    _send(a, f"secret {token()}")
+    expect(_replies(a).last).to_have_attribute("data-status", "complete")
+    conversation_id = _conversation_id(a)
+    # The reply came over the browser's one /stream, not a stream of its own.
+    assert not [url for url in asked if url.endswith("/events")], asked
+    _wait_for_streams(server, 1)
+
+    b = person(server)
+    _live(b)
+    expect(b.locator('#room-list [data-room="lobby"]')).to_have_count(1)
+    peek = """async (path) => {
+        const stop = new AbortController();
+        const answer = await fetch(path, { signal: stop.signal });
+        const type = answer.headers.get("content-type") ?? "";
+        const text = answer.status === 200 ? "" : await answer.text();
+        stop.abort();
+        return { status: answer.status, type, text };
+    }"""
+    theirs = f"/stream?ch=conv:{conversation_id}"
+    refused = b.evaluate(peek, theirs)
+    assert refused["status"] == 404, refused
+    assert "error" in json.loads(refused["text"])
+    # Exactly like a conversation that does not exist.
+    missing = b.evaluate(peek, "/stream?ch=conv:00000000-0000-4000-8000-000000000000")
+    assert (missing["status"], missing["text"]) == (refused["status"], refused["text"])
+    assert b.evaluate(peek, "/stream?ch=room:lobby")["type"].startswith("text/event-stream")
+    assert a.evaluate(peek, theirs)["type"].startswith("text/event-stream")
