@@ -69,6 +69,7 @@ GROUPS = (
     "WebSockets (GET /ws, /conversations/{id}/ws)",
     "request limits",
     "conversations and models",
+    "named rooms (GET /rooms, /rooms/{name}/...)",
     "identity and access",
     "limits per client",
     "operations",
@@ -138,6 +139,7 @@ _STREAMS = "event streams"
 _WS = "WebSockets (GET /ws, /conversations/{id}/ws)"
 _LIMITS = "request limits"
 _CHAT = "conversations and models"
+_ROOMS = "named rooms (GET /rooms, /rooms/{name}/...)"
 _AUTH = "identity and access"
 _PER_CLIENT = "limits per client"
 
@@ -400,6 +402,38 @@ class Config:
         "--max-content-chars",
         "longest user message accepted in a conversation; longer ones get 413",
         _CHAT,
+    )
+    max_rooms: int = _opt(
+        1000, "--max-rooms", "rooms that may exist; creating more answers 409", _ROOMS
+    )
+    room_message_chars: int = _opt(
+        4000,
+        "--room-message-chars",
+        "longest message accepted in a named room; longer ones get 413",
+        _ROOMS,
+    )
+    presence_grace_s: float = _opt(
+        10.0,
+        "--presence-grace",
+        "a person leaves a room this long after their last stream of it closed, so "
+        "a reconnect does not show as a leave and a join",
+        _ROOMS,
+        metavar="SECONDS",
+    )
+    presence_lease_s: float = _opt(
+        30.0,
+        "--presence-lease",
+        "with --redis-url: each node renews its people's presence this often (a "
+        "third of it); those of a node that stopped renewing leave after it",
+        _ROOMS,
+        metavar="SECONDS",
+    )
+    rooms_per_min: float = _opt(
+        10.0,
+        "--rooms-per-minute",
+        "rooms each identity may create per minute (POST /rooms, also for an existing name)",
+        _PER_CLIENT,
+        metavar="N",
     )
     echo_delay_s: float = _opt(
         0.05,
@@ -672,6 +706,11 @@ class Config:
             "room_posts_per_s": self.room_posts_per_s,
             "room_post_burst": self.room_post_burst,
             "conversations_per_min": self.conversations_per_min,
+            "max_rooms": self.max_rooms,
+            "room_message_chars": self.room_message_chars,
+            "presence_grace_s": self.presence_grace_s,
+            "presence_lease_s": self.presence_lease_s,
+            "rooms_per_min": self.rooms_per_min,
             "replies_per_min": self.replies_per_min,
             "replies_at_once": self.replies_at_once,
             "streams_per_identity": self.streams_per_identity,

@@ -2,12 +2,22 @@
 
 Plain `data:` text events, a join announcement for each new stream, and an
 acknowledgement only once the broker has the message.
+
+This room is the named room `lobby` (sse.chat.rooms): a message sent here is
+kept in the lobby's messages first, then published to the seed's streams, and
+then to `room:lobby` as JSON with its sender. The acknowledgement waits for the
+store and the seed's broker (nothing acknowledged can be lost, and a message
+that could not be kept is sent nowhere); the `room:lobby` publish cannot fail
+the post (the message is kept and was sent), a failure there is logged. The
+sender is the request's identity when the route resolved one, else who the
+session cookie names (`Gate.peek`: no store, no new guest), else anonymous.
+GET /events pays nothing for any of it.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from sse.app.commands import room_commands
 from sse.app.handshake import check_handshake
@@ -15,17 +25,22 @@ from sse.app.inputs import last_event_id, parse_json_object, require_text
 from sse.app.origins import CookieOrigins
 from sse.app.values import OpenSocket, OpenStream, Reply, Request, Route
 from sse.auth.gate import Gate
+from sse.auth.identity import GUEST, Identity
+from sse.chat.rooms.records import Sender
+from sse.chat.rooms.service import RoomService
 from sse.config import Config
 from sse.errors import BrokerUnavailable, ClientError, EncodeError, OverLimit
 from sse.limits.policy import Limits
 from sse.pubsub.broker import Broker, settle
 
-__all__ = ["JOIN_ANNOUNCEMENT", "ROOM", "SENT_REPLY", "Room"]
+__all__ = ["ANONYMOUS", "JOIN_ANNOUNCEMENT", "ROOM", "SENT_REPLY", "Room"]
 
 ROOM = "room"
 JOIN_ANNOUNCEMENT = "A new user joined!"
 SENT_REPLY = b"Message sent successfully!"
 _TEXT = "text/plain; charset=utf-8"
+# Who a seed post is from when it names nobody (no cookie, or one that is not valid).
+ANONYMOUS = Sender("anonymous", "Anonymous")
 
 
 class Room:
@@ -37,8 +52,10 @@ class Room:
         broker: Broker,
         limits: Limits | None = None,
         gate: Gate | None = None,
+        rooms: RoomService | None = None,
     ) -> None:
         self._config = config
+        self._rooms = rooms
         self._broker = broker
         self._origins = CookieOrigins.from_config(config)
         self._limits = limits if limits is not None and limits.enabled else None
@@ -98,6 +115,43 @@ class Room:
             raise over
         return await settle(self.send(message))
 
+    async def _keep_and_send(
+        self, req: Request, clients: list[tuple[str, float]] | None, message: str
+    ) -> str:
+        """Count, keep in the lobby, publish to the seed's streams, then to `room:lobby`.
+
+        Raises:
+            OverLimit: over the room-post limit; nothing is kept or sent.
+            StoreUnavailable: the lobby could not keep it; nothing is sent.
+            ClientError: 503 when the broker did not take it.
+        """
+        rooms = self._rooms
+        assert rooms is not None
+        limits = self._limits
+        if clients is not None and limits is not None:
+            refused = await settle(limits.hit(limits.room_posts, clients))
+            if refused is not None:
+                raise refused
+        kept = await rooms.keep_seed_post(message, await self._sender(req))
+        published = await settle(self.send(message))
+        if kept is not None:
+            await rooms.publish_seed_post(kept)
+        return published
+
+    async def _sender(self, req: Request) -> Sender:
+        who: Identity | None = req.identity
+        gate = self._gate
+        if who is None and gate is not None:
+            peeked = gate.peek(req.headers)
+            if peeked is not None and peeked.kind == GUEST:
+                who = peeked
+            elif peeked is not None:
+                # An account's cookie: its name is in the store (peek names it by
+                # its sign-in, which must never be shown to the room).
+                verdict = await settle(gate.resolve(req.headers, {}, stream=False))
+                who = verdict.identity
+        return ANONYMOUS if who is None else Sender(who.id, who.name)
+
     def _announce(self, last_id: str | None) -> str | None:
         # A stream that resumes is a returning user, not a new one: announcing it
         # would fill the room with joins after every restart or dropped network.
@@ -113,6 +167,8 @@ class Room:
     ) -> Reply | Awaitable[Reply]:
         message = require_text(parse_json_object(req, body), "message")
         clients = self._counted(req)
+        if self._rooms is not None:
+            return _sent_reply(self._keep_and_send(req, clients, message))
         sent = self.send(message) if clients is None else self._send_counted(clients, message)
         if isinstance(sent, str):
             return Reply(200, SENT_REPLY, _TEXT)
@@ -125,9 +181,14 @@ class Room:
         last_id = last_event_id(req)
         expires_at = req.identity.expires_at if req.identity is not None else None
         clients = self._counted(req)
-        commands = room_commands(
-            self.send if clients is None else functools.partial(self._send_counted, clients)
-        )
+        send: Callable[[str], str | Awaitable[str]]
+        if self._rooms is not None:
+            send = functools.partial(self._keep_and_send, req, clients)
+        elif clients is None:
+            send = self.send
+        else:
+            send = functools.partial(self._send_counted, clients)
+        commands = room_commands(send)
         return OpenSocket(ROOM, last_id, commands, self._announce(last_id), expires_at=expires_at)
 
 

@@ -78,6 +78,9 @@ class OpenStream:
     expires_at: float | None = None
     # The stream's slots of the per-client caps, given back when it closes.
     claim: Claim | None = None
+    # Called once the stream is live (attached, its replay written); what it
+    # returns is called once when the stream closes: a room's presence.
+    on_open: Callable[[], Callable[[], None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

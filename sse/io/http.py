@@ -97,6 +97,7 @@ class HttpConnection(asyncio.Protocol):
         "_body",
         "_claim",
         "_client_ip",
+        "_closed_hook",
         "_config",
         "_deadline",
         "_got_bytes",
@@ -149,6 +150,7 @@ class HttpConnection(asyncio.Protocol):
         self._overloaded = False
         self._stream: Stream | None = None
         self._claim: Claim | None = None  # the open stream's slots of the per-client caps
+        self._closed_hook: Callable[[], None] | None = None  # what `OpenStream.on_open` gave
         self._stream_close_reason = "client closed"
         self._ignored_bytes = 0
 
@@ -211,6 +213,9 @@ class HttpConnection(asyncio.Protocol):
         self._phase = Phase.CLOSING
         if self._claim is not None:
             self._claim.release()
+        closed, self._closed_hook = self._closed_hook, None
+        if closed is not None:
+            closed()
         stream = self._stream
         if stream is not None:
             self._stream = None
@@ -550,6 +555,8 @@ class HttpConnection(asyncio.Protocol):
         self._body = _NO_BODY
         if opening.announce is not None:
             server.publish_soon(opening.topic, opening.announce)
+        if opening.on_open is not None:
+            self._closed_hook = opening.on_open()
 
     # -- WebSocket hand-off (sse.io.websocket) ----------------------------------------
 

@@ -22,11 +22,16 @@ from uuid import UUID, uuid4
 from sse.app.accounts import identity_routes
 from sse.app.conversations import conversation_routes
 from sse.app.room import Room
+from sse.app.rooms import room_routes
 from sse.app.router import App
 from sse.app.static import load_static
 from sse.auth.gate import Gate
 from sse.auth.secret import session_secret
 from sse.chat.models.factory import build_model
+from sse.chat.rooms.presence import Presence
+from sse.chat.rooms.presence_redis import RedisPresence
+from sse.chat.rooms.service import RoomService
+from sse.chat.rooms.typing import Typing
 from sse.chat.service import ChatService
 from sse.chat.store.factory import build_store
 from sse.config import Config
@@ -47,6 +52,7 @@ from sse.metrics import (
 )
 from sse.protocol.forwarded import Networks, parse_networks
 from sse.pubsub.broker import Broker, MemoryBroker
+from sse.pubsub.ephemeral import Ephemeral
 from sse.pubsub.hub import Hub, Resume, Sink
 from sse.pubsub.redis import RedisBroker
 
@@ -109,10 +115,25 @@ class Server:
         shared = self.broker.client if isinstance(self.broker, RedisBroker) else None
         self.limits = Limits(config, shared)
         self._trusted_proxies = parse_networks(config.trusted_proxies)
+        ephemeral = Ephemeral(self.broker)
+        self.presence = Presence(ephemeral, config.presence_grace_s, self.spawn)
+        self._shared_presence = (
+            RedisPresence(self.presence, self.broker.client, self.node, config.presence_lease_s)
+            if isinstance(self.broker, RedisBroker)
+            else None
+        )
+        self.rooms = RoomService(
+            self.store.rooms(),
+            self.broker,
+            self.presence,
+            Typing(self.broker, ephemeral),
+            max_rooms=config.max_rooms,
+        )
         self.app = App(
             config,
             [
-                *Room(config, self.broker, self.limits, self.gate).routes(),
+                *Room(config, self.broker, self.limits, self.gate, self.rooms).routes(),
+                *room_routes(self.rooms, config, self.limits),
                 *conversation_routes(self.chat, config, self.limits),
                 *identity_routes(config, self.gate, self.store),
             ],
@@ -388,6 +409,8 @@ class Server:
             if self.metrics is not None:
                 await self.metrics.close()
             raise
+        if self._shared_presence is not None:
+            self._shared_presence.start()
         self._heartbeat = loop.call_later(self.config.ping_interval_s, self._beat)
         self._metrics_timer = loop.call_later(_METRICS_FLUSH_S, self._flush_metrics)
         sock = self._listener.sockets[0]
@@ -440,6 +463,11 @@ class Server:
             conn.abort_stream("shutdown timeout")
         # connection_lost runs on the next loop iteration after an abort.
         await asyncio.sleep(0)
+        # Every stream has closed: no grace runs out after this, and this node's
+        # people are let go in Redis now (with their leaves) rather than lapse.
+        self.presence.close()
+        if self._shared_presence is not None:
+            await self._shared_presence.close()
         for task in tuple(self.tasks):
             task.cancel()
         if self.tasks:

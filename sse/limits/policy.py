@@ -72,6 +72,7 @@ class Claim:
 _MESSAGES = {
     "room_posts": "too many messages to the room",
     "conversations": "too many conversations created",
+    "room_creations": "too many rooms created",
     "replies": "too many model replies started",
     "replies_at_once": "replies are still being written for you",
     "stream_opens": "too many streams opened",
@@ -92,6 +93,7 @@ class Limits:
         self.enabled = config.limits != "off"
         self.room_posts = Rate("room_posts", config.room_posts_per_s, config.room_post_burst)
         self.conversations = _per_minute("conversations", config.conversations_per_min)
+        self.room_creations = _per_minute("room_creations", config.rooms_per_min)
         self.replies = _per_minute("replies", config.replies_per_min)
         self.stream_opens = Rate(
             "stream_opens", config.stream_opens_per_s, max(1, round(10 * config.stream_opens_per_s))

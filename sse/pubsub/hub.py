@@ -243,6 +243,25 @@ class Hub:
         t.pending.append(frame)
         return frame
 
+    def broadcast(self, topic: str, data: str, *, event: str) -> None:
+        """Push an ephemeral event (presence, typing) to `topic`'s sinks now: no id, no history.
+
+        Events already pending for the topic go out first, so the order of
+        publishing holds; a topic nobody here follows is not created for it.
+
+        Raises:
+            EncodeError: `data` or `event` cannot be carried by the event-stream format.
+        """
+        frame = Frame.of(Event(data, event=event), 0)
+        t = self._topics.get(topic)
+        if t is None or not t.sinks:
+            return
+        self._active.add(topic)
+        if t.pending:
+            self._deliver(t)  # its entry in `_dirty` finds nothing left to flush
+        self._count_sent(t, 1, len(frame.raw))
+        self._push(t, frame)
+
     def flush(self) -> int:
         """Push every pending event to its topic's sinks; returns how many there were."""
         dirty, self._dirty = self._dirty, []

@@ -125,10 +125,12 @@ class _After:
 
     def push(self, frame: Frame) -> None:
         singles = frame.singles()
-        fresh = [s for s in singles if (parse_entry_id(s.id) or (0, 0)) > self._bound]
+        # An ephemeral event (no id: presence, typing) is never in a replay.
+        fresh = [s for s in singles if not s.id or (parse_entry_id(s.id) or (0, 0)) > self._bound]
         if not fresh:
             return
-        self._hub.replace(self._topic, self._key, self._sink)
+        if any(s.id for s in fresh):
+            self._hub.replace(self._topic, self._key, self._sink)
         if len(fresh) == len(singles):
             self._sink.push(frame)
             return
@@ -349,7 +351,7 @@ class RedisBroker:
             single
             for frame in gate.frames
             for single in frame.singles()
-            if bound is None or (parse_entry_id(single.id) or (0, 0)) > bound
+            if bound is None or not single.id or (parse_entry_id(single.id) or (0, 0)) > bound
         ]
         # From here on the hub pushes to the sink (past what the replay holds);
         # a sink whose client left meanwhile is not subscribed again.

@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from sse.chat.rooms.records import RoomStore
 from sse.errors import StoreUnavailable
 
 __all__ = [
@@ -285,6 +286,10 @@ class Store(Protocol):
     @property
     def node_id(self) -> str:
         """This store's node id (UUID4 hex), the owner of the replies it streams."""
+        ...
+
+    def rooms(self) -> RoomStore:
+        """The named rooms and their messages, in the same database."""
         ...
 
     def describe(self) -> str:

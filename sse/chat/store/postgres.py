@@ -24,6 +24,7 @@ from uuid import uuid4
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
 
+from sse.chat.rooms.postgres import ROOMS_MIGRATION, PostgresRooms
 from sse.chat.store.base import (
     DEFAULT_LEASE_INTERVAL_S,
     DEFAULT_STALE_AFTER_S,
@@ -122,6 +123,9 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS sessions_by_account ON sessions (account_id);
     """,
+    # Named rooms and their messages (sse.chat.rooms.postgres). Numbered 5 on
+    # main: migration 4 comes first there; this tuple's order is the numbering.
+    ROOMS_MIGRATION,
 )
 _ONE_REPLY = "messages_one_streaming_reply"
 # Keys of pg_advisory_xact_lock: any bigint, the same on every node ("ssechat" + n).
@@ -232,6 +236,10 @@ class PostgresStore:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             return f"SELECT 1 failed: {exc}"
         return None
+
+    def rooms(self) -> PostgresRooms:
+        """The named rooms and their messages, in this database (sse.chat.rooms.postgres)."""
+        return PostgresRooms(self._open_pool, self._health, _pg_unavailable)
 
     def _open_pool(self) -> asyncpg.Pool:
         if self._pool is None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TypeVar
 from uuid import uuid4
 
+from sse.chat.rooms.sqlite import ROOMS_SCHEMA, SqliteRooms
 from sse.chat.store.base import (
     DEFAULT_LEASE_INTERVAL_S,
     DEFAULT_STALE_AFTER_S,
@@ -255,6 +256,10 @@ class SqliteStore:
         self._health = StoreHealth()
         # (st_dev, st_ino) of the file the connection opened; None in memory.
         self._identity: tuple[int, int] | None = None
+
+    def rooms(self) -> SqliteRooms:
+        """The named rooms and their messages, in this file (sse.chat.rooms.sqlite)."""
+        return SqliteRooms(self._run)
 
     def describe(self) -> str:
         """Where the conversations are, for the log."""
@@ -862,6 +867,9 @@ def _migrate(db: sqlite3.Connection) -> None:
             for name, kind in added.items():
                 if name not in columns:  # a file made before this column
                     db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+        for statement in ROOMS_SCHEMA.split(";"):
+            if statement.strip():
+                db.execute(statement)
         db.execute(_STREAMING_INDEX)
         db.execute(_OWNER_INDEX)
         found = db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (_ONE_REPLY,))

@@ -1,0 +1,1 @@
+"""Named rooms: their names, messages kept in the store, presence and typing."""
