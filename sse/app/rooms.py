@@ -7,7 +7,7 @@ against the limits is at the route.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from sse.app.inputs import last_event_id, parse_json_object, require_text
 from sse.app.values import OpenStream, Reply, Request, Route, json_reply
@@ -20,7 +20,7 @@ from sse.errors import BrokerUnavailable, ClientError
 from sse.limits.policy import Limits
 from sse.pubsub.broker import settle
 
-__all__ = ["room_routes", "sender_of", "stream_presence"]
+__all__ = ["RoomChannels", "room_routes", "sender_of", "stream_presence"]
 
 _SCROLLBACK_DEFAULT = 50
 _SCROLLBACK_MAX = 200
@@ -39,6 +39,46 @@ def stream_presence(service: RoomService, room: str, identity: Identity) -> Stre
     room channel of a multiplexed stream).
     """
     return service.presence.hook(room, identity.owner, sender_of(identity))
+
+
+class RoomChannels:
+    """The room channels of a multiplexed stream (`sse.app.multiplex.RoomAccess`).
+
+    A channel is refused (404) for a room that does not exist, as its own
+    `/rooms/{name}/events` is; while the stream is open its person is present
+    in each of its rooms.
+    """
+
+    def __init__(self, service: RoomService) -> None:
+        self._service = service
+
+    async def check(self, who: Identity, rooms: tuple[str, ...]) -> None:
+        """Raise `ClientError` 404 for the first room that does not exist."""
+        for room in rooms:
+            if not await self._service.exists(room):
+                raise ClientError(404, f"no such room: {room}")
+
+    def watch(self, who: Identity, rooms: tuple[str, ...]) -> _ChannelPresence:
+        """Present in every room of the stream from its opening to its close."""
+        return _ChannelPresence([stream_presence(self._service, room, who) for room in rooms])
+
+
+class _ChannelPresence:
+    """A multiplexed stream's presence: one `StreamHook` per room channel."""
+
+    __slots__ = ("_hooks", "_leaves")
+
+    def __init__(self, hooks: list[StreamHook]) -> None:
+        self._hooks = hooks
+        self._leaves: list[Callable[[], None]] = []
+
+    def opened(self) -> None:
+        self._leaves = [hook() for hook in self._hooks]
+
+    def closed(self) -> None:
+        leaves, self._leaves = self._leaves, []
+        for leave in leaves:
+            leave()
 
 
 def _int_param(req: Request, name: str, low: int, high: int) -> int | None:

@@ -97,7 +97,9 @@ class App:
 
     def is_stream(self, req: Request) -> bool:
         """Whether `req` asks for an event stream (for answers that skip routing)."""
-        return req.method in ("GET", "HEAD") and req.path.endswith("/events")
+        return req.method in ("GET", "HEAD") and (
+            req.path.endswith("/events") or req.path == "/stream"
+        )
 
     def _match(self, path: str) -> tuple[_Methods, Mapping[str, str]] | None:
         entry = self._exact.get(path)

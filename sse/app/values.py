@@ -6,6 +6,7 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from sse.auth.identity import Identity
 from sse.limits.policy import Claim
@@ -22,6 +23,7 @@ __all__ = [
     "Result",
     "Route",
     "SocketCommands",
+    "StreamWatch",
     "error_reply",
     "json_reply",
 ]
@@ -45,6 +47,8 @@ class Request:
     identity: Identity | None = None
     # The client's address: the peer's, or what a trusted proxy said it was.
     client_ip: str = "-"
+    # The query as sent, for a parameter that may repeat (`/stream?ch=...&ch=...`).
+    raw_query: str = ""
 
     @property
     def who(self) -> Identity:
@@ -63,12 +67,26 @@ class Reply:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+class StreamWatch(Protocol):
+    """Told when a stream really opens and when it closes (presence in a room)."""
+
+    def opened(self) -> None:
+        """The stream is open: its first bytes are written."""
+
+    def closed(self) -> None:
+        """The stream that `opened` has closed, for whatever reason."""
+
+
 @dataclass(frozen=True, slots=True)
 class OpenStream:
     """Answer with an event stream of `topic`, replaying after `last_event_id` if set.
 
     A stream opened with a credential that expires (a JWT) ends at `expires_at`
     (seconds since the epoch) with an `event: reauth`.
+
+    With `channels` (pairs of channel name and topic; `topic` is then unused)
+    it is a multiplexed stream (`GET /stream`): `last_event_id` is a composite
+    id (`sse.protocol.multiplex`).
     """
 
     topic: str
@@ -81,6 +99,8 @@ class OpenStream:
     # Called once the stream is live (attached, its replay written); what it
     # returns is called once when the stream closes: a room's presence.
     on_open: Callable[[], Callable[[], None]] | None = None
+    channels: tuple[tuple[str, str], ...] = ()
+    watch: StreamWatch | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,21 @@ from sse.config import Config
 from sse.protocol.forwarded import Networks
 from sse.pubsub.hub import Resume, Sink
 
-__all__ = ["Connection", "OpenSink", "ServerState"]
+__all__ = ["Collector", "Connection", "OpenSink", "ServerState", "WritesOut"]
+
+
+class WritesOut(Protocol):
+    """A stream that collects frames during a loop iteration and writes them after it."""
+
+    def write_out(self) -> None:
+        """Write what was collected, as one chunk."""
+
+
+class Collector(Protocol):
+    """Calls `write_out` of each stream marked, once, after the current callback."""
+
+    def mark(self, stream: WritesOut) -> None:
+        """Have `stream` write what it collected."""
 
 
 class Connection(Protocol):
@@ -34,9 +48,13 @@ class OpenSink(Sink, Protocol):
     """An open stream or WebSocket: a sink with its subscription key and topic."""
 
     key: UUID
-    topic: str
     opened_at: float
     replayed: int
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every topic it is subscribed to (one, but for a multiplexed stream)."""
+        ...
 
     def heartbeat(self) -> None:
         """Show an idle proxy that the connection lives, if the client is not behind."""
@@ -82,8 +100,17 @@ class ServerState(Protocol):
         """Subscribe `sink` to `topic`: what it must receive first (see `Broker.attach`)."""
         ...
 
+    def last_id(self, topic: str) -> str | Awaitable[str]:
+        """The id of `topic`'s newest event (see `Broker.last_id`)."""
+        ...
+
     def detach(self, topic: str, key: UUID) -> None:
         """Unsubscribe the sink under `key` at once (no more frames for it)."""
+
+    @property
+    def mux_writer(self) -> Collector:
+        """What writes the multiplexed streams' collected frames once an iteration."""
+        ...
 
     def add_stream(self, stream: OpenSink) -> None:
         """Register an open event stream (it gets heartbeats)."""

@@ -20,9 +20,10 @@ from uuid import uuid4
 import h11
 
 from sse.app.refusals import reauth_event
-from sse.app.values import OpenSocket, OpenStream, Reply, Request, json_reply
+from sse.app.values import OpenSocket, OpenStream, Reply, Request, StreamWatch, json_reply
 from sse.errors import BrokerUnavailable
 from sse.io.hooks import ServerState
+from sse.io.mux import MuxResume, MuxStream, attach_all
 from sse.io.reset import reset
 from sse.io.stream import Stream
 from sse.io.websocket import accept
@@ -120,6 +121,7 @@ class HttpConnection(asyncio.Protocol):
         "_transport",
         "_version",
         "_via_proxy",
+        "_watch",
         "_write_paused",
     )
 
@@ -148,7 +150,8 @@ class HttpConnection(asyncio.Protocol):
         self._got_bytes = False
         self._write_paused = False
         self._overloaded = False
-        self._stream: Stream | None = None
+        self._stream: Stream | MuxStream | None = None
+        self._watch: StreamWatch | None = None  # told when the open stream closes
         self._claim: Claim | None = None  # the open stream's slots of the per-client caps
         self._closed_hook: Callable[[], None] | None = None  # what `OpenStream.on_open` gave
         self._stream_close_reason = "client closed"
@@ -216,6 +219,9 @@ class HttpConnection(asyncio.Protocol):
         closed, self._closed_hook = self._closed_hook, None
         if closed is not None:
             closed()
+        if self._watch is not None:
+            self._watch.closed()
+            self._watch = None
         stream = self._stream
         if stream is not None:
             self._stream = None
@@ -297,6 +303,7 @@ class HttpConnection(asyncio.Protocol):
             dict(parse_qsl(parts.query, keep_blank_values=True)) if parts is not None else {},
             headers,
             client_ip=self._client_ip,
+            raw_query=parts.query if parts is not None else "",
         )
         self._body.clear()
         self._phase = Phase.READ_BODY
@@ -479,6 +486,9 @@ class HttpConnection(asyncio.Protocol):
         # h11 picks the framing: chunked for HTTP/1.1, close-delimited for 1.0.
         # From here on we frame the body ourselves, so a broadcast is one write.
         chunked = b"transfer-encoding: chunked" in head.lower()
+        if opening.channels:
+            self._open_mux(head, chunked, opening)
+            return
         stream = Stream(
             transport,
             uuid4(),
@@ -500,8 +510,36 @@ class HttpConnection(asyncio.Protocol):
         transport.pause_reading()
         server.spawn(self._attach_stream(stream, head, opening, attached))
 
+    def _open_mux(self, head: bytes, chunked: bool, opening: OpenStream) -> None:
+        transport = self._transport
+        assert transport is not None
+        server = self._server
+        stream = MuxStream(
+            transport,
+            uuid4(),
+            opening.channels,
+            chunked=chunked,
+            limit_bytes=self._config.backlog_limit_bytes,
+            writer=server.mux_writer,
+            abort=self.abort_stream,
+            finish=self.finish_stream,
+            detach=server.detach,
+        )
+        self._stream = stream
+        attached = attach_all(server, stream, opening.last_event_id)
+        if isinstance(attached, MuxResume):
+            self._start_stream(stream, head, opening, attached)
+            return
+        self._phase = Phase.WAIT_APP
+        transport.pause_reading()
+        server.spawn(self._attach_stream(stream, head, opening, attached))
+
     async def _attach_stream(
-        self, stream: Stream, head: bytes, opening: OpenStream, attached: Awaitable[Resume]
+        self,
+        stream: Stream | MuxStream,
+        head: bytes,
+        opening: OpenStream,
+        attached: Awaitable[Resume] | Awaitable[MuxResume],
     ) -> None:
         try:
             resume = await attached
@@ -521,29 +559,51 @@ class HttpConnection(asyncio.Protocol):
             self._close()
             return
         if self._phase is not Phase.WAIT_APP or self._transport is None:
-            return  # the client left while the history was read
+            # The client left while the history was read: what subscribed since
+            # it was dropped must not stay subscribed.
+            for topic in stream.topics:
+                self._server.detach(topic, stream.key)
+            return
         self._start_stream(stream, head, opening, resume)
         if self._server.draining:
             self.finish_stream("server shutting down")
 
     def _start_stream(
-        self, stream: Stream, head: bytes, opening: OpenStream, resume: Resume
+        self,
+        stream: Stream | MuxStream,
+        head: bytes,
+        opening: OpenStream,
+        resume: Resume | MuxResume,
     ) -> None:
         server = self._server
         self._phase = Phase.STREAMING
-        # Not only for a client that resumes: with Redis, live events that came
-        # while the stream attached are in the resume too.
-        replay = [stream.frame_data(f) for f in resume.replay()]
         resumed = resume.note(opening.last_event_id)
-        sizes = [len(f.raw) for f in resume.replay()]
-        replayed(SSE, sizes, opening.last_event_id is not None, resume.gap is not None)
-        server.add_stream(stream)
         first = stream.frame_bytes(encode_retry(server.jittered(self._config.retry_ms)))
-        stream.start(head + first, replay)
+        if isinstance(resume, MuxResume):
+            assert isinstance(stream, MuxStream)
+            gap = resume.gaps > 0
+            sizes = resume.sizes()
+            server.add_stream(stream)
+            stream.start(head + first, resume)
+            what = "channels=" + ",".join(stream.channels)
+        else:
+            assert isinstance(stream, Stream)
+            # Not only for a client that resumes: with Redis, live events that came
+            # while the stream attached are in the resume too.
+            replay = [stream.frame_data(f) for f in resume.replay()]
+            gap = resume.gap is not None
+            sizes = [len(f.raw) for f in resume.replay()]
+            server.add_stream(stream)
+            stream.start(head + first, replay)
+            what = "topic=" + opening.topic
+        replayed(SSE, sizes, opening.last_event_id is not None, gap)
+        if opening.watch is not None:
+            self._watch = opening.watch
+            opening.watch.opened()
         if self._transport is not None:
             self._transport.resume_reading()  # to notice a client that keeps talking
         self._access(200, -1)
-        log.info("stream %s open for %s topic=%s%s", stream.key, self._peer, opening.topic, resumed)
+        log.info("stream %s open for %s %s%s", stream.key, self._peer, what, resumed)
         if opening.expires_at is not None:
             # Its credential runs out: the page is told to renew, never served on
             # as nobody. The connection's timer is free while it streams.

@@ -21,8 +21,9 @@ from uuid import UUID, uuid4
 
 from sse.app.accounts import identity_routes
 from sse.app.conversations import conversation_routes
+from sse.app.multiplex import stream_routes
 from sse.app.room import Room
-from sse.app.rooms import room_routes
+from sse.app.rooms import RoomChannels, room_routes
 from sse.app.router import App
 from sse.app.static import load_static
 from sse.auth.gate import Gate
@@ -39,6 +40,7 @@ from sse.errors import BrokerUnavailable, StartError
 from sse.io.hooks import Connection, OpenSink
 from sse.io.http import HttpConnection
 from sse.io.metrics import MetricsListener
+from sse.io.mux import MuxStream, MuxWriter
 from sse.limits.policy import Limits
 from sse.metrics import (
     BROKER_UP,
@@ -135,6 +137,7 @@ class Server:
                 *Room(config, self.broker, self.limits, self.gate, self.rooms).routes(),
                 *room_routes(self.rooms, config, self.limits),
                 *conversation_routes(self.chat, config, self.limits),
+                *stream_routes(self.chat, RoomChannels(self.rooms)),
                 *identity_routes(config, self.gate, self.store),
             ],
             load_static(config.client_dir),
@@ -160,6 +163,7 @@ class Server:
         self.metrics = MetricsListener(config.metrics_listen) if config.metrics_listen else None
         self.address: tuple[str, int] = (config.host, config.port)
         self._random = random.Random()
+        self._mux_writer: MuxWriter | None = None
         # Request ids: this node's prefix and a counter, no uuid4 per request.
         self._request_prefix = self.node[:12]
         self._request_ids = itertools.count(1)
@@ -306,7 +310,11 @@ class Server:
         """End every stream and WebSocket of `topic` on this node with a last `event`."""
         # A scan, not an index: it runs when a conversation is deleted, rarely.
         for sink in [*self.streams.values(), *self.sockets.values()]:
-            if sink.topic == topic:
+            if topic not in sink.topics:
+                continue
+            if isinstance(sink, MuxStream):
+                sink.end_channel(topic, event, data)  # its other channels go on
+            else:
                 sink.end(event, data)
 
     def jittered(self, base_ms: int) -> int:
@@ -319,6 +327,17 @@ class Server:
         """Subscribe `sink` through the broker."""
         return self.broker.attach(topic, key, sink, last_event_id)
 
+    def last_id(self, topic: str) -> str | Awaitable[str]:
+        """The broker's newest id of `topic`."""
+        return self.broker.last_id(topic)
+
+    @property
+    def mux_writer(self) -> MuxWriter:
+        """The one writer of multiplexed streams, made on the loop that runs them."""
+        if self._mux_writer is None:
+            self._mux_writer = MuxWriter(asyncio.get_running_loop())
+        return self._mux_writer
+
     def detach(self, topic: str, key: UUID) -> None:
         """Unsubscribe through the broker."""
         self.broker.detach(topic, key)
@@ -330,7 +349,8 @@ class Server:
 
     def drop_stream(self, stream: OpenSink, peer: str, reason: str) -> None:
         """Forget a closed stream; it gets no further frames."""
-        self.broker.detach(stream.topic, stream.key)
+        for topic in stream.topics:
+            self.broker.detach(topic, stream.key)
         took = time.monotonic() - stream.opened_at
         if self.streams.pop(stream.key, None) is not None:
             stream_closed(SSE, reason, took)
@@ -358,7 +378,8 @@ class Server:
 
     def drop_socket(self, sock: OpenSink, reason: str) -> None:
         """Forget a closed WebSocket; it gets no further frames."""
-        self.broker.detach(sock.topic, sock.key)
+        for topic in sock.topics:
+            self.broker.detach(topic, sock.key)
         if self.sockets.pop(sock.key, None) is not None:
             stream_closed(WS, reason, time.monotonic() - sock.opened_at)
 
@@ -429,7 +450,7 @@ class Server:
         # A stream whose topic carried an event since the last beat is not idle.
         active = self.hub.take_active()
         for stream in tuple(self.streams.values()):
-            if stream.topic not in active:
+            if active.isdisjoint(stream.topics):
                 stream.heartbeat()
         self._heartbeat = asyncio.get_running_loop().call_later(
             self.config.ping_interval_s, self._beat

@@ -44,6 +44,11 @@ class Stream(Backlog):
         self.replayed = 0
         self.opened_at = time.monotonic()
 
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Its one topic."""
+        return (self.topic,)
+
     def start(self, first: bytes, replay: list[bytes]) -> None:
         """Write the opening bytes, then the replay under flow control."""
         self.replayed = len(replay)

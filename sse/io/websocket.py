@@ -600,6 +600,11 @@ class WebSocket(Backlog, asyncio.Protocol):
         self._phase = _Phase.CLOSED
         self._transport.abort()
 
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Its one topic."""
+        return (self.topic,)
+
     def end(self, event: str, data: str) -> None:
         """Close for a reason of the app's: `reauth` (4001) or the topic `deleted` (4004)."""
         code = _REAUTH if event == "reauth" else _ENDED
