@@ -77,6 +77,8 @@ export class SharedStream {
     this.release = null;
     this.timers = [];
     this.reopenTimer = null;
+    /** Counts start() calls: a lead granted for an earlier server is dropped. */
+    this.joined = 0;
     window.addEventListener("pagehide", () => this.post({ kind: "bye", tab: this.tab }));
   }
 
@@ -84,6 +86,7 @@ export class SharedStream {
 
   /** Join the page's tabs on the current server: announce, and queue for the lead. */
   start() {
+    this.joined += 1;
     const name = `ssechat-stream@${serverUrl}`;
     if (typeof BroadcastChannel !== "function" || navigator.locks === undefined) {
       this.lead();
@@ -110,6 +113,7 @@ export class SharedStream {
 
   /** Leave this server's tabs (the server URL changed): give up the lead, forget its ids. */
   stop() {
+    this.joined += 1;
     this.post({ kind: "bye", tab: this.tab });
     for (const timer of this.timers.splice(0)) clearInterval(timer);
     clearTimeout(this.reopenTimer);
@@ -250,13 +254,17 @@ export class SharedStream {
 
   /** This tab holds the lock: after the old leader's last relays arrived, open the stream. */
   async lead() {
+    const joined = this.joined;
+    this.post({ kind: "leader", tab: this.tab });
+    // Not leading (no reopen on announcements) until the old leader's relays are in.
+    await new Promise((resolve) => setTimeout(resolve, this.bus === null ? 0 : TAKEOVER_DELAY_MS));
+    await this.ready();
+    // stop() (another server) meanwhile: that lock is gone.
+    if (joined !== this.joined) return;
     this.leader = true;
     // Which tab holds the connection, for the curious (devtools) and the tests.
     document.documentElement.dataset.streamLeader = "true";
-    this.post({ kind: "leader", tab: this.tab });
-    await new Promise((resolve) => setTimeout(resolve, this.bus === null ? 0 : TAKEOVER_DELAY_MS));
-    await this.ready();
-    if (this.leader) this.reopen(true);
+    this.reopen(true);
   }
 
   /** The union of every tab's channels, at most MAX_CHANNELS, the most recently taken kept. */

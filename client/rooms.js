@@ -270,7 +270,8 @@ async function loadMessages(before) {
     const message = messageOf(entry);
     if (message !== null) place(message);
   }
-  ui.older.hidden = list.length < PAGE_SIZE && answer?.more !== true;
+  // The server names where the next (older) page starts while there is one.
+  if (before !== null || !ui.older.hidden || list.length > 0) ui.older.hidden = typeof answer?.before !== "string";
   ui.messages.scrollTop = before === null ? ui.messages.scrollHeight : ui.messages.scrollHeight - fromBottom;
 }
 
