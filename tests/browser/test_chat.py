@@ -301,9 +301,9 @@ def test_reload_and_a_return_visit_reopen_the_conversation_with_its_transcript(
     page.reload()  # the address bar's #c=<id>
     shows_the_conversation()
 
-    # A later visit without the hash opens the room; the Chat view remembers.
+    # A later visit without the hash opens the rooms; the Chat view remembers.
     page.goto(f"{assistant.url}/")
-    expect(page.locator("#messages")).to_be_visible()
+    expect(page.locator("#room-messages")).to_be_visible()
     _open_chat(page)
     shows_the_conversation()
     assert _conversation_id(page) == conversation_id
