@@ -61,8 +61,9 @@ export class ChannelStream {
       },
     });
     this.source = sub;
-    // A stream that failed for good comes back when asked (Reconnect, another conversation).
-    if (shared.state === State.CLOSED) shared.reconnect();
+    // Opening again means "connect again" to its callers (Reconnect, a sign-in:
+    // the stream must carry the new cookie), as a LiveStream's open() does.
+    shared.reconnect();
   }
 
   /** Stop receiving the channel (the shared stream drops it if no tab wants it). */

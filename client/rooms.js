@@ -11,7 +11,7 @@ import { RequestFailed, requestJson } from "./api.js";
 import { parseObject } from "./channel-ids.js";
 import { shared } from "./channel-stream.js";
 import { NEAR_BOTTOM_PX, State } from "./dom.js";
-import { whenIdentityKnown } from "./identity.js";
+import { onIdentityChanged, whenIdentityKnown } from "./identity.js";
 import { showNotice, StatusBadge } from "./live.js";
 import {
   isMe,
@@ -338,6 +338,8 @@ export function wireRooms() {
     showNotice(ui.notice, text);
   });
   ui.reconnect.addEventListener("click", () => shared.reconnect());
+  // Someone else now (signed in or out): the stream opened with the old cookie is theirs.
+  onIdentityChanged(() => shared.reconnect());
   ui.createForm.addEventListener("submit", onCreate);
   ui.list.addEventListener("click", (event) => {
     const button = event.target.closest("[data-room]");
