@@ -21,7 +21,7 @@ import {
   sendMessage,
   setTransport,
 } from "./room.js";
-import { onRoomsServerApplied, startRooms, wireRooms } from "./rooms.js";
+import { onRoomsServerApplied, setRoomsActive, startRooms, wireRooms } from "./rooms.js";
 import {
   askAboutServer,
   clearSettingsError,
@@ -94,8 +94,13 @@ function showView(name, conversationId = null) {
   const before = document.body.dataset.view;
   document.body.dataset.view = name;
   // The classic room has a connection of its own: held only while it is shown.
-  if (name === "room" && before !== "room") connect();
-  else if (name !== "room" && before === "room") disconnect();
+  if (name === "room" && before !== "room") {
+    setRoomsActive(false);
+    connect();
+  } else if (name !== "room" && before === "room") {
+    disconnect();
+    setRoomsActive(true);
+  }
   if (name === "chat") {
     startChat(conversationId);
     replaceHash(chatHash());

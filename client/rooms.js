@@ -45,6 +45,8 @@ let generation = 0;
 let loaded = false;
 /** True while a send is in flight. */
 let sending = false;
+/** False while the classic room is shown: it has a connection of its own (setRoomsActive). */
+let active = true;
 
 function byId(id) {
   const element = document.getElementById(id);
@@ -59,7 +61,7 @@ const parse = (event) => parseObject(event.data);
 
 /** Open room `name`: its channel on the shared stream, then (once open) its messages and people. */
 export function openRoom(name) {
-  if (name === room && sub !== null) return;
+  if (name === room && (sub !== null || !active)) return;
   sub?.close();
   generation += 1;
   room = name;
@@ -69,6 +71,7 @@ export function openRoom(name) {
   ui.older.hidden = true;
   showPresenceOf(name);
   markCurrentRoom();
+  if (!active) return;
   sub = shared.subscribe(`room:${name}`, {
     events: {
       message: onMessage,
@@ -355,6 +358,24 @@ export function wireRooms() {
     showNotice(ui.sendError, null);
     if (ui.input.value !== "") userTyped();
   });
+}
+
+/**
+ * The classic room is shown (false) or left (true). It holds a connection of
+ * its own, so meanwhile the Rooms view lets go of its channel: a tab then
+ * holds one connection, not two (the shared stream closes if nothing else needs it).
+ */
+export function setRoomsActive(on) {
+  if (on === active) return;
+  active = on;
+  if (!on) {
+    sub?.close();
+    sub = null;
+    return;
+  }
+  const name = room ?? LOBBY;
+  room = null;
+  openRoom(name);
 }
 
 /** Join the page's tabs on the shared stream and open the lobby (after GET /me: one guest). */
