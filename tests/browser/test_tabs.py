@@ -16,10 +16,12 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
 
+from sse.protocol.multiplex import fingerprint, parse_composite
 from tests.browser.test_chat import _conversation_id, _open_chat, _replies, _send
 from tests.browser.test_identity import _WATCH_CSP, _wait_for_name
 from tests.browser.test_room import FAST_RETRY
@@ -313,3 +315,64 @@ def test_another_person_sees_the_rooms_but_cannot_open_the_first_person_s_conver
     assert missing["text"].replace(nobody_s, "ID") == refused["text"].replace(conversation_id, "ID")
     assert b.evaluate(peek, "/stream?ch=room:lobby")["type"].startswith("text/event-stream")
     assert a.evaluate(peek, theirs)["type"].startswith("text/event-stream")
+
+
+def test_a_tab_opening_a_conversation_widens_the_one_stream_and_no_room_message_is_lost(
+    person: OpenBrowser, server: ServerProcess
+) -> None:
+    first = person(server)
+    second = _tab(first)
+    other = person(server)
+    for page in (first, second, other):
+        _live(page)
+    _wait_for_streams(server, 2)
+    word = token()
+    sent = [f"{word} 0"]
+    _post(other, server, "lobby", sent[0])
+    _wait_for_room_text(first, sent[0])
+    # The second tab wants a conversation's channel too: the leader reopens on both.
+    _open_chat(second)
+    _send(second, f"question {word}")
+    for n in range(1, 4):
+        sent.append(f"{word} {n}")
+        _post(other, server, "lobby", sent[-1])
+    expect(_replies(second).last).to_have_attribute("data-status", "complete")
+    expect(_replies(second).last.locator(".message-content")).to_have_text(
+        f"You said: question {word}"
+    )
+    for tab in (first, second):
+        _wait_for_room_text(tab, sent[-1])
+        assert [text for text in _room_texts(tab) if text.startswith(word)] == sent
+    _wait_for_streams(server, 2)
+    # The widened stream resumed from where the old one was, with an id of its new list.
+    last = parse_qs(urlsplit([u for t in (first, second) for u in _opened(t)][-1]).query)
+    channels = last["ch"]
+    assert channels == sorted([f"conv:{_conversation_id(second)}", "room:lobby"])
+    assert last["last_event_id"][0].split(".")[0] == fingerprint(channels)
+
+
+def test_the_page_writes_composite_ids_as_the_server_reads_them_and_keeps_16_channels(
+    person: OpenBrowser, server: ServerProcess
+) -> None:
+    page = person(server)
+    _live(page)
+    many = [f"room:r{n:02d}-{'x' * 40}" for n in range(20)]
+    written: dict[str, Any] = page.evaluate(
+        """async (many) => {
+            const ids = await import("./channel-ids.js");
+            const positions = new Map([[many[0], "1796185369998-7"], [many[2], "5-0"]]);
+            // Channel n was taken at time n, channel 3 again at 99: the 16 newest are kept.
+            const union = ids.unionOf([many.map((c, n) => [c, n]), [[many[3], 99]]], 16);
+            const three = many.slice(0, 3);
+            const id = ids.compositeFor(three, positions);
+            const none = ids.compositeFor(three, new Map());
+            return { id, none, union, back: ids.positionsOf(id, three) };
+        }""",
+        many,
+    )
+    three = many[:3]
+    assert written["id"] == f"{fingerprint(three)}.1796185369998-7..5-0"
+    assert parse_composite(written["id"], three) == ["1796185369998-7", None, "5-0"]
+    assert written["none"] is None
+    assert written["union"] == sorted([many[3], *many[5:]])
+    assert written["back"] == {three[0]: "1796185369998-7", three[2]: "5-0"}
