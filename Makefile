@@ -80,3 +80,14 @@ SOAK_ARGS    ?=
 .PHONY: soak
 soak: $(STAMP)  ## soak test: SOAK_MINUTES=10 of streams, churn, posts, replies and a slow reader
 	$(PY) bench/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
+
+# The page's browser libraries (Markdown, sanitizer, highlighting), pinned by
+# client/package-lock.json and committed under client/vendor/, so `make run` needs no npm.
+.PHONY: vendor
+vendor:  ## re-copy client/vendor/ from the locked npm packages (needs npm); README "Vendored libraries"
+	$(PYTHON) tools/vendor_client.py
+
+# docs/screenshots/chat-*.png, shown in the README: the Chat view with a Markdown reply.
+.PHONY: screenshots
+screenshots: $(STAMP)  ## redraw docs/screenshots/ against a fresh server (needs Chromium)
+	$(PY) tools/screenshots.py

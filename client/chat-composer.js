@@ -110,3 +110,10 @@ export function onChatKeydown(event) {
   event.preventDefault();
   sendChatMessage();
 }
+
+/** Escape anywhere in the Chat view stops the streaming reply, as Stop does. */
+export function onChatViewKeydown(event) {
+  if (event.key !== "Escape" || event.isComposing || chat.replyingId === null) return;
+  event.preventDefault();
+  stopReply();
+}

@@ -6,7 +6,7 @@
  */
 
 import { conversationPath, RequestFailed, requestJson } from "./api.js";
-import { onChatKeydown, sendChatMessage, stopReply } from "./chat-composer.js";
+import { onChatKeydown, onChatViewKeydown, sendChatMessage, stopReply } from "./chat-composer.js";
 import {
   chat,
   chatHash,
@@ -30,6 +30,7 @@ import { State, ui } from "./dom.js";
 import { Change, onIdentityChanged, whenIdentityKnown } from "./identity.js";
 import { ChannelStream } from "./channel-stream.js";
 import { StatusBadge } from "./live.js";
+import { wireCodeCopy } from "./message-content.js";
 import { serverUrl } from "./settings.js";
 import { appendTranscriptNotice, applyChatEvent, renderTranscript } from "./transcript.js";
 
@@ -345,6 +346,8 @@ export function wireChat() {
     sendChatMessage();
   });
   ui.chatInput.addEventListener("keydown", onChatKeydown);
+  ui.chatView.addEventListener("keydown", onChatViewKeydown);
+  wireCodeCopy();
   ui.chatInput.addEventListener("input", clearChatError);
   ui.chatStop.addEventListener("click", stopReply);
   ui.newConversation.addEventListener("click", onNewConversation);

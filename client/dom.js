@@ -6,6 +6,11 @@
 /** Within this distance of the bottom a list (#messages, #transcript) follows new items. */
 export const NEAR_BOTTOM_PX = 48;
 
+/** True if `list` is scrolled to (or within NEAR_BOTTOM_PX of) its bottom. */
+export function isNearBottom(list) {
+  return list.scrollHeight - list.scrollTop - list.clientHeight <= NEAR_BOTTOM_PX;
+}
+
 /** Connection states; the strings are what #status shows (part of the contract). */
 export const State = Object.freeze({
   CONNECTING: "connecting",
@@ -54,6 +59,7 @@ export const ui = {
   chatSend: byId("chat-send"),
   chatStop: byId("chat-stop"),
   chatError: byId("chat-error"),
+  chatAnnounce: byId("chat-announce"),
   serverLabel: byId("server-label"),
   serverPrompt: byId("server-prompt"),
   serverPromptOrigin: byId("server-prompt-origin"),

@@ -7,7 +7,8 @@
 import { chat, learnModelLabel, setChatTitle, setReplying } from "./chat-state.js";
 import { syncTranscript } from "./chat.js";
 import { refreshConversationList } from "./conversations.js";
-import { NEAR_BOTTOM_PX, ui } from "./dom.js";
+import { isNearBottom, ui } from "./dom.js";
+import { appendReplyText, flushReplyText, showReplyText, showUserText } from "./message-content.js";
 
 /** Apply one stream event to the transcript. */
 export function applyChatEvent({ type, payload }) {
@@ -22,7 +23,7 @@ export function applyChatEvent({ type, payload }) {
 function onChatUser(payload) {
   if (findMessage(payload.message_id) !== null) return;
   const item = messageElement("user", payload.message_id);
-  setContent(item, typeof payload.content === "string" ? payload.content : "");
+  showUserText(item, typeof payload.content === "string" ? payload.content : "");
   appendMessage(item);
   // The first message names the conversation.
   refreshConversationList();
@@ -38,7 +39,10 @@ function onChatStart(payload) {
     appendMessage(item);
   }
   setModel(item, payload.model);
-  if (item.dataset.status === "streaming") setReplying(payload.message_id);
+  if (item.dataset.status === "streaming") {
+    setReplying(payload.message_id);
+    announce("The assistant is replying.");
+  }
 }
 
 /** A piece of a reply: append it to its bubble, while that still streams. */
@@ -54,16 +58,10 @@ function onChatDelta(payload) {
   }
   // A finished reply's text is final; replayed deltas must not add to it.
   if (item.dataset.status !== "streaming") return;
-  const follow = isNearBottomOf(ui.transcript);
-  const content = contentOf(item);
   // Opened mid-reply with nothing live to check the saved text against (see
   // stitchReply): this piece may not follow it, so mark the seam until the
-  // next fetch tells.
-  if (chat.holes.has(payload.message_id) && content.querySelector(".message-hole") === null) {
-    content.append(holeMarker());
-  }
-  content.append(payload.text);
-  if (follow) ui.transcript.scrollTop = ui.transcript.scrollHeight;
+  // next fetch tells. Drawn as Markdown at the next animation frame.
+  appendReplyText(item, payload.text, chat.holes.has(payload.message_id));
 }
 
 /** A reply finished (stop, length, cancelled). */
@@ -73,9 +71,11 @@ function onChatDone(payload) {
   const item = findMessage(id);
   if (item !== null) {
     const reason = payload.finish_reason;
+    flushReplyText(item);
     setStatus(item, reason === "cancelled" || reason === "interrupted" ? reason : "complete");
     setFooter(item, footerText(item.dataset.status, reason, payload));
   }
+  if (chat.replyingId === id) announce(endingSaid(payload.finish_reason));
   endReply(id);
 }
 
@@ -88,9 +88,11 @@ function onChatReplyError(payload) {
   chat.finished.set(id, { error: message });
   const item = findMessage(id);
   if (item !== null) {
+    flushReplyText(item);
     setStatus(item, "error");
     setErrorText(item, message);
   }
+  if (chat.replyingId === id) announce("The reply failed.");
   endReply(id);
 }
 
@@ -110,7 +112,7 @@ function endReply(id) {
 export function renderTranscript(transcript) {
   if (typeof transcript.title === "string") setChatTitle(transcript.title);
   const messages = Array.isArray(transcript.messages) ? transcript.messages : [];
-  const follow = isNearBottomOf(ui.transcript);
+  const follow = isNearBottom(ui.transcript);
   const scrollTop = ui.transcript.scrollTop;
   const notices = detachNotices();
   const shown = new Map();
@@ -129,7 +131,7 @@ export function renderTranscript(transcript) {
     if (item === undefined || item.dataset.role !== role) item = messageElement(role, message.id);
     const saved = typeof message.content === "string" ? message.content : "";
     if (role === "user") {
-      showContent(item, saved, null);
+      showUserText(item, saved);
       items.push(item);
       continue;
     }
@@ -143,12 +145,12 @@ export function renderTranscript(transcript) {
       chat.partial.add(message.id);
       stitched.add(message.id);
       const { before, after } = stitchReply(saved, chat.pieces.get(message.id));
-      showContent(item, before, after);
+      showReplyText(item, before, after);
       if (after !== null) chat.holes.add(message.id);
       if (transcript.replying === true) replying = message.id;
     } else {
       chat.pieces.delete(message.id);
-      showContent(item, saved, null);
+      showReplyText(item, saved, null);
     }
     // The transcript keeps no error text; this page may have seen it.
     const failed = status === "error" || seen?.error !== undefined;
@@ -202,56 +204,9 @@ function stitchReply(saved, record) {
   return { before: saved, after: texts.join("") };
 }
 
-/**
- * Show `before`, then (unless `after` is null) a hole and `after`, in a
- * message's text element; untouched if it already shows exactly that. An
- * empty `after` draws no hole (see stitchReply).
- */
-function showContent(item, before, after) {
-  const content = contentOf(item);
-  const hole = content.querySelector(".message-hole");
-  const drawHole = after !== null && after !== "";
-  if (hole === null && !drawHole && content.textContent === before) return;
-  if (hole !== null && drawHole) {
-    let shownBefore = "";
-    for (let node = hole.previousSibling; node !== null; node = node.previousSibling) {
-      shownBefore = node.textContent + shownBefore;
-    }
-    let shownAfter = "";
-    for (let node = hole.nextSibling; node !== null; node = node.nextSibling) {
-      shownAfter += node.textContent;
-    }
-    if (shownBefore === before && shownAfter === after) return;
-  }
-  if (!drawHole) {
-    content.textContent = before; // textContent only: the text is untrusted
-    return;
-  }
-  content.replaceChildren(before, holeMarker(), after);
-}
-
-/** The mark where a reply's text may lack pieces (drawn by CSS; not part of textContent). */
-function holeMarker() {
-  const marker = document.createElement("span");
-  marker.className = "message-hole";
-  marker.title = "Part of this reply is still loading";
-  return marker;
-}
-
-/** Apply the events held back during a transcript fetch; `stitched` replies have their deltas. */
 /** The #transcript item of message `id`, or null. */
 export function findMessage(id) {
   return ui.transcript.querySelector(`li[data-message-id="${CSS.escape(id)}"]`);
-}
-
-/** A message's text element. */
-function contentOf(item) {
-  return item.querySelector(".message-content");
-}
-
-/** True if `list` is scrolled to (or within NEAR_BOTTOM_PX of) its bottom. */
-function isNearBottomOf(list) {
-  return list.scrollHeight - list.scrollTop - list.clientHeight <= NEAR_BOTTOM_PX;
 }
 
 /** A new, empty transcript item for a message of `role` ("user" or "assistant"). */
@@ -286,7 +241,7 @@ function messageElement(role, id) {
 
 /** Add a message at the bottom, following it if the reader was at the bottom. */
 function appendMessage(item) {
-  const follow = isNearBottomOf(ui.transcript);
+  const follow = isNearBottom(ui.transcript);
   ui.transcript.append(item);
   if (follow) ui.transcript.scrollTop = ui.transcript.scrollHeight;
 }
@@ -335,11 +290,6 @@ function reattachNotices(notices) {
       place.after(item);
     }
   }
-}
-
-/** Set a message's text (textContent only: it is untrusted). */
-function setContent(item, text) {
-  contentOf(item).textContent = text;
 }
 
 /** Show which model wrote a reply, by label when known. */
@@ -397,3 +347,18 @@ function footerText(status, finishReason, done) {
   return parts.join(" · ");
 }
 
+
+/** What the visually-hidden #chat-announce says when a reply ends (see announce). */
+function endingSaid(reason) {
+  if (reason === "cancelled") return "The reply was stopped.";
+  if (reason === "interrupted") return "The reply was interrupted.";
+  return "The reply is finished.";
+}
+
+/**
+ * Tell screen readers how a reply goes, once per change: a reply is aria-busy
+ * while it streams (setStatus), so its text is read once, when it is whole.
+ */
+function announce(text) {
+  if (ui.chatAnnounce.textContent !== text) ui.chatAnnounce.textContent = text;
+}

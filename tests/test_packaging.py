@@ -115,6 +115,10 @@ async def test_installed_command_serves_the_page_and_health(
         assert page.status == 200
         assert page.headers["content-type"] == "text/html; charset=utf-8"
         assert page.body == (ROOT / "client" / "index.html").read_bytes()
+        # The vendored libraries come along (client/vendor/, make vendor).
+        library = await request(proc.address, "GET", "/vendor/markdown-it.mjs")
+        assert library.status == 200
+        assert library.body == (ROOT / "client" / "vendor" / "markdown-it.mjs").read_bytes()
         health = await request(proc.address, "GET", "/healthz")
         assert health.status == 200
         assert json.loads(health.body)["status"] == "ok"

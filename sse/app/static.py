@@ -10,12 +10,18 @@ __all__ = ["StaticFile", "load_static"]
 _TYPES = {
     ".html": "text/html; charset=utf-8",
     ".js": "text/javascript; charset=utf-8",
+    ".mjs": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
     ".png": "image/png",
     ".ico": "image/x-icon",
     ".json": "application/json",
 }
+# The one folder below the page's whose files are served too (under /vendor/): the
+# browser libraries `make vendor` copies from npm (tools/vendor_client.py).
+_SUBFOLDERS = ("vendor",)
+# In the folder but not the page's: npm's files, which pin what vendor/ holds.
+_NOT_SERVED = frozenset({"package.json", "package-lock.json"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,19 +33,33 @@ class StaticFile:
 
 
 def load_static(root: Path) -> dict[str, StaticFile]:
-    """Map URL paths to the files directly under `root`; `/` is `index.html`.
+    """Map URL paths to the files directly under `root` and its vendor/; `/` is `index.html`.
 
-    Only the top-level files with a known type are served, so nothing outside the
-    folder (or a stray dotfile in it) can be reached by a crafted path.
+    Only regular files with a known type are served, listed by walking the folders
+    (never by resolving a requested path), so nothing outside them, no symlink, and
+    no stray dotfile in them can be reached by a crafted path.
     """
     files: dict[str, StaticFile] = {}
     if not root.is_dir():
         return files
-    for path in sorted(root.iterdir()):
-        kind = _TYPES.get(path.suffix)
-        if kind is None or not path.is_file() or path.name.startswith("."):
-            continue
-        files["/" + path.name] = StaticFile(kind, path.read_bytes())
+    files.update(_files_in(root, "/"))
+    for name in _SUBFOLDERS:
+        folder = root / name
+        if folder.is_dir() and not folder.is_symlink():
+            files.update(_files_in(folder, f"/{name}/"))
     if "/index.html" in files:
         files["/"] = files["/index.html"]
+    return files
+
+
+def _files_in(folder: Path, prefix: str) -> dict[str, StaticFile]:
+    """The servable files directly in `folder`, by URL path (`prefix` + name)."""
+    files: dict[str, StaticFile] = {}
+    for path in sorted(folder.iterdir()):
+        kind = _TYPES.get(path.suffix)
+        if kind is None or path.name.startswith(".") or path.name in _NOT_SERVED:
+            continue
+        if path.is_symlink() or not path.is_file():
+            continue
+        files[prefix + path.name] = StaticFile(kind, path.read_bytes())
     return files

@@ -143,9 +143,12 @@ def other_origin(chat: ServerProcess) -> Iterator[_OtherOrigin]:
         "/app/": ("text/html; charset=utf-8", (client / "index.html").read_bytes()),
     }
     # Every module and stylesheet the page loads, as sse/static.py serves them.
-    for kind, pattern in (("text/javascript", "*.js"), ("text/css", "*.css")):
+    patterns = [("text/javascript", "*.js"), ("text/css", "*.css")]
+    patterns += [("text/javascript", "vendor/*.mjs"), ("text/css", "vendor/*.css")]
+    for kind, pattern in patterns:
         for path in sorted(client.glob(pattern)):
-            files[f"/app/{path.name}"] = (f"{kind}; charset=utf-8", path.read_bytes())
+            name = path.relative_to(client).as_posix()
+            files[f"/app/{name}"] = (f"{kind}; charset=utf-8", path.read_bytes())
     server = _OtherOrigin(files)
     yield server
     server.close()
