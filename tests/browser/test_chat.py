@@ -46,9 +46,11 @@ def _send(page: Page, text: str) -> None:
     box.fill(text)
     box.press("Enter")
     # Accepted (the box empties) or refused (an error shows): either ends the wait.
+    # Polled on a timer, not per animation frame: a test may hold requestAnimationFrame.
     page.wait_for_function(
         """() => document.getElementById("chat-input").value === ""
-                 || !document.getElementById("chat-error").hidden"""
+                 || !document.getElementById("chat-error").hidden""",
+        polling=50,
     )
     expect(page.locator("#chat-error")).to_be_hidden()
     expect(box).to_have_value("")
