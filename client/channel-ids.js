@@ -42,6 +42,19 @@ export function positionsOf(id, channels) {
   return positions;
 }
 
+/**
+ * Note `update` (channel -> position, or null) in `positions` (a Map, in the
+ * order channels were last seen), keeping the `max` seen last: a channel left
+ * long ago would resume with a gap anyway.
+ */
+export function notePositions(positions, update, max) {
+  for (const [channel, position] of Object.entries(update ?? {})) {
+    positions.delete(channel);
+    positions.set(channel, position);
+  }
+  while (positions.size > max) positions.delete(positions.keys().next().value);
+}
+
 /** The composite id resuming `channels` from `positions`, or null when none is known. */
 export function compositeFor(channels, positions) {
   const parts = channels.map((channel) => positions.get(channel) ?? "");

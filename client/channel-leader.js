@@ -21,7 +21,7 @@
  * localhost is no secure context), each tab simply leads alone.
  */
 
-import { compositeFor, parseObject, positionsOf, sameList, unionOf } from "./channel-ids.js";
+import { compositeFor, notePositions, parseObject, positionsOf, sameList, unionOf } from "./channel-ids.js";
 import { State } from "./dom.js";
 import { busyText } from "./live.js";
 import { serverUrl } from "./settings.js";
@@ -32,7 +32,7 @@ export const MAX_CHANNELS = 16;
 const STREAM_EVENTS = Object.freeze([
   "message", "presence", "typing", "gap", "user", "start", "delta", "done", "error", "deleted",
 ]); // prettier-ignore
-/** Tabs re-announce their channels this often; the leader forgets a tab silent for 3 of them. */
+/** Tabs re-announce their channels this often; the leader forgets one silent for 3 times that. */
 const HEARTBEAT_MS = 4000;
 const TAB_TIMEOUT_MS = 3 * HEARTBEAT_MS;
 /** Announcements within this long are one change of the union: one reopen, not several. */
@@ -48,10 +48,7 @@ const REAUTH_WINDOW_MS = 30000;
  * get that channel's events in this tab, wherever the EventSource is.
  */
 export class SharedStream {
-  /**
-   * `renew(reason)` (on `reauth`) resolves to "same", "replaced" or "failed";
-   * `ready()` resolves once the stream may open (the page knows who it is).
-   */
+  /** `renew(reason)` (on `reauth`) resolves to "same", "replaced" or "failed"; `ready()` once it may open. */
   constructor({ renew, ready }) {
     this.renew = renew;
     this.ready = ready;
@@ -62,15 +59,14 @@ export class SharedStream {
     /** Other tabs' announcements: tab -> {channels: [[channel, usedAt]], seen}. */
     this.wants = new Map();
     this.leader = false;
-    this.source = null;
+    this.source = null; // the EventSource, leading
     /** The channels of the stream open now (the leader's, relayed to every tab). */
     this.channels = [];
     /** Channel -> its position at the last event this tab saw: where a new stream resumes. */
     this.positions = new Map();
     this.state = State.CONNECTING;
     this.notice = null;
-    /** Listeners of the stream's state: (state, notice) => void. */
-    this.stateListeners = [];
+    this.stateListeners = []; // (state, notice) => void
     this.reauths = [];
     this.bus = null;
     this.abort = null;
@@ -286,8 +282,7 @@ export class SharedStream {
     this.closeSource();
     this.channels = wanted;
     if (wanted.length === 0) {
-      this.setState(State.CLOSED, null);
-      this.broadcastState();
+      this.setLeaderState(State.CLOSED, null);
       return;
     }
     const query = new URLSearchParams(wanted.map((channel) => ["ch", channel]));
@@ -313,7 +308,8 @@ export class SharedStream {
       "error",
       whileCurrent((event) => {
         if (event instanceof MessageEvent) this.relay(event);
-        else if (stream.readyState === EventSource.CONNECTING) this.setLeaderState(State.RECONNECTING, null);
+        // The browser retries by itself; a `busy` notice just before says when.
+        else if (stream.readyState === EventSource.CONNECTING) this.setLeaderState(State.RECONNECTING, this.notice);
         else this.failedForGood();
       }),
     );
@@ -403,7 +399,7 @@ export class SharedStream {
 
   /** An event relayed (or received, leading): remember where it was, hand it to its channel's subscribers. */
   deliver({ type, data, id, channel, positions }) {
-    for (const [name, position] of Object.entries(positions ?? {})) this.positions.set(name, position);
+    notePositions(this.positions, positions, 4 * MAX_CHANNELS);
     const event = { type, data, lastEventId: id ?? "" };
     // A gap without a channel concerns every channel.
     const targets = channel === null ? [...this.subs.values()] : [this.subs.get(channel) ?? new Set()];

@@ -24,6 +24,7 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, e
 from sse.protocol.multiplex import fingerprint, parse_composite
 from tests.browser.test_chat import _conversation_id, _open_chat, _replies, _send
 from tests.browser.test_identity import _WATCH_CSP, _wait_for_name
+from tests.browser.test_limits import BUSY_NOTICE, CAP_RETRY_TIMEOUT_MS, _held_stream
 from tests.browser.test_room import FAST_RETRY
 from tests.support.browser import token
 from tests.support.servers import ServerProcess
@@ -44,7 +45,7 @@ _COUNT_EVENT_SOURCES = """
 # How long a condition of the server (its stream count) may take to come true.
 SETTLE_S = 15.0
 
-OpenBrowser = Callable[[ServerProcess], Page]
+OpenBrowser = Callable[..., Page]
 
 
 @pytest.fixture
@@ -62,8 +63,8 @@ def person(browser: Browser) -> Iterator[OpenBrowser]:
 
         page.on("console", on_console)
 
-    def open_(server: ServerProcess) -> Page:
-        context = browser.new_context()
+    def open_(server: ServerProcess, **context_options: Any) -> Page:
+        context = browser.new_context(**context_options)
         context.set_default_timeout(10_000)
         context.add_init_script(_WATCH_CSP)
         context.add_init_script(_COUNT_EVENT_SOURCES)
@@ -376,3 +377,45 @@ def test_the_page_writes_composite_ids_as_the_server_reads_them_and_keeps_16_cha
     assert written["none"] is None
     assert written["union"] == sorted([many[3], *many[5:]])
     assert written["back"] == {three[0]: "1796185369998-7", three[2]: "5-0"}
+
+
+def test_a_shared_stream_over_the_cap_says_busy_in_every_tab_and_comes_back_by_itself(
+    person: OpenBrowser, spawn: Callable[..., ServerProcess]
+) -> None:
+    server = spawn("--limits", "on", "--streams-per-ip", "1", *FAST_RETRY)
+    with _held_stream(server):
+        first = person(server)
+        second = _tab(first)
+        for tab in (first, second):
+            expect(tab.locator("#rooms-notice")).to_have_text(BUSY_NOTICE)
+            expect(tab.locator("#rooms-status")).to_have_text("reconnecting")
+    # The slot is free: the leader's EventSource comes back after its retry: by itself.
+    for tab in (first, second):
+        expect(tab.locator("#rooms-status")).to_have_text("live", timeout=CAP_RETRY_TIMEOUT_MS)
+        expect(tab.locator("#rooms-notice")).to_be_hidden()
+    said = f"after the busy spell {token()}"
+    _post(first, server, "lobby", said)
+    for tab in (first, second):
+        _wait_for_room_text(tab, said)
+    assert sum(len(_opened(tab)) for tab in (first, second)) == 1
+
+
+def test_phone_viewport_rooms_have_no_horizontal_scroll_and_the_composer_in_view(
+    person: OpenBrowser, server: ServerProcess
+) -> None:
+    page = person(
+        server,
+        viewport={"width": 360, "height": 740},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
+    _live(page)
+    for text in ("x" * 300 + token(), f"https://example.com/{'a/' * 80}?{token()}"):
+        _post(page, server, "lobby", text)
+        _wait_for_room_text(page, text)
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    messages = page.locator("#room-messages")
+    assert messages.evaluate("list => list.scrollWidth <= list.clientWidth")
+    for hook in ("#room-input", "#room-send", "#rooms-status", "#room-title"):
+        expect(page.locator(hook)).to_be_in_viewport()
