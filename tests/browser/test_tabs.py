@@ -12,13 +12,16 @@ uncaught errors and Content Security Policy violations.
 from __future__ import annotations
 
 import json
+import re
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import jwt
 import pytest
+from playwright._impl._api_structures import SetCookieParam  # not re-exported
 from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, expect
 
 from sse.protocol.multiplex import fingerprint, parse_composite
@@ -419,3 +422,40 @@ def test_phone_viewport_rooms_have_no_horizontal_scroll_and_the_composer_in_view
     assert messages.evaluate("list => list.scrollWidth <= list.clientWidth")
     for hook in ("#room-input", "#room-send", "#rooms-status", "#room-title"):
         expect(page.locator(hook)).to_be_in_viewport()
+
+
+def test_in_jwt_mode_the_shared_stream_renews_when_its_token_expires_for_every_tab(
+    person: OpenBrowser, spawn: Callable[..., ServerProcess]
+) -> None:
+    secret = "s" * 40
+    server = spawn("--auth", "jwt", "--jwt-secret", secret, *FAST_RETRY)
+
+    def token_cookie(lifetime_s: int) -> SetCookieParam:
+        claims = {"sub": "host-user-8", "name": "Eve", "exp": int(time.time()) + lifetime_s}
+        value = jwt.encode(claims, secret, algorithm="HS256")
+        return {"name": "ssechat_token", "value": value, "url": server.url}
+
+    first = person(server)
+    first.context.add_cookies([token_cookie(3)])
+    first.reload()
+    second = _tab(first)
+    for tab in (first, second):
+        expect(tab.locator("#identity-name")).to_have_text("Eve")
+        _live(tab)
+    # The host renews its cookie; the stream still runs on the old token and ends
+    # at its exp with `reauth`: the leader asks /me, then reopens /stream.
+    first.context.add_cookies([token_cookie(3600)])
+    [leader] = _leaders([first, second])
+    asked: list[str] = []
+    leader.on("request", lambda request: asked.append(request.url))
+    with leader.expect_request(re.compile(r"/stream\?"), timeout=15_000):
+        pass
+    assert f"{server.url}/me" in asked, asked
+    said = f"renewed {token()}"
+    for tab in (first, second):
+        _live(tab)
+    _say(second, said)
+    for tab in (first, second):
+        _wait_for_room_text(tab, said)
+        shown = tab.locator("#room-messages li.room-message").filter(has_text=said)
+        expect(shown.locator(".sender")).to_have_text("Eve")
