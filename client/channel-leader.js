@@ -1,24 +1,15 @@
 /**
- * One connection per browser. Every tab of the page wants some channels
- * (`room:<name>`, `conv:<id>`) of the server's multiplexed GET /stream; one
- * tab, the leader, holds the only EventSource, on the union of what every tab
- * wants, and relays each event to the others.
- *
- * - Who leads: a Web Lock (navigator.locks) named after the server. Every tab
- *   asks for it; the first holds it while it lives, the others wait in line.
- *   When the leader closes, the browser grants the lock to the next tab.
- * - How tabs talk: a BroadcastChannel of the same name. Each tab announces its
- *   channels (`want`, again every HEARTBEAT_MS so a crashed tab is forgotten);
- *   the leader reopens /stream when the union changes and relays every event
- *   (`event`: name, data, composite id, channel) and its state (`state`).
- * - Nothing lost on a handover: every tab remembers where each channel was at
- *   the last event relayed to it (the composite id, channel-ids.js). The new
- *   leader opens /stream from there, so the server replays whatever the old
- *   leader did not get to relay; a reopen on a new set of channels likewise.
- *
- * Why: a browser opens at most six HTTP/1.1 connections to a host (README).
- * Without Web Locks or BroadcastChannel (an http:// page on a host that is not
- * localhost is no secure context), each tab simply leads alone.
+ * One connection per browser (README, "The Rooms view"). Every tab wants some
+ * channels (`room:<name>`, `conv:<id>`) of the multiplexed GET /stream; one
+ * tab, the leader, holds the only EventSource, on the union of them all.
+ * - Who leads: a Web Lock named after the server; the others wait in line,
+ *   and the browser grants it to the next when the leader closes.
+ * - How tabs talk: a BroadcastChannel of that name. Tabs announce their
+ *   channels (`want`); the leader reopens /stream when the union changes and
+ *   relays each event (name, data, id, channel) and its state to every tab.
+ * - Nothing lost: every tab keeps each channel's position at the last event
+ *   relayed (channel-ids.js); a new leader, or a new set, resumes from there.
+ * Without Web Locks or BroadcastChannel (no secure context) each tab leads alone.
  */
 
 import { compositeFor, notePositions, parseObject, positionsOf, sameList, unionOf } from "./channel-ids.js";
@@ -32,9 +23,13 @@ export const MAX_CHANNELS = 16;
 const STREAM_EVENTS = Object.freeze([
   "message", "presence", "typing", "gap", "user", "start", "delta", "done", "error", "deleted",
 ]); // prettier-ignore
-/** Tabs re-announce their channels this often; the leader forgets one silent for 3 times that. */
-const HEARTBEAT_MS = 4000;
-const TAB_TIMEOUT_MS = 3 * HEARTBEAT_MS;
+/**
+ * Tabs re-announce their channels this often, and the leader forgets one
+ * silent for TAB_TIMEOUT_MS: a tab says `bye` when it closes, so this is for
+ * a crashed one. Generous, as a hidden tab's timers may run only once a minute.
+ */
+const HEARTBEAT_MS = 20000;
+const TAB_TIMEOUT_MS = 10 * HEARTBEAT_MS;
 /** Announcements within this long are one change of the union: one reopen, not several. */
 const REOPEN_DELAY_MS = 40;
 /** A new leader waits this long before opening: the old leader's last relays are still arriving. */
@@ -76,6 +71,8 @@ export class SharedStream {
     /** Counts start() calls: a lead granted for an earlier server is dropped. */
     this.joined = 0;
     window.addEventListener("pagehide", () => this.post({ kind: "bye", tab: this.tab }));
+    // Back from the back/forward cache: the leader forgot this tab at its `bye`.
+    window.addEventListener("pageshow", (event) => event.persisted && this.announce(true));
   }
 
   // ------------------------------------------------------------ joining
