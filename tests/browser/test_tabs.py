@@ -233,8 +233,10 @@ def test_closing_the_leading_tab_hands_over_without_a_lost_or_repeated_message(
 
 
 def test_presence_shows_the_other_person_and_typing_says_who_is_typing(
-    person: OpenBrowser, server: ServerProcess
+    person: OpenBrowser, spawn: Callable[..., ServerProcess]
 ) -> None:
+    # A short grace: a person leaves a room half a second after their stream of it closed.
+    server = spawn("--presence-grace", "0.5", *FAST_RETRY)
     a = person(server)
     b = person(server)
     a_name, b_name = _wait_for_name(a), _wait_for_name(b)
@@ -261,6 +263,12 @@ def test_presence_shows_the_other_person_and_typing_says_who_is_typing(
     _wait_for_room_text(a, said)
     # The message ends the typing notice.
     expect(a.locator("#typing")).to_have_text("")
+
+    # B goes back to the lobby: the stream without the room closes, and B leaves it.
+    b.locator('#room-list [data-room="lobby"]').click()
+    expect(b.locator("#room-title")).to_have_text("#lobby")
+    expect(a.locator("#presence-list li").filter(has_text=b_name)).to_have_count(0)
+    expect(a.locator("#presence-count")).to_have_text("1 here")
 
 
 def test_older_messages_load_on_demand_in_order_once_each(
