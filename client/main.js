@@ -21,7 +21,7 @@ import {
   sendMessage,
   setTransport,
 } from "./room.js";
-import { onRoomsServerApplied, setRoomsActive, startRooms, wireRooms } from "./rooms.js";
+import { onRoomsServerApplied, refreshRooms, setRoomsActive, startRooms, wireRooms } from "./rooms.js";
 import {
   askAboutServer,
   clearSettingsError,
@@ -101,6 +101,8 @@ function showView(name, conversationId = null) {
     disconnect();
     setRoomsActive(true);
   }
+  // Back to the Rooms view: others may have made rooms meanwhile (the first showing lists them at start).
+  if (name === "rooms" && before !== undefined && before !== "rooms") refreshRooms();
   if (name === "chat") {
     startChat(conversationId);
     replaceHash(chatHash());
