@@ -242,11 +242,15 @@ def test_presence_shows_the_other_person_and_typing_says_who_is_typing(
     a_name, b_name = _wait_for_name(a), _wait_for_name(b)
     assert a_name != b_name
     room = f"t-{token()}"
-    # A creates a room through the switcher; B finds it listed (GET /rooms) and opens it.
+    # A creates a room through the switcher; B, back in the Rooms view, finds it listed
+    # (GET /rooms again) and opens it.
+    expect(b.locator('#room-list [data-room="lobby"]')).to_have_count(1)  # B's list is in
     a.locator("#room-name").fill(room)
     a.locator("#room-create-button").click()
     expect(a.locator("#room-title")).to_have_text(f"#{room}")
-    b.reload()
+    expect(b.locator(f'#room-list [data-room="{room}"]')).to_have_count(0)
+    b.locator('[data-view-target="chat"]').click()
+    b.locator('[data-view-target="rooms"]').click()
     b.locator(f'#room-list [data-room="{room}"]').click()
     expect(b.locator("#room-title")).to_have_text(f"#{room}")
     for page, other in ((a, b_name), (b, a_name)):
