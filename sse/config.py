@@ -423,8 +423,8 @@ class Config:
     presence_lease_s: float = _opt(
         30.0,
         "--presence-lease",
-        "with --redis-url: each node renews its people's presence this often (a "
-        "third of it); those of a node that stopped renewing leave after it",
+        "with --redis-url: how long a node's hold on its people's presence lasts "
+        "unless renewed (every third of it); the people of a node that died leave after it",
         _ROOMS,
         metavar="SECONDS",
     )

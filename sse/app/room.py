@@ -7,8 +7,9 @@ This room is the named room `lobby` (sse.chat.rooms): a message sent here is
 kept in the lobby's messages first, then published to the seed's streams, and
 then to `room:lobby` as JSON with its sender. The acknowledgement waits for the
 store and the seed's broker (nothing acknowledged can be lost, and a message
-that could not be kept is sent nowhere); the `room:lobby` publish cannot fail
-the post (the message is kept and was sent), a failure there is logged. The
+that could not be kept is sent nowhere); the `room:lobby` publish follows,
+not waited for, and cannot fail the post (the message is kept and was sent): a
+failure there is logged. The
 sender is the request's identity when the route resolved one, else who the
 session cookie names (`Gate.peek`: no store, no new guest), else anonymous.
 GET /events pays nothing for any of it.
@@ -135,7 +136,7 @@ class Room:
         kept = await rooms.keep_seed_post(message, await self._sender(req))
         published = await settle(self.send(message))
         if kept is not None:
-            await rooms.publish_seed_post(kept)
+            rooms.publish_seed_post(kept)
         return published
 
     async def _sender(self, req: Request) -> Sender:

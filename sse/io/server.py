@@ -130,6 +130,7 @@ class Server:
             self.presence,
             Typing(self.broker, ephemeral),
             max_rooms=config.max_rooms,
+            spawn=self.spawn,
         )
         self.app = App(
             config,

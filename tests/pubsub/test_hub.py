@@ -410,3 +410,44 @@ def test_a_capped_resume_says_how_many_were_not_replayed() -> None:
     notice = _gap_notice(hub.resume("room", "e-0"))
     assert "40 bytes" in notice["message"]
     assert notice["message"].endswith("3 were missed.")
+
+
+def test_a_broadcast_has_no_id_and_stays_out_of_the_history() -> None:
+    hub = Hub(history_size=10, epoch="e")
+    sink = Collect()
+    hub.subscribe("room", uuid4(), sink)
+    first = hub.publish("room", "kept")
+    hub.broadcast("room", '{"who": "ann"}', event="typing")
+    assert sink.frames[-1].raw == b'event: typing\ndata: {"who": "ann"}\n\n'
+    assert sink.frames[-1].id == ""
+    assert hub.last_id("room") == first.id  # no sequence number taken
+    resumed = hub.resume("room", "e-0")
+    assert _data(resumed.frames) == ["kept"]
+    assert resumed.gap is None
+
+
+def test_a_broadcast_follows_the_events_pending_before_it() -> None:
+    loop = ManualLoop()
+    hub = Hub(history_size=10, epoch="e", schedule=loop.schedule)
+    sink = Collect()
+    hub.subscribe("room", uuid4(), sink)
+    hub.publish("room", "one")
+    hub.broadcast("room", "typing", event="typing")
+    hub.publish("room", "two")
+    loop.run()
+    assert _data(sink.frames) == ["one", "typing", "two"]
+
+
+def test_a_broadcast_to_a_topic_nobody_follows_creates_nothing() -> None:
+    hub = Hub(history_size=10, epoch="e")
+    keep = Collect()
+    hub.subscribe("busy", uuid4(), keep)
+    hub.take_active()
+    hub.broadcast("quiet", "x", event="presence")
+    assert hub.take_active() == set()
+    late = Collect()
+    hub.subscribe("quiet", uuid4(), late)
+    assert late.frames == []
+    with pytest.raises(EncodeError):
+        hub.broadcast("busy", "x", event="bad\nname")
+    assert keep.frames == []

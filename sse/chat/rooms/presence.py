@@ -25,7 +25,7 @@ from sse.chat.rooms.records import Sender, room_topic
 from sse.errors import BrokerUnavailable
 from sse.pubsub.ephemeral import Ephemeral
 
-__all__ = ["Presence", "PresenceHandle", "SharedPresence", "StreamHook", "quietly"]
+__all__ = ["Presence", "PresenceHandle", "SharedPresence", "StreamHook", "quietly", "together"]
 
 log = logging.getLogger("ssechat.rooms")
 
@@ -33,6 +33,21 @@ log = logging.getLogger("ssechat.rooms")
 # (`OpenStream.on_open`).
 StreamHook = Callable[[], Callable[[], None]]
 Spawn = Callable[[Coroutine[Any, Any, None]], object]
+
+
+def together(hooks: list[StreamHook]) -> StreamHook:
+    """One hook for a stream carrying several rooms (a multiplexed stream): all enter, all leave."""
+
+    def opened() -> Callable[[], None]:
+        closers = [hook() for hook in hooks]
+
+        def closed() -> None:
+            for close in closers:
+                close()
+
+        return closed
+
+    return opened
 
 
 class SharedPresence(Protocol):

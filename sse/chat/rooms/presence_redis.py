@@ -198,10 +198,15 @@ class RedisPresence:
                 if self._failing:
                     self._failing = False
                     log.warning("presence reaches Redis again")
-            except RedisError as exc:
+            except (RedisError, OSError) as exc:
                 if not self._failing:
                     self._failing = True
                     log.error("presence cannot reach Redis (%s); retrying", exc)
+                await asyncio.sleep(_RETRY_S)
+                continue
+            except Exception:
+                # A bug must not end presence for good: logged, and tried again.
+                log.exception("presence could not be brought up to date in Redis")
                 await asyncio.sleep(_RETRY_S)
                 continue
             self._wake.clear()
@@ -221,7 +226,7 @@ class RedisPresence:
                     await self._apply_release(room, owner)
                 else:
                     await self._apply_hold([(room, owner, sender)])
-            except RedisError:
+            except Exception:
                 self._dirty.setdefault(key, None)
                 raise
 

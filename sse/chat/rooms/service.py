@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from sse.chat.rooms.presence import Presence
 from sse.chat.rooms.records import LOBBY, ROOM_NAME, RoomMessage, RoomStore, Sender, room_topic
@@ -43,12 +45,14 @@ class RoomService:
         typing: Typing,
         *,
         max_rooms: int,
+        spawn: Callable[[Coroutine[Any, Any, None]], object],
     ) -> None:
         self.store = store
         self.presence = presence
         self.typing = typing
         self._broker = broker
         self._max_rooms = max_rooms
+        self._spawn = spawn
         self._known: set[str] = {LOBBY}
 
     @staticmethod
@@ -124,16 +128,20 @@ class RoomService:
         """
         return await self.store.add_room_message(LOBBY, text, sender)
 
-    async def publish_seed_post(self, message: RoomMessage) -> None:
-        """Publish a kept seed post to the lobby's JSON stream; a failure is logged.
+    def publish_seed_post(self, message: RoomMessage) -> None:
+        """Publish a kept seed post to the lobby's JSON stream, without waiting.
 
         The seed's own streams have it already and the store keeps it, so the
-        seed's poster is not told of a failure here (it must not post again).
+        seed's poster is not kept waiting for this, nor told of a failure here
+        (it must not post again): a failure is logged.
         """
         try:
-            await settle(self._broker.publish(room_topic(LOBBY), _data(message), event="message"))
-        except (BrokerUnavailable, EncodeError) as exc:
+            published = self._broker.publish(room_topic(LOBBY), _data(message), event="message")
+        except EncodeError as exc:  # the seed's topic took the same text
             log.warning("lobby message %d not published to room:lobby: %s", message.id, exc)
+            return
+        if not isinstance(published, str):
+            self._spawn(_logged(published, message.id))
 
     async def _to_seed(self, text: str) -> None:
         try:
@@ -150,6 +158,13 @@ class RoomService:
         if not await self.exists(room):
             raise ClientError(404, f"no such room: {room}")
         return await self.store.room_messages(room, before, limit)
+
+
+async def _logged(published: Awaitable[str], message_id: int) -> None:
+    try:
+        await published
+    except (BrokerUnavailable, EncodeError) as exc:
+        log.warning("lobby message %d not published to room:lobby: %s", message_id, exc)
 
 
 def _data(message: RoomMessage) -> str:
