@@ -101,6 +101,7 @@ static struct {
     int sync;
     int ws;                 /* WebSockets instead of event streams and POSTs */
     int ws_deflate;         /* offer permessage-deflate on the streams */
+    const char *path;       /* the streams' GET target with --transport sse */
     const char *label;
 } O = {
     .host = "127.0.0.1",
@@ -114,6 +115,7 @@ static struct {
     .drain_timeout_s = 10,
     .sync_timeout_s = 120,
     .max_s = 300,
+    .path = "/events",
     .label = "",
 };
 
@@ -151,6 +153,9 @@ static void usage(FILE *f)
         "  --transport T        sse (GET /events, POST /send-message; default) or ws\n"
         "                       (GET /ws; messages sent as frames, answered by ack frames)\n"
         "  --ws-deflate         with --transport ws: offer permessage-deflate on the streams\n"
+        "  --path P             with --transport sse: the streams' GET target (default\n"
+        "                       /events), e.g. /stream?ch=room:lobby; a data line that is a\n"
+        "                       JSON object is read from its \"text\" (or \"data\") string\n"
         "  --label TEXT         copied into the JSON result\n"
         "Prints one JSON line of results on stdout; exit 0 ok, 1 a phase failed or timed\n"
         "out, 2 setup error (bad option, out of file descriptors or ports).\n");
@@ -348,7 +353,7 @@ struct endpoint {
     int port;
     struct sockaddr_in addr;
     char hostport[64];
-    char get_req[768];      /* a stream's GET /events or GET /ws */
+    char get_req[1024];     /* a stream's GET /events (or --path) or GET /ws */
     int get_len;
     char pub_ws_req[512];   /* a WebSocket publisher's GET /ws */
     int pub_ws_len;
@@ -535,6 +540,28 @@ static inline void on_message(struct stream *c, long local, uint64_t seq, uint64
     C.last_msg_ns = t;
 }
 
+/* A JSON object's "text" (or "data") string value, as a multiplexed stream tags the
+ * message (GET /stream): s and n narrowed to it, or left as they are. */
+static inline void json_text(const char **s, size_t *n)
+{
+    const char *k = memmem(*s, *n, "\"text\":", 7);
+    if (!k)
+        k = memmem(*s, *n, "\"data\":", 7);
+    if (!k)
+        return;
+    size_t off = (size_t)(k - *s) + 7;
+    while (off < *n && (*s)[off] == ' ')
+        off++;
+    if (off >= *n || (*s)[off] != '"')
+        return;
+    const char *v = *s + off + 1;
+    const char *q = memchr(v, '"', *n - off - 1);
+    if (!q)
+        return;
+    *s = v;
+    *n = (size_t)(q - v);
+}
+
 /* One complete line of the event stream (without its LF). */
 static inline void on_line(struct stream *c, long local, const char *s, size_t n, uint64_t t)
 {
@@ -546,6 +573,8 @@ static inline void on_line(struct stream *c, long local, const char *s, size_t n
         n -= 5;
         if (n && *s == ' ')
             s++, n--;
+        if (n && *s == '{')
+            json_text(&s, &n);
         if (n && (unsigned)(*s - '0') < 10) {
             uint64_t seq = 0, sent = 0;
             size_t i = 0;
@@ -949,7 +978,7 @@ static ssize_t head_feed(struct stream *c, long local, const char *p, size_t n)
             *eol = 0;
         C.failed++;
         INFLIGHT--;
-        note_err("GET %s answered \"%.80s\"", O.ws ? "/ws" : "/events", c->head);
+        note_err("GET %s answered \"%.80s\"", O.ws ? "/ws" : O.path, c->head);
         close(c->fd);
         free(c->head);
         c->head = NULL;
@@ -1907,7 +1936,7 @@ static void parse_args(int argc, char **argv)
         {"drain-timeout", 1, 0, 'D'}, {"sync", 0, 0, 's'}, {"sync-timeout", 1, 0, 'S'},
         {"hold", 1, 0, 'o'}, {"max-seconds", 1, 0, 'X'}, {"label", 1, 0, 'L'}, {"help", 0, 0, 'h'},
         {"transport", 1, 0, 't'}, {"ws-deflate", 0, 0, 'z'},
-        {"ports", 1, 0, 'K'}, {"publish-ports", 1, 0, 'B'},
+        {"ports", 1, 0, 'K'}, {"publish-ports", 1, 0, 'B'}, {"path", 1, 0, 'Q'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
@@ -1948,6 +1977,7 @@ static void parse_args(int argc, char **argv)
             O.ws = strcmp(optarg, "ws") == 0;
             break;
         case 'z': O.ws_deflate = 1; break;
+        case 'Q': O.path = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -1977,6 +2007,8 @@ static void parse_args(int argc, char **argv)
         fatal("--procs is at most %d", MAX_WORKERS);
     if (O.ws_deflate && !O.ws)
         fatal("--ws-deflate needs --transport ws");
+    if (O.path[0] != '/' || strlen(O.path) > 512 || strpbrk(O.path, " \t\r\n"))
+        fatal("--path is a request target: '/', no spaces or line breaks, at most 512 bytes");
 }
 
 static long ports_per_address(void)
@@ -2068,8 +2100,8 @@ int main(int argc, char **argv)
             e->pub_ws_len = snprintf(e->pub_ws_req, sizeof e->pub_ws_req, ws_head, hp, "");
         } else {
             e->get_len = snprintf(e->get_req, sizeof e->get_req,
-                                  "GET /events HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n"
-                                  "Cache-Control: no-cache\r\n\r\n", hp);
+                                  "GET %s HTTP/1.1\r\nHost: %s\r\nAccept: text/event-stream\r\n"
+                                  "Cache-Control: no-cache\r\n\r\n", O.path, hp);
         }
     }
     for (int k = 0; k <= O.nports; k++)

@@ -35,7 +35,7 @@ from procfs import QUIET_CORES
 from results import RunResult
 from runner import run_least_noisy
 from scenarios import GROUPS, S6_RATE, SCENARIOS
-from server_specs import BUILTIN_SERVERS, DEFAULT_SERVERS, ServerSpec
+from server_specs import BUILTIN_SERVERS, DEFAULT_SERVERS, STREAM_PATH, ServerSpec
 from table import render_table
 
 # Join announcements cost N(N+1)/2 deliveries. A server that cannot turn them off
@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated servers to compare: ours (SSE), ours-ws (WebSocket), "
         "ours-ws-deflate (permessage-deflate, shared), ours-ws-deflate-ctx (per-connection), "
-        "node, and every --peer (default: ours,ours-ws,node and every --peer)",
+        "ours-stream (GET /stream, see --stream-path), node, and every --peer "
+        "(default: ours,ours-ws,node and every --peer)",
     )
     p.add_argument(
         "--peer",
@@ -123,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="run again, up to N times, a run during which other programs used more than "
         f"{QUIET_CORES} cores; the least noisy one counts (default 1, or 0 with --quick)",
     )
+    p.add_argument(
+        "--stream-path",
+        default=STREAM_PATH,
+        metavar="TARGET",
+        help="what each stream of ours-stream opens (default %(default)s): a multiplexed "
+        "stream of channels that POST /send-message feeds",
+    )
     p.add_argument("--out", type=Path, default=OUT, help="where raw results go (default bench/out)")
     return p
 
@@ -133,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not LOADGEN.exists():
         raise SystemExit(f"{LOADGEN} is missing: run `make bench` (it builds it with gcc)")
     servers = dict(BUILTIN_SERVERS)
+    servers["ours-stream"] = replace(
+        servers["ours-stream"], loadgen_args=("--path", args.stream_path)
+    )
     no_join = _parse_named(args.peer_no_join, "--peer-no-join")
     for name, cmd in _parse_named(args.peer, "--peer").items():
         servers[name] = ServerSpec(name, cmd, no_join.get(name))

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from paths import REPO
 
-__all__ = ["BUILTIN_SERVERS", "DEFAULT_SERVERS", "ServerSpec"]
+__all__ = ["BUILTIN_SERVERS", "DEFAULT_SERVERS", "STREAM_PATH", "ServerSpec"]
+
+# What `ours-stream` opens: the lobby's channel, which POST /send-message also feeds.
+STREAM_PATH = "/stream?ch=room:lobby"
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,16 @@ BUILTIN_SERVERS = {
         "--no-join-announcement",
         transport="ws",
         loadgen_args=("--ws-deflate",),
+        ssechat=True,
+    ),
+    # The same server, each stream a multiplexed `GET /stream` of one channel that
+    # /send-message feeds (`--stream-path` names another): against `ours`, what the
+    # channel tags and composite ids cost.
+    "ours-stream": ServerSpec(
+        "ours-stream",
+        _OURS,
+        "--no-join-announcement",
+        loadgen_args=("--path", STREAM_PATH),
         ssechat=True,
     ),
     "node": ServerSpec("node", "node bench/peers/node-express/server.js"),

@@ -22,10 +22,17 @@ from sse.io.backlog import Backlog
 from sse.io.hooks import Collector, ServerState, WritesOut
 from sse.protocol.frame import Frame
 from sse.protocol.http1 import LAST_CHUNK, chunk
-from sse.protocol.multiplex import ChannelIds, fingerprint, one_channel, parse_composite
+from sse.protocol.multiplex import (
+    ONE_CHUNKED,
+    ONE_RAW,
+    ChannelIds,
+    fingerprint,
+    one_channel,
+    parse_composite,
+)
 from sse.protocol.sse import Event, encode, encode_comment
 from sse.pubsub.broker import settle
-from sse.pubsub.hub import Resume
+from sse.pubsub.hub import Resume, Sink
 
 __all__ = ["MuxResume", "MuxStream", "MuxWriter", "attach_all"]
 
@@ -103,6 +110,7 @@ class MuxStream(Backlog):
         "_abort",
         "_chunked",
         "_detach",
+        "_fast",
         "_finish",
         "_held",
         "_held_bytes",
@@ -141,9 +149,17 @@ class MuxStream(Backlog):
         self.key = key
         self.channels = tuple(name for name, _ in channels)
         self.topics = tuple(topic for _, topic in channels)
-        self.sinks = tuple(_ChannelSink(self, i) for i in range(len(channels)))
-        # One channel: the composite id is `<fingerprint>.<the event's id>`.
-        self._one = fingerprint(self.channels) + "." if len(channels) == 1 else ""
+        # One channel: the composite id is `<fingerprint>.<the event's id>`, and
+        # the stream is its own sink (`push`), so a broadcast costs what /events'
+        # does plus one dict lookup.
+        one = len(channels) == 1
+        self.sinks: tuple[Sink, ...] = (
+            (self,) if one else tuple(_ChannelSink(self, i) for i in range(len(channels)))
+        )
+        self._one = fingerprint(self.channels) + "." if one else ""
+        # The key of `Frame.encodings` that `push` writes as it is; "" (never a
+        # key) until the stream is started, and once its channel ended.
+        self._fast = ""
         self._ids = ChannelIds(self.channels, ["" for _ in channels])
         # Frames pushed before `start` (channels attaching one after another).
         self._held: list[tuple[int, Frame]] | None = []
@@ -166,6 +182,8 @@ class MuxStream(Backlog):
         held, self._held = self._held or [], None
         replay.extend(ids.encode(i, frame, self.channels[i]) for i, frame in held)
         self.replayed = len(opened.sizes())
+        if self._one and self._live[0]:
+            self._fast = ONE_CHUNKED if self._chunked else ONE_RAW
         # One chunk for all of it: the replay is bounded by --max-replay-bytes a channel.
         body = b"".join(replay)
         self._begin(first, [self.frame_bytes(body)] if body else [])
@@ -202,8 +220,15 @@ class MuxStream(Backlog):
         self._send(chunk(data) if self._chunked else data)
 
     def push(self, frame: Frame) -> None:
-        """Not a sink itself: each channel subscribes its own (`sinks`)."""
-        raise TypeError("a multiplexed stream is subscribed through its channel sinks")
+        """The sink of a one-channel stream: the hot path of a broadcast."""
+        data = frame.encodings.get(self._fast)
+        if data is None:  # the first stream of this frame builds it; or not started
+            self.take(0, frame)
+            return
+        if not self._paused and not self._pending:
+            self._write(data)
+            return
+        self._enqueue(data)
 
     def abort_stream(self, reason: str) -> None:
         """Drop the stream at once (its client resumes by id)."""
@@ -222,6 +247,7 @@ class MuxStream(Backlog):
             if mine != topic or not self._live[index]:
                 continue
             self._live[index] = False
+            self._fast = ""
             self._detach(topic, self.key)
             notice = Frame.of(Event(data, event=event), 0)
             if not any(self._live):

@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 
 from sse.app.accounts import identity_routes
 from sse.app.conversations import conversation_routes
-from sse.app.multiplex import stream_routes
+from sse.app.multiplex import RoomAccess, stream_routes
 from sse.app.room import Room
 from sse.app.rooms import RoomChannels, room_routes
 from sse.app.router import App
@@ -77,7 +77,8 @@ _METRICS_FLUSH_S = 1.0
 class Server:
     """The shared state of all connections: the hub, the app, the open streams."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, rooms: RoomAccess | None = None) -> None:
+        """`rooms` says who may follow which named room on /stream, and is told presence."""
         self.config = config
         self.started_at = time.monotonic()
         # The epoch makes event ids from before a restart recognisably foreign.
@@ -138,7 +139,8 @@ class Server:
                 *Room(config, self.broker, self.limits, self.gate, self.rooms).routes(),
                 *room_routes(self.rooms, config, self.limits),
                 *conversation_routes(self.chat, config, self.limits),
-                *stream_routes(self.chat, RoomChannels(self.rooms)),
+                # The named rooms' existence and presence, unless a test brings its own.
+                *stream_routes(self.chat, rooms if rooms is not None else RoomChannels(self.rooms)),
                 *identity_routes(config, self.gate, self.store),
             ],
             load_static(config.client_dir),

@@ -8,7 +8,9 @@ position of the connection in every channel at that event:
     <fingerprint>.<position 1>.<position 2>...
 
 in the order the channels were asked for. A position is the channel's own
-event id (`<epoch>-<seq>` in one process, a Redis entry id across nodes); the
+event id (`<epoch>-<seq>` in one process, a Redis entry id across nodes); a
+later position that shares the first one's `<epoch>-` (every channel, in one
+process) is written as its `<seq>` alone. The
 fingerprint is 8 hex digits of a hash of the channel list, so that an id meant
 for another list of channels is recognised as foreign instead of misread. No
 CR, LF or NUL can appear in it: fingerprints are hex, positions are checked.
@@ -31,6 +33,8 @@ from sse.protocol.sse import Event, encode
 
 __all__ = [
     "MAX_CHANNELS",
+    "ONE_CHUNKED",
+    "ONE_RAW",
     "ChannelIds",
     "fingerprint",
     "one_channel",
@@ -42,13 +46,15 @@ __all__ = [
 MAX_CHANNELS = 16
 # A position as our brokers write them: `<epoch ms>-<seq>` or a Redis entry id.
 _POSITION = re.compile(r"[0-9]{1,20}-[0-9]{1,20}\Z")
+# A later position with the first one's `<epoch>-`, written without it.
+_SEQ = re.compile(r"[0-9]{1,20}\Z")
 _SEP = "."
 # Past this nothing we issue is as long: such an id is not even split.
 _MAX_COMPOSITE_CHARS = 9 + MAX_CHANNELS * 42
 # Keys of `Frame.encodings` (shared with the WebSocket encodings, which use others).
 _BODY = "mux:body"  # one event's tagged bytes, without an id line
-_ONE_RAW = "mux:one"  # a frame as a one-channel stream writes it, unframed
-_ONE_CHUNKED = "mux:one-chunked"  # the same as one HTTP/1.1 chunk
+ONE_RAW = "mux:one"  # a frame as a one-channel stream writes it, unframed
+ONE_CHUNKED = "mux:one-chunked"  # the same as one HTTP/1.1 chunk
 
 
 def fingerprint(channels: Sequence[str]) -> str:
@@ -72,7 +78,17 @@ def parse_composite(value: str | None, channels: Sequence[str]) -> list[str | No
     parts = value.split(_SEP)
     if len(parts) != len(channels) + 1 or parts[0] != fingerprint(channels):
         return unknown
-    return [p if _POSITION.match(p) else None for p in parts[1:]]
+    first = parts[1]
+    base = _base_of(first) if _POSITION.match(first) else ""
+    out: list[str | None] = []
+    for part in parts[1:]:
+        if _POSITION.match(part):
+            out.append(part)
+        elif base and _SEQ.match(part):
+            out.append(base + part)
+        else:
+            out.append(None)
+    return out
 
 
 def tagged_data(data: str, channel: str) -> str:
@@ -108,13 +124,13 @@ def one_channel(frame: Frame, channel: str, prefix: str, *, chunked: bool) -> by
     The composite id of a one-channel stream depends only on the event, so the
     bytes are the same for all of them: built once per frame, like `Frame.chunked`.
     """
-    key = _ONE_CHUNKED if chunked else _ONE_RAW
+    key = ONE_CHUNKED if chunked else ONE_RAW
     done = frame.encodings.get(key)
     if done is not None:
         return done
-    raw = frame.encodings.get(_ONE_RAW)
+    raw = frame.encodings.get(ONE_RAW)
     if raw is None:
-        raw = frame.encodings[_ONE_RAW] = b"".join(
+        raw = frame.encodings[ONE_RAW] = b"".join(
             b"id: %b\n%b" % ((prefix + s.id).encode(), tagged_body(s, channel))
             if s.id
             else tagged_body(s, channel)
@@ -122,22 +138,32 @@ def one_channel(frame: Frame, channel: str, prefix: str, *, chunked: bool) -> by
         )
     if not chunked:
         return raw
-    framed = frame.encodings[_ONE_CHUNKED] = chunk(raw)
+    framed = frame.encodings[ONE_CHUNKED] = chunk(raw)
     return framed
 
 
 class ChannelIds:
     """A connection's position in each of its channels, and its composite ids."""
 
-    __slots__ = ("_positions", "fingerprint")
+    __slots__ = ("_base", "_parts", "_positions", "fingerprint")
 
     def __init__(self, channels: Sequence[str], positions: Sequence[str]) -> None:
         self.fingerprint = fingerprint(channels)
         self._positions = list(positions)
+        self._base = ""
+        self._parts: list[str] = []
+        self._rebase()
+
+    def _rebase(self) -> None:
+        # The first position is written whole; each other one sharing its
+        # `<epoch>-` (every channel in one process) as its sequence number alone.
+        positions = self._positions
+        self._base = _base_of(positions[0]) if positions else ""
+        self._parts = [positions[0], *(_compact(p, self._base) for p in positions[1:])]
 
     def composite(self) -> str:
         """The composite id of the positions now."""
-        return _SEP.join((self.fingerprint, *self._positions))
+        return _SEP.join((self.fingerprint, *self._parts))
 
     def encode(self, index: int, frame: Frame, channel: str) -> bytes:
         """`frame`'s events of channel `index`, each with its composite id; advances it.
@@ -146,14 +172,35 @@ class ChannelIds:
         line is the cached tagged body plus one join of three strings per event.
         """
         positions = self._positions
-        head = _SEP.join((self.fingerprint, *positions[:index])) + _SEP
-        tail = _SEP.join(("", *positions[index + 1 :])) if index + 1 < len(positions) else ""
+        parts = self._parts
+        head = _SEP.join((self.fingerprint, *parts[:index])) + _SEP
+        tail = _SEP.join(("", *parts[index + 1 :])) if index + 1 < len(parts) else ""
         out = []
         for single in frame.singles():
             body = tagged_body(single, channel)
-            if single.id:
-                positions[index] = single.id
-                out.append(b"id: %b\n%b" % ((head + single.id + tail).encode(), body))
-            else:
+            if not single.id:
                 out.append(body)
+                continue
+            positions[index] = single.id
+            if index == 0:
+                if self._base and single.id.startswith(self._base):
+                    parts[0] = single.id
+                else:  # a new epoch (a Redis millisecond): the others are written anew
+                    self._rebase()
+                    parts = self._parts
+                    tail = _SEP.join(("", *parts[1:]))
+                part = single.id
+            else:
+                part = parts[index] = _compact(single.id, self._base)
+            out.append(b"id: %b\n%b" % ((head + part + tail).encode(), body))
         return b"".join(out)
+
+
+def _base_of(position: str) -> str:
+    """`<epoch>-` of a position, or "" for none."""
+    cut = position.find("-")
+    return position[: cut + 1] if cut > 0 else ""
+
+
+def _compact(position: str, base: str) -> str:
+    return position[len(base) :] if base and position.startswith(base) else position

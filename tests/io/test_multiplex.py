@@ -7,12 +7,18 @@ directly: the named rooms' own routes are not this module's business.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+from sse.auth.identity import Identity
+from sse.config import Config
+from sse.errors import ClientError
 from sse.io.server import Server
 from sse.protocol.multiplex import fingerprint
-from sse.protocol.sse import DecodedEvent
+from sse.protocol.sse import Comment, DecodedEvent, Decoder
 from sse.pubsub.broker import settle
 from tests.support.client import (
     CookieJar,
@@ -21,6 +27,7 @@ from tests.support.client import (
     events_until,
     json_object,
     request,
+    wait_until,
 )
 
 JSON = [("content-type", "application/json")]
@@ -46,6 +53,16 @@ async def _say(server: Server, room: str, text: str) -> str:
     """A room message as the rooms publish them: JSON on `room:<name>`, with an id."""
     payload = {"id": text, "room": room, "text": text, "from": {"id": "u1", "name": "Ann"}}
     return await settle(server.broker.publish(f"room:{room}", json.dumps(payload), event="message"))
+
+
+@contextlib.asynccontextmanager
+async def _running(config: Config, rooms: Any) -> AsyncIterator[Server]:
+    server = Server(config, rooms=rooms)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 def _target(*channels: str) -> str:
@@ -291,3 +308,123 @@ async def test_a_deleted_conversation_leaves_the_other_channels_streaming(server
     await _say(server, "lobby", "still here")
     assert _data(await stream.next_event())["text"] == "still here"
     await stream.close()
+
+
+class _Rooms:
+    """A RoomAccess that knows two rooms and records presence, as the named rooms will."""
+
+    def __init__(self) -> None:
+        self.told: list[tuple[str, str, tuple[str, ...]]] = []
+
+    def check(self, who: Identity, rooms: tuple[str, ...]) -> None:
+        for room in rooms:
+            if room not in ("lobby", "games"):
+                raise ClientError(404, f"no room {room}")
+
+    def watch(self, who: Identity, rooms: tuple[str, ...]) -> _Watch:
+        return _Watch(self.told, who.owner, rooms)
+
+
+class _Watch:
+    def __init__(
+        self, told: list[tuple[str, str, tuple[str, ...]]], owner: str, rooms: tuple[str, ...]
+    ) -> None:
+        self._told, self._owner, self._rooms = told, owner, rooms
+
+    def opened(self) -> None:
+        self._told.append(("opened", self._owner, self._rooms))
+
+    def closed(self) -> None:
+        self._told.append(("closed", self._owner, self._rooms))
+
+
+async def test_room_access_refuses_unknown_rooms_and_hears_of_opens_and_closes(
+    tmp_path: Path,
+) -> None:
+    rooms = _Rooms()
+    config = Config(
+        port=0,
+        db_path=tmp_path / "chat.sqlite3",
+        session_secret_file=tmp_path / "session.secret",
+        limits="off",
+        shutdown_timeout_s=2.0,
+    )
+    async with _running(config, rooms) as server:
+        cid = await _create(server)
+        missing = await request(server.address, "GET", _target("room:lobby", "room:nowhere"))
+        assert (missing.status, json_object(missing)) == (404, {"error": "no room nowhere"})
+        stream = await EventStream.open(
+            server.address, _target("room:lobby", f"conv:{cid}", "room:games")
+        )
+        assert stream.status == 200
+        await _say(server, "games", "gg")
+        assert _data(await stream.next_event())["text"] == "gg"
+        (opened,) = rooms.told
+        assert opened[0] == "opened"
+        assert opened[2] == ("lobby", "games")
+        await stream.close()
+        await wait_until(lambda: len(rooms.told) == 2, what="the close told")
+        assert rooms.told[1] == ("closed", *opened[1:])
+        # A stream of conversations only has no presence to tell.
+        alone = await EventStream.open(server.address, _target(f"conv:{cid}"))
+        await alone.close()
+        assert len(rooms.told) == 2
+
+
+async def test_a_one_channel_stream_shares_its_bytes_and_resumes_exactly(server: Server) -> None:
+    target = _target("room:solo")
+    tabs = [await EventStream.open(server.address, target) for _ in range(3)]
+    ids = [await _say(server, "solo", f"m{i}") for i in range(3)]
+    seen = [await tab.events(3) for tab in tabs]
+    prefix = fingerprint(("room:solo",)) + "."
+    for got in seen:
+        assert [e.last_event_id for e in got] == [prefix + i for i in ids]
+        assert [_data(e) for e in got] == [_data(e) for e in seen[0]]
+        assert _data(got[0])["channel"] == "room:solo"
+    await tabs[0].close()
+    for i in range(3, 5):
+        await _say(server, "solo", f"m{i}")
+    back = await EventStream.open(
+        server.address, target, [("last-event-id", seen[0][1].last_event_id)]
+    )
+    assert [_data(e)["text"] for e in await back.events(3)] == ["m2", "m3", "m4"]
+    for tab in (*tabs[1:], back):
+        await tab.close()
+
+
+async def test_a_one_channel_stream_of_a_deleted_conversation_ends(server: Server) -> None:
+    cid = await _create(server)
+    stream = await EventStream.open(server.address, _target(f"conv:{cid}"))
+    assert (await request(server.address, "DELETE", f"/conversations/{cid}")).status == 204
+    deleted = await stream.next_event()
+    assert (deleted.type, _data(deleted)["channel"]) == ("deleted", f"conv:{cid}")
+    await stream.wait_ended()
+    assert stream.ended
+
+
+async def test_an_idle_multiplexed_stream_gets_heartbeats(make_server: Any) -> None:
+    server = await make_server(ping_interval_s=0.05)
+    stream = await EventStream.open(server.address, _target("room:a", "room:b"))
+    while not isinstance(await stream.next_item(), Comment):
+        pass
+    await stream.close()
+
+
+async def test_over_http_1_0_the_stream_is_close_delimited_and_tagged(server: Server) -> None:
+    reader, writer = await asyncio.open_connection(*server.address)
+    writer.write(f"GET {_target('room:a', 'room:b')} HTTP/1.0\r\n\r\n".encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding" not in head.lower()
+    await reader.readuntil(b"\n")  # the retry line
+    server.broker.publish("room:b", json.dumps({"text": "hi"}), event="message")
+    server.broker.publish("room:a", json.dumps({"text": "ho"}), event="message")
+    decoder = Decoder()
+    events: list[Any] = []
+    while len(events) < 2:
+        events += decoder.feed(await reader.read(4096))
+    assert [json.loads(e.data) for e in events] == [
+        {"text": "hi", "channel": "room:b"},
+        {"text": "ho", "channel": "room:a"},
+    ]
+    writer.close()
