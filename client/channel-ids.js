@@ -31,13 +31,21 @@ export function unionOf(lists, max) {
   return kept.map(([channel]) => channel).sort();
 }
 
-/** The position of each channel in composite id `id` of a stream on `channels`, or null. */
+/**
+ * The position of each channel in composite id `id` of a stream on `channels`,
+ * or null. A later position sharing the first one's `<epoch>-` comes as its
+ * `<seq>` alone; it is written out whole here, as any list's id may hold it.
+ */
 export function positionsOf(id, channels) {
   const parts = typeof id === "string" ? id.split(".") : [];
   if (parts.length !== channels.length + 1) return null;
+  const first = parts[1];
+  const base = /^[0-9]+-[0-9]+$/.test(first) ? first.slice(0, first.indexOf("-") + 1) : "";
   const positions = {};
   channels.forEach((channel, i) => {
-    if (parts[i + 1] !== "") positions[channel] = parts[i + 1];
+    const part = parts[i + 1];
+    if (/^[0-9]+-[0-9]+$/.test(part)) positions[channel] = part;
+    else if (base !== "" && /^[0-9]+$/.test(part)) positions[channel] = base + part;
   });
   return positions;
 }
