@@ -373,8 +373,10 @@ def test_the_page_writes_composite_ids_as_the_server_reads_them_and_keeps_16_cha
     page = person(server)
     _live(page)
     many = [f"room:r{n:02d}-{'x' * 40}" for n in range(20)]
+    # As the server writes one: later positions of the first one's epoch as their seq alone.
+    compact_id = f"{fingerprint(many[:3])}.100-3.5.200-9"
     written: dict[str, Any] = page.evaluate(
-        """async (many) => {
+        """async ([many, compactId]) => {
             const ids = await import("./channel-ids.js");
             const positions = new Map([[many[0], "1796185369998-7"], [many[2], "5-0"]]);
             // Channel n was taken at time n, channel 3 again at 99: the 16 newest are kept.
@@ -382,9 +384,10 @@ def test_the_page_writes_composite_ids_as_the_server_reads_them_and_keeps_16_cha
             const three = many.slice(0, 3);
             const id = ids.compositeFor(three, positions);
             const none = ids.compositeFor(three, new Map());
-            return { id, none, union, back: ids.positionsOf(id, three) };
+            const compact = ids.positionsOf(compactId, three);
+            return { id, none, union, back: ids.positionsOf(id, three), compact };
         }""",
-        many,
+        [many, compact_id],
     )
     three = many[:3]
     assert written["id"] == f"{fingerprint(three)}.1796185369998-7..5-0"
@@ -392,6 +395,8 @@ def test_the_page_writes_composite_ids_as_the_server_reads_them_and_keeps_16_cha
     assert written["none"] is None
     assert written["union"] == sorted([many[3], *many[5:]])
     assert written["back"] == {three[0]: "1796185369998-7", three[2]: "5-0"}
+    assert parse_composite(compact_id, three) == ["100-3", "100-5", "200-9"]
+    assert written["compact"] == dict(zip(three, ["100-3", "100-5", "200-9"], strict=True))
 
 
 def test_a_shared_stream_over_the_cap_says_busy_in_every_tab_and_comes_back_by_itself(
