@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from sse.app.multiplex import OpenRooms
 from sse.auth.identity import Identity
 from sse.config import Config
 from sse.errors import ClientError
@@ -31,6 +34,16 @@ from tests.support.client import (
 )
 
 JSON = [("content-type", "application/json")]
+
+
+@pytest.fixture(autouse=True)
+def _open_rooms(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wire alone: every room may be followed and nobody's presence is told.
+
+    The server's own RoomAccess (the named rooms' existence and presence) has
+    its tests with the rooms; here a room is only its hub topic.
+    """
+    monkeypatch.setattr("sse.io.server.RoomChannels", lambda service: OpenRooms())
 
 
 async def _create(server: Server, jar: CookieJar | None = None) -> str:
