@@ -8,6 +8,12 @@
 import { conversationPath, RequestFailed, requestJson } from "./api.js";
 import { onChatKeydown, onChatViewKeydown, sendChatMessage, stopReply } from "./chat-composer.js";
 import {
+  clearConversationSettings,
+  onSettingsEvent,
+  showConversationSettings,
+  wireChatSettings,
+} from "./chat-settings.js";
+import {
   chat,
   chatHash,
   clearChatError,
@@ -31,13 +37,14 @@ import { Change, onIdentityChanged, whenIdentityKnown } from "./identity.js";
 import { ChannelStream } from "./channel-stream.js";
 import { StatusBadge } from "./live.js";
 import { wireCodeCopy } from "./message-content.js";
+import { wireMessageActions } from "./message-actions.js";
 import { serverUrl } from "./settings.js";
 import { appendTranscriptNotice, applyChatEvent, renderTranscript } from "./transcript.js";
 
 /** A reply opened mid-stream with a hole in its text is fetched again this often until it heals. */
 const HEAL_RETRY_MS = 1100;
 /** Named events of a conversation stream that carry chat data (all JSON). */
-const CHAT_EVENTS = Object.freeze(["user", "start", "delta", "done"]);
+const CHAT_EVENTS = Object.freeze(["truncate", "user", "start", "delta", "done"]);
 
 /** #chat-status: the open conversation's stream (the header's badge is the room's). */
 const badge = new StatusBadge(ui.chatStatus, ui.chatReconnect, State.CLOSED);
@@ -50,6 +57,7 @@ const stream = new ChannelStream({
     error: onChatEvent,
     gap: onChatGap,
     deleted: onChatDeleted,
+    settings: onSettingsEvent,
   },
   onOpen: onChatOpen,
   // Refused outright (e.g. 404 for an unknown conversation): the transcript
@@ -81,6 +89,7 @@ function resetConversationState() {
   chat.replyingId = null;
   chat.stopping = false;
   ui.transcript.replaceChildren();
+  clearConversationSettings();
   updateChatComposer();
 }
 
@@ -263,6 +272,7 @@ export async function syncTranscript() {
   } while (chat.resyncWanted);
   chat.syncing = false;
   const stitched = transcript === null ? new Set() : renderTranscript(transcript);
+  if (transcript !== null) showConversationSettings(transcript);
   flushChatBuffer(stitched);
   if (!chat.ready && transcript !== null) {
     chat.ready = true;
@@ -356,6 +366,8 @@ export function wireChat() {
     setDrawerOpen(ui.chatView.dataset.drawer !== "open");
   });
   ui.chatReconnect.addEventListener("click", () => chatConnect());
+  wireMessageActions();
+  wireChatSettings();
   onIdentityChanged(onIdentity);
 }
 

@@ -8,6 +8,7 @@ import { chat, learnModelLabel, setChatTitle, setReplying } from "./chat-state.j
 import { syncTranscript } from "./chat.js";
 import { refreshConversationList } from "./conversations.js";
 import { isNearBottom, ui } from "./dom.js";
+import { truncateTranscript } from "./message-actions.js";
 import { appendReplyText, flushReplyText, showReplyText, showUserText } from "./message-content.js";
 
 /** Apply one stream event to the transcript. */
@@ -17,6 +18,7 @@ export function applyChatEvent({ type, payload }) {
   else if (type === "delta") onChatDelta(payload);
   else if (type === "done") onChatDone(payload);
   else if (type === "error") onChatReplyError(payload);
+  else if (type === "truncate") truncateTranscript(payload);
 }
 
 /** A user message was posted (from this tab or another): show it once. */

@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 MODELS = ("echo", "openai")
+# How many models --model-name may offer: a picker, not a catalogue.
+_MAX_MODELS = 32
 # Who a request is: a signed guest cookie; that or an account; or a host application's JWT.
 AUTH_MODES = ("guest", "accounts", "jwt")
 # Rate limits and caps: enforced, not at all, or only logged and counted.
@@ -374,7 +376,13 @@ class Config:
         "http://127.0.0.1:8000/v1 (vLLM, llama.cpp, Ollama, LiteLLM)",
         _CHAT,
     )
-    model_name: str | None = _opt(None, "--model-name", "model to ask for, e.g. gpt-4o-mini", _CHAT)
+    model_name: str | None = _opt(
+        None,
+        "--model-name",
+        "model to ask for, e.g. gpt-4o-mini; several, comma separated, let each "
+        "conversation pick one (the first is the default)",
+        _CHAT,
+    )
     # From OPENAI_API_KEY only: a key on the command line would show in `ps`.
     model_api_key: str | None = field(default=None, repr=False)
     model_connect_timeout_s: float = _opt(
@@ -747,8 +755,12 @@ class Config:
             raise ConfigError(f"echo_delay_s must not be negative, got {self.echo_delay_s}")
         if self.model not in MODELS:
             raise ConfigError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        if self.model == "openai" and not (self.model_url and self.model_name):
+        if self.model == "openai" and not (self.model_url and self.model_names):
             raise ConfigError("the openai model needs --model-url and --model-name")
+        if len(set(self.model_names)) != len(self.model_names):
+            raise ConfigError(f"--model-name names a model twice: {self.model_name}")
+        if len(self.model_names) > _MAX_MODELS:
+            raise ConfigError(f"--model-name may name at most {_MAX_MODELS} models")
         if self.ws_compression not in WS_COMPRESSION:
             choices = ", ".join(WS_COMPRESSION)
             raise ConfigError(
@@ -781,6 +793,13 @@ class Config:
                 raise ConfigError(
                     f"--trusted-proxy {cidr!r} is not an IP address or CIDR block"
                 ) from None
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """The models of --model-name, in order (the first is the default); () if none."""
+        if not self.model_name:
+            return ()
+        return tuple(name.strip() for name in self.model_name.split(",") if name.strip())
 
     def _check_auth(self) -> None:
         if self.auth not in AUTH_MODES:

@@ -77,3 +77,11 @@ class ReplyInProgress(SSEChatError):
     that could expire under a paused live node or outlive a dead one; and it
     holds where there is no Redis (`--workers` on one SQLite file).
     """
+
+
+class NothingToRevise(SSEChatError):
+    """A regenerate or edit names nothing that can be answered again.
+
+    A conversation with no user message has no reply to regenerate; an edit
+    must name a user message of the conversation.
+    """

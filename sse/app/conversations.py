@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Mapping
 
 from sse.app.commands import conversation_commands
@@ -12,7 +14,7 @@ from sse.app.origins import CookieOrigins
 from sse.app.replies import ReplyAdmission
 from sse.app.values import NOSNIFF, OpenSocket, OpenStream, Reply, Request, Route, json_reply
 from sse.chat.service import ChatService, topic_of
-from sse.chat.store.base import ConversationSummary, StoredMessage
+from sse.chat.store.base import ConversationSettings, ConversationSummary, StoredMessage
 from sse.config import Config
 from sse.errors import BrokerUnavailable, ClientError
 from sse.limits.policy import Limits
@@ -21,6 +23,9 @@ __all__ = ["conversation_routes"]
 
 _LIST_LIMIT_MAX = 200
 _TITLE_MAX_CHARS = 200
+# A system prompt is instructions, not a document: long enough for a page of them.
+_SYSTEM_MAX_CHARS = 4000
+_PATCHABLE = frozenset({"title", "model", "system"})
 _NO_STORE = (("cache-control", "no-store"),)
 
 
@@ -91,6 +96,25 @@ class _ChatApi:
         items = await self._service.store.list_conversations(req.who.owner, int(raw))
         return json_reply(200, {"conversations": [_summary(c) for c in items]}, _NO_STORE)
 
+    def _settings(self, settings: ConversationSettings) -> dict[str, object]:
+        # The model replies will use: the default for none picked or one no longer offered.
+        model = self._service.models.get(settings.model).name
+        return {"model": model, "system": settings.system}
+
+    def _content(self, req: Request, body: bytes) -> str:
+        content = require_text(parse_json_object(req, body), "content")
+        if not content.strip():
+            raise ClientError(400, '"content" must not be empty')
+        limit = self._config.max_content_chars
+        if len(content) > limit:
+            raise ClientError(413, f'"content" is longer than the limit of {limit} characters')
+        return content
+
+    async def models(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        catalog = self._service.models
+        listing = await catalog.listing()
+        return json_reply(200, {"models": listing, "default": catalog.default.name}, _NO_STORE)
+
     async def transcript(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         conversation_id = path_conversation_id(params)
         try:
@@ -99,13 +123,13 @@ class _ChatApi:
             raise ClientError(503, f"the conversation cannot be read now: {exc}") from None
         if snapshot is None:
             raise _missing(conversation_id)
-        model = self._service.model
-        labels = {model.name: model.label}
+        labels = self._service.models.labels()
         # A client that opens the stream with ?last_event_id=<that id> continues
         # these messages exactly, with no hole.
         payload = _summary(snapshot.transcript.conversation)
         payload["replying"] = snapshot.replying
         payload["last_event_id"] = snapshot.last_event_id
+        payload.update(self._settings(snapshot.transcript.settings))
         payload["messages"] = [_message(m, labels) for m in snapshot.transcript.messages]
         return json_reply(200, payload, _NO_STORE)
 
@@ -119,25 +143,46 @@ class _ChatApi:
         if transcript is None:
             raise _missing(conversation_id)
         if fmt == "md":
-            model = self._service.model
-            data = export_markdown(transcript, {model.name: model.label})
+            data = export_markdown(transcript, self._service.models.labels())
         else:
             data = export_json(transcript)
         disposition = content_disposition(transcript.conversation.title, fmt)
         headers = (NOSNIFF, ("content-disposition", disposition), *_NO_STORE)
         return Reply(200, data, media_type(fmt), headers)
 
-    async def rename(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+    async def patch(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        """Change the title, the model and the system prompt: any of them, at least one."""
         conversation_id = path_conversation_id(params)
-        title = " ".join(require_text(parse_json_object(req, body), "title").split())
-        if not title:
-            raise ClientError(400, '"title" must not be empty')
-        if len(title) > _TITLE_MAX_CHARS:
-            raise ClientError(413, f'"title" is longer than {_TITLE_MAX_CHARS} characters')
-        summary = await self._service.rename(req.who.owner, conversation_id, title)
-        if summary is None:
+        fields = parse_json_object(req, body)
+        unknown = sorted(set(fields) - _PATCHABLE)
+        if unknown:
+            named = ", ".join(json.dumps(key) for key in unknown)
+            raise ClientError(400, f"cannot change {named} of a conversation")
+        if not fields:
+            raise ClientError(400, 'give any of "title", "model" and "system"')
+        title = None
+        if "title" in fields:
+            title = " ".join(require_text(fields, "title").split())
+            if not title:
+                raise ClientError(400, '"title" must not be empty')
+            if len(title) > _TITLE_MAX_CHARS:
+                raise ClientError(413, f'"title" is longer than {_TITLE_MAX_CHARS} characters')
+        model = require_text(fields, "model") if "model" in fields else None
+        catalog = self._service.models
+        if model is not None and not catalog.offers(model):
+            raise ClientError(400, f'"model" must be one of: {", ".join(catalog.ids)}')
+        system = require_text(fields, "system").strip() if "system" in fields else None
+        if system is not None and len(system) > _SYSTEM_MAX_CHARS:
+            raise ClientError(413, f'"system" is longer than {_SYSTEM_MAX_CHARS} characters')
+        owner, service = req.who.owner, self._service
+        if title and await service.rename(owner, conversation_id, title) is None:
             raise _missing(conversation_id)
-        return json_reply(200, _summary(summary), _NO_STORE)
+        # Also what a title-only PATCH answers with: one query reads it all.
+        changed = await service.configure(owner, conversation_id, model=model, system=system)
+        if changed is None:
+            raise _missing(conversation_id)
+        summary, settings = changed
+        return json_reply(200, {**_summary(summary), **self._settings(settings)}, _NO_STORE)
 
     async def delete(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         conversation_id = path_conversation_id(params)
@@ -153,13 +198,24 @@ class _ChatApi:
 
     async def post(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
         conversation_id = path_conversation_id(params)
-        content = require_text(parse_json_object(req, body), "content")
-        if not content.strip():
-            raise ClientError(400, '"content" must not be empty')
-        limit = self._config.max_content_chars
-        if len(content) > limit:
-            raise ClientError(413, f'"content" is longer than the limit of {limit} characters')
+        content = self._content(req, body)
         user, reply_id = await self._replies.post(req.who, req.client_ip, conversation_id, content)
+        return json_reply(202, {"message_id": user.id, "reply_id": reply_id})
+
+    async def regenerate(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        conversation_id = path_conversation_id(params)
+        user, reply_id = await self._replies.regenerate(req.who, req.client_ip, conversation_id)
+        return json_reply(202, {"message_id": user.id, "reply_id": reply_id})
+
+    async def edit(self, req: Request, body: bytes, params: Mapping[str, str]) -> Reply:
+        conversation_id = path_conversation_id(params)
+        try:
+            message_id = str(uuid.UUID(params["message_id"]))
+        except ValueError:
+            raise ClientError(404, f"no message {params['message_id']}") from None
+        content = self._content(req, body)
+        who, ip = req.who, req.client_ip
+        user, reply_id = await self._replies.edit(who, ip, conversation_id, message_id, content)
         return json_reply(202, {"message_id": user.id, "reply_id": reply_id})
 
     async def socket(
@@ -191,15 +247,19 @@ def conversation_routes(
     """The conversation routes, for `App`: each one private to the conversation's owner."""
     api = _ChatApi(service, config, CookieOrigins.from_config(config), limits)
     return [
+        # The offered models are no one's secret: no identity, no cookie minted.
+        Route("/models", {"GET": api.models}),
         Route("/conversations", {"GET": api.list, "POST": api.create}, identity=True),
         Route(
             "/conversations/{id}",
-            {"GET": api.transcript, "PATCH": api.rename, "DELETE": api.delete},
+            {"GET": api.transcript, "PATCH": api.patch, "DELETE": api.delete},
             identity=True,
         ),
         Route("/conversations/{id}/export", {"GET": api.export}, identity=True),
         Route("/conversations/{id}/events", {"GET": api.events}, identity=True),
         Route("/conversations/{id}/messages", {"POST": api.post}, identity=True),
+        Route("/conversations/{id}/messages/{message_id}/edit", {"POST": api.edit}, identity=True),
+        Route("/conversations/{id}/regenerate", {"POST": api.regenerate}, identity=True),
         Route("/conversations/{id}/stop", {"POST": api.stop}, identity=True),
         Route("/conversations/{id}/ws", {"GET": api.socket}, identity=True),
     ]

@@ -2,7 +2,9 @@
 
 Each conversation is a hub topic. Posting a message publishes a `user` event
 and starts a reply task that publishes `start`, a `delta` per piece, and
-`done` (or `error`). The store keeps every message; a reply is saved as it
+`done` (or `error`). A reply started again (regenerate, edit: see
+`sse.chat.revisions`) first publishes `truncate`, naming the first message
+the transcript no longer has. The store keeps every message; a reply is saved as it
 grows, so a crash or shutdown loses at most the last second of it.
 """
 
@@ -18,17 +20,29 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from uuid import uuid4
 
+from sse.chat.endings import EndingSaver
 from sse.chat.models import ChatTurn, Finish, Model, Usage
-from sse.chat.store.base import ConversationSummary, Store, StoredMessage, Transcript
+from sse.chat.models.catalog import ModelCatalog
+from sse.chat.store.base import (
+    ConversationSettings,
+    ConversationSummary,
+    Revision,
+    Store,
+    StoredMessage,
+    Transcript,
+)
 from sse.errors import BrokerUnavailable, ClientError, ModelError, ReplyInProgress, StoreUnavailable
 from sse.metrics import generation_ended
 from sse.pubsub.broker import Broker, settle
 
-__all__ = ["ChatService", "ReplyEnded", "Snapshot", "topic_of"]
+__all__ = ["ChatService", "ReplyEnded", "Snapshot", "StartWrite", "topic_of"]
 
 # Told once when a reply is over (or never started): the completion tokens it cost,
 # from the upstream's usage report or estimated from its text.
 ReplyEnded = Callable[[int], "Awaitable[None] | None"]
+# Writes what a reply starts from, for the id of the model that will write it: the
+# user's new message, or a revision; None when the conversation is not the owner's.
+StartWrite = Callable[[str], Awaitable[Revision | None]]
 # When the upstream reports no usage: about four characters a token (English text).
 _CHARS_PER_TOKEN = 4
 
@@ -39,14 +53,6 @@ _STILL_STREAMING = "a reply is still streaming; stop it or wait for it"
 _SAVE_EVERY_S = 1.0
 # How long a stop waits for the node that generates the reply to confirm.
 _REMOTE_STOP_TIMEOUT_S = 5.0
-# A reply's last save that the store refused is retried this often at first,
-# doubling up to the cap, for as long as the server runs: a message left
-# "streaming" would answer 409 to its conversation on every node. Past the
-# warning time an operator is told once. Bounded: while the store refuses
-# writes no reply can start, so no new retries begin.
-_RESAVE_FIRST_S = 0.1
-_RESAVE_MAX_GAP_S = 5.0
-_RESAVE_WARN_AFTER_S = 120.0
 # Statuses of replies whose text the model should see again as context.
 _CONTEXT_STATUSES = frozenset({"complete", "cancelled", "interrupted"})
 
@@ -82,7 +88,7 @@ class ChatService:
         self,
         broker: Broker,
         store: Store,
-        model: Model,
+        model: Model | ModelCatalog,
         *,
         context_messages: int,
         spawn: Callable[[Coroutine[Any, Any, None]], asyncio.Task[None]],
@@ -90,7 +96,7 @@ class ChatService:
     ) -> None:
         self._broker = broker
         self._store = store
-        self._model = model
+        self._models = model if isinstance(model, ModelCatalog) else ModelCatalog([model])
         self._context_messages = context_messages
         self._spawn = spawn
         # Ends this node's open streams of a topic with a last named event.
@@ -99,14 +105,19 @@ class ChatService:
         self._shutting_down = False
         # Stops asked of other nodes, by request id, waiting for their answer.
         self._remote_stops: dict[str, asyncio.Future[str | None]] = {}
-        # Last saves the store refused, retried until it takes them.
-        self._resaves: set[asyncio.Task[None]] = set()
+        # Saves replies' endings, and retries those the store refused.
+        self._endings = EndingSaver(store, spawn)
         broker.on_control(self._control)
 
     @property
     def model(self) -> Model:
-        """The model that writes the replies."""
-        return self._model
+        """The default model: it writes the replies of conversations that picked none."""
+        return self._models.default
+
+    @property
+    def models(self) -> ModelCatalog:
+        """The models a conversation may pick from."""
+        return self._models
 
     def replying(self, conversation_id: str) -> bool:
         """Whether a reply of this conversation is being generated on this node."""
@@ -204,6 +215,34 @@ class ChatService:
         except BrokerUnavailable as exc:
             log.warning("a refusal was not announced: %s", exc)
 
+    async def configure(
+        self,
+        owner: str,
+        conversation_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+    ) -> tuple[ConversationSummary, ConversationSettings] | None:
+        """Set what is given of the conversation's model and system prompt; what it is now.
+
+        Every stream of the conversation is told: a `settings` event, so other
+        tabs show the same. None, changing nothing, if not `owner`'s.
+        """
+        changed = await self._store.update_settings(
+            owner, conversation_id, model=model, system=system
+        )
+        if changed is None or (model is None and system is None):
+            return changed
+        settings = changed[1]
+        shown = {"model": self._models.get(settings.model).name, "system": settings.system}
+        payload = json.dumps(shown, ensure_ascii=False)
+        try:
+            await settle(self._broker.publish(topic_of(conversation_id), payload, event="settings"))
+        except BrokerUnavailable as exc:
+            # Saved all the same: other tabs show it at their next transcript fetch.
+            log.warning("a change of settings was not announced: %s", exc)
+        return changed
+
     async def post(
         self,
         owner: str,
@@ -220,6 +259,31 @@ class ChatService:
             ClientError: 404 for an unknown conversation, 409 while a reply streams,
                 503 while the server shuts down.
         """
+
+        async def write(model: str) -> Revision | None:
+            started = await self._store.start_reply(owner, conversation_id, content, model)
+            return None if started is None else Revision(started[0], started[1], None)
+
+        return await self.begin(owner, conversation_id, write, ended)
+
+    async def begin(
+        self,
+        owner: str,
+        conversation_id: str,
+        write: StartWrite,
+        ended: ReplyEnded | None = None,
+    ) -> tuple[StoredMessage, str]:
+        """Write what a reply starts from (`write`), announce it, and start the reply.
+
+        The reply is written by the conversation's model, told its system prompt.
+        Announced: `truncate` when the revision removed messages, then `user`
+        unless the user message is one the transcript kept as it was (a
+        regenerate). Returns the user message and the id the reply will have.
+
+        Raises:
+            ClientError: 404 for an unknown conversation, 409 while a reply streams,
+                503 while the server shuts down; or what `write` raises.
+        """
         if self._shutting_down:
             raise ClientError(503, "the server is shutting down")
         if conversation_id in self._replies:
@@ -229,12 +293,13 @@ class ChatService:
         # are kept out by the database (see `ReplyInProgress`).
         reply = self._replies[conversation_id] = _Reply(message_id="", ended=ended)
         try:
-            started = await self._store.start_reply(
-                owner, conversation_id, content, self._model.name
-            )
-            if started is None:
+            settings = await self._store.conversation_settings(owner, conversation_id)
+            if settings is None:
                 raise ClientError(404, f"no conversation {conversation_id}")
-            user, answer = started
+            model = self._models.get(settings.model)
+            revision = await write(model.name)
+            if revision is None:
+                raise ClientError(404, f"no conversation {conversation_id}")
             transcript = await self._store.transcript(owner, conversation_id)
             assert transcript is not None, "the conversation was just written to"
         except ReplyInProgress:
@@ -245,34 +310,46 @@ class ChatService:
             self._replies.pop(conversation_id, None)
             await self._tell_ended(reply, 0)
             raise
+        user, answer = revision.user, revision.answer
         reply.message_id = answer.id
-        history = [
-            ChatTurn("user" if m.role == "user" else "assistant", m.content)
-            for m in transcript.messages
-            if m.role == "user" or (m.status in _CONTEXT_STATUSES and m.content)
-        ][-self._context_messages :]
+        history = self._history(transcript)
         topic = topic_of(conversation_id)
         try:
-            await self._publish(
-                reply,
-                topic,
-                "user",
-                {
-                    "message_id": user.id,
-                    "role": "user",
-                    "content": content,
-                    "created_at": user.created_at,
-                },
-            )
+            if revision.truncated_from is not None:
+                payload = {"message_id": revision.truncated_from}
+                await self._publish(reply, topic, "truncate", dict(payload))
+            # An edited message was truncated too, and comes back with its new content.
+            if revision.truncated_from in (None, user.id):
+                await self._publish(
+                    reply,
+                    topic,
+                    "user",
+                    {
+                        "message_id": user.id,
+                        "role": "user",
+                        "content": user.content,
+                        "created_at": user.created_at,
+                    },
+                )
         except BrokerUnavailable as exc:
             # Kept, but nobody was told and no reply starts: say so, and don't pretend.
             self._replies.pop(conversation_id, None)
             await self._tell_ended(reply, 0)
             why = f"No reply was started: {exc}."
-            await self._save_last(answer.id, "", "error", None, why, None)
+            await self._endings.save(answer.id, "", "error", None, why, None)
             raise ClientError(503, f"the message was saved but not announced: {exc}") from None
-        reply.task = self._spawn(self._run(conversation_id, reply, history))
+        reply.task = self._spawn(self._run(conversation_id, reply, history, model))
         return user, answer.id
+
+    def _history(self, transcript: Transcript) -> list[ChatTurn]:
+        """What the model is sent: the system prompt, then the latest turns."""
+        turns = [
+            ChatTurn("user" if m.role == "user" else "assistant", m.content)
+            for m in transcript.messages
+            if m.role == "user" or (m.status in _CONTEXT_STATUSES and m.content)
+        ][-self._context_messages :]
+        system = transcript.settings.system
+        return [ChatTurn("system", system), *turns] if system.strip() else turns
 
     async def stop(self, owner: str, conversation_id: str) -> str | None:
         """Cancel the reply in progress and wait until it is saved; its id, or None.
@@ -300,9 +377,7 @@ class ChatService:
         self._shutting_down = True
         tasks = [r.task for r in self._replies.values() if r.task is not None]
         # A save still refused now is left to the next start's recovery.
-        tasks += self._resaves
-        for task in self._resaves:
-            task.cancel()
+        tasks += self._endings.cancel_retries()
         for task in tasks:
             task.cancel()
         if tasks:
@@ -400,9 +475,11 @@ class ChatService:
         if piece is not None:
             reply.parts.append(piece)
 
-    async def _run(self, conversation_id: str, reply: _Reply, history: list[ChatTurn]) -> None:
+    async def _run(
+        self, conversation_id: str, reply: _Reply, history: list[ChatTurn], model: Model
+    ) -> None:
         topic = topic_of(conversation_id)
-        model = self._model
+        label = self._models.label(model.name) or model.label
         started = time.monotonic()
         first_at: float | None = None
         saved_at = started
@@ -414,7 +491,7 @@ class ChatService:
                 reply,
                 topic,
                 "start",
-                {"message_id": reply.message_id, "model": model.name, "model_label": model.label},
+                {"message_id": reply.message_id, "model": model.name, "model_label": label},
             )
             if self._broker.shared:
                 # Another node showing this conversation continues from here.
@@ -467,7 +544,7 @@ class ChatService:
             error = f"The model failed unexpectedly ({type(exc).__name__})."
         text = "".join(reply.parts)
         try:
-            refused = await self._save_last(
+            refused = await self._endings.save(
                 reply.message_id,
                 text,
                 status,
@@ -525,64 +602,6 @@ class ChatService:
             None,
             event_id=reply.last_event_id,
         )
-
-    async def _save_last(
-        self,
-        message_id: str,
-        text: str,
-        status: str,
-        finish: str | None,
-        error: str | None,
-        event_id: str | None,
-    ) -> str | None:
-        """Save a reply's ending, whatever cancels the caller; None, or the error it ends with.
-
-        When the store refuses, the reply is saved as an error instead, by a task
-        retrying with backoff: it must not stay "streaming" (which blocks its
-        conversation on every node) once the store takes writes again.
-        """
-        saving = asyncio.ensure_future(
-            self._store.save_reply(message_id, text, status, finish, error, event_id=event_id)
-        )
-        while not saving.done():
-            # A stop arriving while the ending is saved must not lose the ending.
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait({saving})
-        failure = saving.exception()
-        if failure is None:
-            return None
-        if isinstance(failure, StoreUnavailable):
-            log.warning("reply %s could not be saved: %s", message_id, failure)
-        else:
-            log.error("reply %s could not be saved", message_id, exc_info=failure)
-        why = f"The reply could not be saved: {failure or type(failure).__name__}."
-        task = self._spawn(self._resave(message_id, text, why, event_id))
-        self._resaves.add(task)
-        task.add_done_callback(self._resaves.discard)
-        return why
-
-    async def _resave(self, message_id: str, text: str, why: str, event_id: str | None) -> None:
-        gap_s = _RESAVE_FIRST_S
-        warn_at = time.monotonic() + _RESAVE_WARN_AFTER_S
-        while True:
-            await asyncio.sleep(gap_s)
-            try:
-                await self._store.save_reply(
-                    message_id, text, "error", None, why, event_id=event_id
-                )
-            except StoreUnavailable as exc:
-                if warn_at and time.monotonic() > warn_at:
-                    warn_at = 0.0
-                    log.error(
-                        "reply %s is still not saved after %.0fs (%s); still trying",
-                        message_id,
-                        _RESAVE_WARN_AFTER_S,
-                        exc,
-                    )
-                gap_s = min(gap_s * 2, _RESAVE_MAX_GAP_S)
-                continue
-            log.info("reply %s saved after all, as an error", message_id)
-            return
 
     async def _publish_last(
         self, reply: _Reply, topic: str, event: str, payload: dict[str, object]

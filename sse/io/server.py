@@ -28,7 +28,7 @@ from sse.app.router import App
 from sse.app.static import load_static
 from sse.auth.gate import Gate
 from sse.auth.secret import session_secret
-from sse.chat.models.factory import build_model
+from sse.chat.models.factory import build_models
 from sse.chat.rooms.presence import Presence
 from sse.chat.rooms.presence_redis import RedisPresence
 from sse.chat.rooms.service import RoomService
@@ -78,7 +78,11 @@ class Server:
     """The shared state of all connections: the hub, the app, the open streams."""
 
     def __init__(self, config: Config, *, rooms: RoomAccess | None = None) -> None:
-        """`rooms` says who may follow which named room on /stream, and is told presence."""
+        """`rooms` says who may follow which named room on /stream, and is told presence.
+
+        By default the named rooms themselves: a channel of a missing room is
+        refused, and a stream's person is present in each of its rooms.
+        """
         self.config = config
         self.started_at = time.monotonic()
         # The epoch makes event ids from before a restart recognisably foreign.
@@ -109,7 +113,7 @@ class Server:
         self.chat = ChatService(
             self.broker,
             self.store,
-            build_model(config),
+            build_models(config),
             context_messages=config.context_messages,
             spawn=self.spawn,
             end_streams=self.end_streams,
@@ -139,8 +143,7 @@ class Server:
                 *Room(config, self.broker, self.limits, self.gate, self.rooms).routes(),
                 *room_routes(self.rooms, config, self.limits),
                 *conversation_routes(self.chat, config, self.limits),
-                # The named rooms' existence and presence, unless a test brings its own.
-                *stream_routes(self.chat, rooms if rooms is not None else RoomChannels(self.rooms)),
+                *stream_routes(self.chat, rooms or RoomChannels(self.rooms)),
                 *identity_routes(config, self.gate, self.store),
             ],
             load_static(config.client_dir),
@@ -413,7 +416,7 @@ class Server:
             log.info(
                 "conversations in %s; model %s (%s)",
                 self.store.describe(),
-                self.chat.model.name,
+                ", ".join(self.chat.models.ids),
                 self.chat.model.label,
             )
             self._listener = await loop.create_server(
@@ -496,7 +499,7 @@ class Server:
             task.cancel()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.chat.model.aclose()
+        await self.chat.models.aclose()
         await self.limits.close()
         await self.broker.close()
         await self.store.close()

@@ -34,6 +34,8 @@ SILENT = {"lease_interval_s": 60.0, "stale_after_s": 120.0}
 # Owners, as the app's principals name them: opaque to the store.
 OWNER = "guest:3f2a"
 OTHER = "account:ab12"
+# schema_version's rows once every migration of this release is applied.
+_ALL_VERSIONS = [(v,) for v in range(1, len(_MIGRATIONS) + 1)]
 
 
 @dataclass

@@ -1,7 +1,9 @@
 """`GET /stream`, one stream for many channels, over real sockets on one node.
 
 Room channels are fed here by publishing to their hub topics (`room:<name>`)
-directly: the named rooms' own routes are not this module's business.
+directly, and the servers here follow any well-named room with no presence
+(`OpenRooms`): the named rooms' own checks and presence on /stream are
+tests/io/test_rooms_stream.py's business.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +38,30 @@ from tests.support.client import (
 JSON = [("content-type", "application/json")]
 
 
-@pytest.fixture(autouse=True)
-def _open_rooms(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The wire alone: every room may be followed and nobody's presence is told.
+@pytest.fixture
+async def make_server(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    """conftest's `make_server`, with servers that follow rooms without presence."""
+    async with contextlib.AsyncExitStack() as stack:
 
-    The server's own RoomAccess (the named rooms' existence and presence) has
-    its tests with the rooms; here a room is only its hub topic.
-    """
-    monkeypatch.setattr("sse.io.server.RoomChannels", lambda service: OpenRooms())
+        async def make(**overrides: Any) -> Server:
+            settings: dict[str, Any] = {
+                "port": 0,
+                "shutdown_timeout_s": 2.0,
+                "db_path": tmp_path / "chat.sqlite3",
+                "echo_delay_s": 0.005,
+                "session_secret_file": tmp_path / "session.secret",
+                "limits": "off",
+                **overrides,
+            }
+            return await stack.enter_async_context(_running(Config(**settings), OpenRooms()))
+
+        yield make
+
+
+@pytest.fixture
+async def server(make_server: Callable[..., Awaitable[Server]]) -> Server:
+    """A server on the embedded defaults, following rooms without presence."""
+    return await make_server()
 
 
 async def _create(server: Server, jar: CookieJar | None = None) -> str:

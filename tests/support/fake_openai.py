@@ -6,6 +6,7 @@ first chunk, one chunk per piece, a chunk with an empty delta and the finish_rea
 then `data: [DONE]`; each event written as its own HTTP chunk and flushed. With
 `Script(usage=n)`, a usage chunk (`"choices": []`, as for stream_options.include_usage)
 comes before [DONE]. Every request is kept, its JSON body parsed, in `fake.requests`.
+`GET /v1/models` answers the OpenAI "List models" object made of `fake.models`.
 
     async with FakeOpenAI() as fake:
         fake.script = Script(pieces=["Hi", "!"], finish_reason="length")
@@ -31,6 +32,7 @@ __all__ = ["GREETING", "FakeOpenAI", "Received", "Script"]
 
 GREETING = ("Hello", "!", " How can", " I help", " you today?")
 _ENDPOINT = "/v1/chat/completions"
+_MODELS = "/v1/models"
 # Bodies of error answers, as OpenAI words them, by status.
 _ERROR_MESSAGES = {
     401: "Incorrect API key provided: sk-test. You can find your API key at "
@@ -96,6 +98,10 @@ class FakeOpenAI:
         self.url = ""
         """The base URL, like https://api.openai.com/v1; set on entering."""
         self.requests: list[Received] = []
+        self.models: list[dict[str, object]] = [
+            {"id": "gpt-test", "object": "model", "created": 1700000000, "owned_by": "fake"}
+        ]
+        """The entries `GET /v1/models` lists (a "name" becomes a label in ssechat)."""
         self.connections = 0
         """Connections accepted so far."""
         self.disconnects = 0
@@ -203,6 +209,10 @@ class FakeOpenAI:
     ) -> None:
         """Send the answer the script asks for."""
         target = request.target.decode()
+        if request.method == b"GET" and target.partition("?")[0] == _MODELS:
+            listing = {"object": "list", "data": self.models}
+            await _send_whole(conn, writer, 200, "application/json", _dumps(listing).encode())
+            return
         if request.method != b"POST" or target.partition("?")[0] != _ENDPOINT:
             message = f"Invalid URL ({request.method.decode()} {target})"
             await _send_whole(conn, writer, 404, "application/json", _error_json(message))

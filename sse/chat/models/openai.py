@@ -20,14 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Sequence
 
 import httpx
 
 from sse.chat.models.base import ChatTurn, Finish, Piece, Usage
+from sse.chat.models.listing import read_listing
 from sse.errors import ConfigError, ModelError
 from sse.protocol.sse import DecodedEvent, Decoder
 
@@ -122,6 +124,32 @@ class OpenAIModel:
     def label(self) -> str:
         """The model and the host serving it, e.g. "gpt-4o-mini via api.openai.com"."""
         return f"{self._name} via {self._host}"
+
+    def sibling(self, model_name: str) -> OpenAIModel:
+        """The same upstream asked for another model, sharing this one's connections.
+
+        Close only one of them: they share one connection pool.
+        """
+        twin = copy.copy(self)
+        if not model_name:
+            raise ConfigError("the model name must not be empty")
+        twin._name = model_name
+        return twin
+
+    async def upstream_labels(self, wanted: Collection[str]) -> dict[str, str]:
+        """The labels the upstream's `GET {base}/models` gives the `wanted` ids, if any.
+
+        Raises:
+            ModelError: the listing could not be read (its caller falls back to ids).
+        """
+        path = self._endpoint.path.removesuffix(_ENDPOINT) + "/models"
+        url = str(self._endpoint.copy_with(path=path))
+        headers = {k: v for k, v in self._headers.items() if k != "accept"}
+        try:
+            return await read_listing(self._client, url, headers, wanted)
+        except (httpx.HTTPError, ValueError) as exc:
+            where = self._where.removesuffix(_ENDPOINT)
+            raise ModelError(f"cannot list the models at {where}: {exc}") from exc
 
     @property
     def endpoint(self) -> str:

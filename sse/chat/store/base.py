@@ -20,7 +20,9 @@ __all__ = [
     "DEFAULT_STALE_AFTER_S",
     "NEW_TITLE",
     "Account",
+    "ConversationSettings",
     "ConversationSummary",
+    "Revision",
     "Store",
     "StoreHealth",
     "StoredMessage",
@@ -150,11 +152,38 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class ConversationSettings:
+    """How a conversation's replies are written: which model, and its system prompt.
+
+    `model` is None until someone picks one (the server's default model then);
+    `system` is "" when there is no system prompt.
+    """
+
+    model: str | None = None
+    system: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Transcript:
-    """A conversation with all its messages, oldest first."""
+    """A conversation with all its messages, oldest first, and its settings."""
 
     conversation: ConversationSummary
     messages: tuple[StoredMessage, ...]
+    settings: ConversationSettings = ConversationSettings()
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """A reply started again: the user message it answers and the new "streaming" reply.
+
+    `truncated_from` is the first message removed from the transcript (the old
+    reply of a regenerate, the edited message itself for an edit, which comes
+    back with its new content), or None when nothing was removed.
+    """
+
+    user: StoredMessage
+    answer: StoredMessage
+    truncated_from: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +406,57 @@ class Store(Protocol):
         """Set the title of `owner`'s conversation (and its update time); None if not theirs.
 
         Raises:
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        ...
+
+    async def conversation_settings(
+        self, owner: str, conversation_id: str
+    ) -> ConversationSettings | None:
+        """The model and system prompt of `owner`'s conversation; None if not theirs."""
+        ...
+
+    async def update_settings(
+        self,
+        owner: str,
+        conversation_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+    ) -> tuple[ConversationSummary, ConversationSettings] | None:
+        """Set what is given (None: unchanged) of `owner`'s conversation; what it is now.
+
+        The update time moves. None, with nothing written, if the conversation is
+        missing or not `owner`'s.
+
+        Raises:
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        ...
+
+    async def restart_reply(self, owner: str, conversation_id: str, model: str) -> Revision | None:
+        """Regenerate: delete the last reply and add a "streaming" one, in one transaction.
+
+        None, with nothing written, if the conversation is missing or not `owner`'s.
+
+        Raises:
+            ReplyInProgress: the conversation has a streaming reply (nothing is written).
+            NothingToRevise: the conversation has no user message to answer again.
+            StoreUnavailable: the database failed; nothing is written.
+        """
+        ...
+
+    async def edit_reply(
+        self, owner: str, conversation_id: str, message_id: str, content: str, model: str
+    ) -> Revision | None:
+        """Edit a user message: replace its content, delete every later message, add a
+        "streaming" reply, all in one transaction.
+
+        None, with nothing written, if the conversation is missing or not `owner`'s.
+
+        Raises:
+            ReplyInProgress: the conversation has a streaming reply (nothing is written).
+            NothingToRevise: no user message `message_id` in this conversation.
             StoreUnavailable: the database failed; nothing is written.
         """
         ...

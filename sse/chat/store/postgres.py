@@ -25,12 +25,15 @@ from uuid import uuid4
 import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
 
 from sse.chat.rooms.postgres import ROOMS_MIGRATION, PostgresRooms
+from sse.chat.store import postgres_revisions
 from sse.chat.store.base import (
     DEFAULT_LEASE_INTERVAL_S,
     DEFAULT_STALE_AFTER_S,
     NEW_TITLE,
     Account,
+    ConversationSettings,
     ConversationSummary,
+    Revision,
     StoredMessage,
     StoreHealth,
     Transcript,
@@ -123,8 +126,14 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS sessions_by_account ON sessions (account_id);
     """,
-    # Named rooms and their messages (sse.chat.rooms.postgres). Numbered 5 on
-    # main: migration 4 comes first there; this tuple's order is the numbering.
+    # 4: a conversation remembers its model (NULL: the server's default) and
+    # its system prompt (NULL or '': none), for regenerate, edit and PATCH.
+    """
+    ALTER TABLE conversations ADD COLUMN IF NOT EXISTS model TEXT;
+    ALTER TABLE conversations ADD COLUMN IF NOT EXISTS system_prompt TEXT;
+    """,
+    # Named rooms and their messages (sse.chat.rooms.postgres). Number 5: this
+    # tuple's order is the numbering.
     ROOMS_MIGRATION,
 )
 _ONE_REPLY = "messages_one_streaming_reply"
@@ -392,8 +401,8 @@ class PostgresStore:
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             row = await conn.fetchrow(
-                "SELECT id, title, created_at, updated_at FROM conversations "
-                "WHERE id = $1 AND owner = $2",
+                "SELECT id, title, created_at, updated_at, model, system_prompt "
+                "FROM conversations WHERE id = $1 AND owner = $2",
                 conversation_id,
                 owner,
             )
@@ -407,7 +416,11 @@ class PostgresStore:
                 conversation_id,
                 owner,
             )
-        return Transcript(ConversationSummary(*row), tuple(StoredMessage(*r) for r in rows))
+        return Transcript(
+            ConversationSummary(*tuple(row)[:4]),
+            tuple(StoredMessage(*r) for r in rows),
+            ConversationSettings(row[4], row[5] or ""),
+        )
 
     async def add_message(
         self,
@@ -519,6 +532,51 @@ class PostgresStore:
                 owner,
             )
         return None if row is None else ConversationSummary(*row)
+
+    async def conversation_settings(
+        self, owner: str, conversation_id: str
+    ) -> ConversationSettings | None:
+        """The model and system prompt of `owner`'s conversation; None if not theirs."""
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=False):
+            return await postgres_revisions.read_settings(pool, owner, conversation_id)
+
+    async def update_settings(
+        self,
+        owner: str,
+        conversation_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+    ) -> tuple[ConversationSummary, ConversationSettings] | None:
+        """Set what is given (None: unchanged); the result, or None if not `owner`'s."""
+        pool = self._open_pool()
+        system = None if system is None else _text(system)
+        with self._health.watch(_pg_unavailable, write=True):
+            return await postgres_revisions.write_settings(
+                pool, owner, conversation_id, model, system
+            )
+
+    async def restart_reply(self, owner: str, conversation_id: str, model: str) -> Revision | None:
+        """Regenerate: the last reply deleted, a "streaming" one added (see `Store`)."""
+        return await self._revise(owner, conversation_id, model, None)
+
+    async def edit_reply(
+        self, owner: str, conversation_id: str, message_id: str, content: str, model: str
+    ) -> Revision | None:
+        """Edit a user message, drop what followed, add a "streaming" reply (see `Store`)."""
+        return await self._revise(owner, conversation_id, model, (message_id, _text(content)))
+
+    async def _revise(
+        self, owner: str, conversation_id: str, model: str, edit: tuple[str, str] | None
+    ) -> Revision | None:
+        answer = StoredMessage(str(uuid4()), "assistant", "", "streaming", None, model, time.time())
+        pool = self._open_pool()
+        with self._health.watch(_pg_unavailable, write=True):
+            async with pool.acquire() as conn, _one_reply(), conn.transaction():
+                return await postgres_revisions.revise(
+                    conn, self._insert, owner, conversation_id, answer, edit
+                )
 
     async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
         """Delete `owner`'s conversation and all its messages, in one transaction.

@@ -36,12 +36,15 @@ from typing import TypeVar
 from uuid import uuid4
 
 from sse.chat.rooms.sqlite import ROOMS_SCHEMA, SqliteRooms
+from sse.chat.store import sqlite_revisions
 from sse.chat.store.base import (
     DEFAULT_LEASE_INTERVAL_S,
     DEFAULT_STALE_AFTER_S,
     NEW_TITLE,
     Account,
+    ConversationSettings,
     ConversationSummary,
+    Revision,
     StoredMessage,
     StoreHealth,
     Transcript,
@@ -70,7 +73,9 @@ CREATE TABLE IF NOT EXISTS conversations (
     title       TEXT NOT NULL,
     created_at  REAL NOT NULL,
     updated_at  REAL NOT NULL,
-    owner       TEXT
+    owner       TEXT,
+    model       TEXT,
+    system_prompt TEXT
 );
 CREATE TABLE IF NOT EXISTS messages (
     id              TEXT PRIMARY KEY,
@@ -115,7 +120,7 @@ CREATE INDEX IF NOT EXISTS sessions_by_account ON sessions (account_id);
 # operator gives them to someone (UPDATE conversations SET owner = ...).
 _ADDED_COLUMNS = {
     "messages": {"error": "TEXT", "owner": "TEXT", "event_id": "TEXT"},
-    "conversations": {"owner": "TEXT"},
+    "conversations": {"owner": "TEXT", "model": "TEXT", "system_prompt": "TEXT"},
 }
 # Made after the owner column exists: each listing reads one owner's rows in order.
 _OWNER_INDEX = (
@@ -477,8 +482,8 @@ class SqliteStore:
             with db:  # one snapshot for both reads: another process may be appending
                 db.execute("BEGIN")
                 row = db.execute(
-                    "SELECT id, title, created_at, updated_at FROM conversations "
-                    "WHERE id = ? AND owner = ?",
+                    "SELECT id, title, created_at, updated_at, model, system_prompt "
+                    "FROM conversations WHERE id = ? AND owner = ?",
                     (conversation_id, owner),
                 ).fetchone()
                 if row is None:
@@ -490,7 +495,11 @@ class SqliteStore:
                     "WHERE c.id = ? AND c.owner = ? ORDER BY m.seq",
                     (conversation_id, owner),
                 ).fetchall()
-            return Transcript(ConversationSummary(*row), tuple(StoredMessage(*r) for r in rows))
+            return Transcript(
+                ConversationSummary(*row[:4]),
+                tuple(StoredMessage(*r) for r in rows),
+                ConversationSettings(row[4], row[5] or ""),
+            )
 
         return await self._run(select)
 
@@ -604,6 +613,54 @@ class SqliteStore:
             return None if row is None else ConversationSummary(*row)
 
         return await self._run(update, write=True)
+
+    async def conversation_settings(
+        self, owner: str, conversation_id: str
+    ) -> ConversationSettings | None:
+        """The model and system prompt of `owner`'s conversation; None if not theirs."""
+
+        def select(db: sqlite3.Connection) -> ConversationSettings | None:
+            return sqlite_revisions.read_settings(db, owner, conversation_id)
+
+        return await self._run(select)
+
+    async def update_settings(
+        self,
+        owner: str,
+        conversation_id: str,
+        *,
+        model: str | None = None,
+        system: str | None = None,
+    ) -> tuple[ConversationSummary, ConversationSettings] | None:
+        """Set what is given (None: unchanged); the result, or None if not `owner`'s."""
+
+        def update(
+            db: sqlite3.Connection,
+        ) -> tuple[ConversationSummary, ConversationSettings] | None:
+            return sqlite_revisions.write_settings(db, owner, conversation_id, model, system)
+
+        return await self._run(update, write=True)
+
+    async def restart_reply(self, owner: str, conversation_id: str, model: str) -> Revision | None:
+        """Regenerate: the last reply deleted, a "streaming" one added (see `Store`)."""
+        answer = StoredMessage(str(uuid4()), "assistant", "", "streaming", None, model, time.time())
+
+        def revise(db: sqlite3.Connection) -> Revision | None:
+            return sqlite_revisions.revise(db, self._insert, owner, conversation_id, answer)
+
+        return await self._run(_one_reply(revise), write=True)
+
+    async def edit_reply(
+        self, owner: str, conversation_id: str, message_id: str, content: str, model: str
+    ) -> Revision | None:
+        """Edit a user message, drop what followed, add a "streaming" reply (see `Store`)."""
+        answer = StoredMessage(str(uuid4()), "assistant", "", "streaming", None, model, time.time())
+        edit = (message_id, content)
+
+        def revise(db: sqlite3.Connection) -> Revision | None:
+            return sqlite_revisions.revise(db, self._insert, owner, conversation_id, answer, edit)
+
+        return await self._run(_one_reply(revise), write=True)
 
     async def delete_conversation(self, owner: str, conversation_id: str) -> bool:
         """Delete `owner`'s conversation and all its messages, in one transaction.
