@@ -9,20 +9,23 @@
  *   relays each event (name, data, id, channel) and its state to every tab.
  * - Nothing lost: every tab keeps each channel's position at the last event
  *   relayed (channel-ids.js); a new leader, or a new set, resumes from there.
- * Without Web Locks or BroadcastChannel (no secure context) each tab leads alone.
+ * This tab's own subscriptions are channel-subs.js. Without Web Locks or
+ * BroadcastChannel (no secure context) each tab leads alone.
  */
 
-import { compositeFor, notePositions, parseObject, positionsOf, sameList, unionOf } from "./channel-ids.js";
+import { compositeFor, parseObject, positionsOf, sameList, unionOf } from "./channel-ids.js";
+import { ChannelSubscriptions, MAX_CHANNELS } from "./channel-subs.js";
 import { State } from "./dom.js";
 import { busyText } from "./live.js";
 import { serverUrl } from "./settings.js";
 
-/** The server's limit of channels on one /stream; the oldest used ones beyond it are left out. */
-export const MAX_CHANNELS = 16;
-/** Named events of /stream the page listens to (an EventSource hears only those it names). */
-const STREAM_EVENTS = Object.freeze([
-  "message", "presence", "typing", "gap", "user", "start", "delta", "done", "error", "deleted",
-]); // prettier-ignore
+/**
+ * Named events of /stream always relayed. An EventSource hears only the names
+ * it listens to, so tabs also announce the names their subscriptions handle.
+ */
+const STREAM_EVENTS = Object.freeze(["message", "gap", "deleted"]);
+/** Names the leader handles itself, never relayed as a channel's event. */
+const OWN_EVENTS = new Set(["open", "error", "busy", "reauth"]);
 /**
  * Tabs re-announce their channels this often, and the leader forgets one
  * silent for TAB_TIMEOUT_MS: a tab says `bye` when it closes, so this is for
@@ -42,32 +45,26 @@ const REAUTH_WINDOW_MS = 30000;
  * The page's share of the browser's one stream. subscribe(channel, ...) to
  * get that channel's events in this tab, wherever the EventSource is.
  */
-export class SharedStream {
+export class SharedStream extends ChannelSubscriptions {
   /** `renew(reason)` (on `reauth`) resolves to "same", "replaced" or "failed"; `ready()` once it may open. */
   constructor({ renew, ready }) {
+    super();
     this.renew = renew;
     this.ready = ready;
     // A random id for this tab (crypto.randomUUID needs a secure context).
     this.tab = Array.from(crypto.getRandomValues(new Uint32Array(3)), (n) => n.toString(36)).join("");
-    /** Channel -> Set of subscriptions of this tab. */
-    this.subs = new Map();
     /** Other tabs' announcements: tab -> {channels: [[channel, usedAt]], seen}. */
     this.wants = new Map();
     this.leader = false;
     this.source = null; // the EventSource, leading
-    /** The channels of the stream open now (the leader's, relayed to every tab). */
-    this.channels = [];
-    /** Channel -> its position at the last event this tab saw: where a new stream resumes. */
-    this.positions = new Map();
-    this.state = State.CONNECTING;
-    this.notice = null;
-    this.stateListeners = []; // (state, notice) => void
     this.reauths = [];
     this.bus = null;
     this.abort = null;
     this.release = null;
     this.timers = [];
     this.reopenTimer = null;
+    /** Event names the current EventSource relays. */
+    this.relayed = new Set();
     /** Counts start() calls: a lead granted for an earlier server is dropped. */
     this.joined = 0;
     window.addEventListener("pagehide", () => this.post({ kind: "bye", tab: this.tab }));
@@ -127,48 +124,14 @@ export class SharedStream {
     this.start();
   }
 
-  // ------------------------------------------------------------ subscribing
-
-  /**
-   * Receive `channel`'s events in this tab. `events` maps event names to
-   * handlers of {type, data, lastEventId}; `onOpen` runs whenever a stream
-   * carrying the channel goes live, `onClosed` when one failed for good.
-   * Returns the subscription; its close() ends it.
-   */
-  subscribe(channel, { events, onOpen = () => {}, onClosed = () => {} }) {
-    const sub = { channel, events, onOpen, onClosed, live: false, usedAt: Date.now() };
-    sub.close = () => this.unsubscribe(sub);
-    if (!this.subs.has(channel)) this.subs.set(channel, new Set());
-    this.subs.get(channel).add(sub);
-    this.changed();
-    // The stream open now may carry it already (another tab wants it too);
-    // told after the caller has the subscription in hand.
-    queueMicrotask(() => {
-      if (this.state === State.LIVE && this.channels.includes(channel) && this.subs.get(channel)?.has(sub)) {
-        this.noteOpen(sub);
-      }
-    });
-    return sub;
-  }
-
-  unsubscribe(sub) {
-    const set = this.subs.get(sub.channel);
-    if (set === undefined || !set.delete(sub)) return;
-    if (set.size === 0) this.subs.delete(sub.channel);
-    this.changed();
-  }
-
-  /** This tab's channels, [[channel, usedAt]], the most recently taken first. */
-  ownChannels() {
-    const used = [];
-    for (const [channel, set] of this.subs) used.push([channel, Math.max(...[...set].map((s) => s.usedAt))]);
-    return used;
-  }
+  // ------------------------------------------------------------ this tab's channels
 
   /** This tab's set changed: tell the leader (or, leading, reopen). */
   changed() {
     this.announce(true);
-    if (this.leader) this.scheduleReopen();
+    if (!this.leader) return;
+    this.listenForAll();
+    this.scheduleReopen();
   }
 
   /** The Reconnect button: open again now, wherever the stream is. */
@@ -178,12 +141,6 @@ export class SharedStream {
     else this.post({ kind: "reconnect" });
   }
 
-  /** Listen to the stream's state; told the current one at once. */
-  onState(callback) {
-    this.stateListeners.push(callback);
-    callback(this.state, this.notice);
-  }
-
   // ------------------------------------------------------------ the bus
 
   post(message) {
@@ -191,7 +148,7 @@ export class SharedStream {
   }
 
   announce(changed) {
-    this.post({ kind: "want", tab: this.tab, channels: this.ownChannels(), changed });
+    this.post({ kind: "want", tab: this.tab, channels: this.ownChannels(), events: this.ownEvents(), changed });
   }
 
   /** Every HEARTBEAT_MS: re-announce; leading, forget tabs gone silent. */
@@ -210,7 +167,8 @@ export class SharedStream {
     if (message === null || typeof message !== "object") return;
     switch (message.kind) {
       case "want":
-        this.wants.set(message.tab, { channels: message.channels, seen: Date.now() });
+        this.wants.set(message.tab, { channels: message.channels, events: message.events, seen: Date.now() });
+        if (this.leader) this.listenForAll();
         if (this.leader && message.changed) {
           this.scheduleReopen();
           // A tab that wants a channel the stream already carries learns it is live.
@@ -310,11 +268,25 @@ export class SharedStream {
         else this.failedForGood();
       }),
     );
-    for (const type of STREAM_EVENTS) {
-      if (type !== "error") stream.addEventListener(type, whileCurrent((event) => this.relay(event)));
-    }
+    this.relayed = new Set();
+    this.listenForAll();
     stream.addEventListener("busy", whileCurrent((event) => this.busy(event)));
     stream.addEventListener("reauth", whileCurrent((event) => this.reauthorize(event)));
+  }
+
+  /** Relay every event name some tab handles (the server's own `error` is heard above). */
+  listenForAll() {
+    const stream = this.source;
+    if (stream === null) return;
+    const names = [...STREAM_EVENTS, ...this.ownEvents()];
+    for (const want of this.wants.values()) if (Array.isArray(want.events)) names.push(...want.events);
+    for (const type of names) {
+      if (typeof type !== "string" || OWN_EVENTS.has(type) || this.relayed.has(type)) continue;
+      this.relayed.add(type);
+      stream.addEventListener(type, (event) => {
+        if (stream === this.source) this.relay(event);
+      });
+    }
   }
 
   closeSource() {
@@ -368,40 +340,5 @@ export class SharedStream {
 
   broadcastState() {
     if (this.leader) this.post({ kind: "state", state: this.state, notice: this.notice, channels: this.channels });
-  }
-
-  // ------------------------------------------------------------ every tab
-
-  /** Show `state` and tell the subscriptions whose channel opened or failed. */
-  setState(state, notice) {
-    const was = this.state;
-    this.state = state;
-    this.notice = notice;
-    for (const callback of this.stateListeners) callback(state, notice);
-    for (const [channel, set] of this.subs) {
-      const carried = this.channels.includes(channel);
-      for (const sub of set) {
-        if (state === State.LIVE && carried) this.noteOpen(sub);
-        else if (state !== State.LIVE) sub.live = false;
-        if (state === State.CLOSED && was !== State.CLOSED && carried) sub.onClosed();
-      }
-    }
-  }
-
-  noteOpen(sub) {
-    if (sub.live) return;
-    sub.live = true;
-    sub.onOpen();
-  }
-
-  /** An event relayed (or received, leading): remember where it was, hand it to its channel's subscribers. */
-  deliver({ type, data, id, channel, positions }) {
-    notePositions(this.positions, positions, 4 * MAX_CHANNELS);
-    const event = { type, data, lastEventId: id ?? "" };
-    // A gap without a channel concerns every channel.
-    const targets = channel === null ? [...this.subs.values()] : [this.subs.get(channel) ?? new Set()];
-    for (const set of targets) {
-      for (const sub of [...set]) sub.events[type]?.(event);
-    }
   }
 }

@@ -476,3 +476,26 @@ def test_in_jwt_mode_the_shared_stream_renews_when_its_token_expires_for_every_t
         _wait_for_room_text(tab, said)
         shown = tab.locator("#room-messages li.room-message").filter(has_text=said)
         expect(shown.locator(".sender")).to_have_text("Eve")
+
+
+def test_a_follower_hears_events_only_its_own_views_name_regenerate_s_truncate(
+    person: OpenBrowser, server: ServerProcess
+) -> None:
+    first = person(server)
+    _live(first)
+    second = _tab(first)
+    _live(second)
+    # The first tab leads and shows only rooms: it relays what the second's Chat view names.
+    assert _leaders([first, second]) == [first]
+    _open_chat(second)
+    _send(second, f"again {token()}")
+    reply = _replies(second).last
+    expect(reply).to_have_attribute("data-status", "complete")
+    first_id = reply.get_attribute("data-message-id") or ""
+    reply.locator('button[data-action="regenerate"]').click()
+    # `truncate` removed the old reply, and the new one streamed in: one reply, another id.
+    expect(_replies(second).last).not_to_have_attribute("data-message-id", first_id)
+    expect(_replies(second).last).to_have_attribute("data-status", "complete")
+    expect(_replies(second)).to_have_count(1)
+    # All through the first tab's stream: the second never opened one.
+    assert _opened(second) == []
