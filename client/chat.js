@@ -1,7 +1,7 @@
 /**
  * The Chat view: conversations with an assistant (/conversations/...). One
- * conversation is open at a time, with one LiveStream on
- * /conversations/{id}/events; its transcript is fetched and stitched with the
+ * conversation is open at a time, its events the channel conv:<id> of the
+ * browser's one /stream (channel-stream.js); its transcript is fetched and stitched with the
  * events (syncTranscript). The composer is chat-composer.js.
  */
 
@@ -33,8 +33,9 @@ import {
   setDrawerOpen,
 } from "./conversations.js";
 import { State, ui } from "./dom.js";
-import { Change, onIdentityChanged, renewIdentity, whenIdentityKnown } from "./identity.js";
-import { LiveStream, StatusBadge } from "./live.js";
+import { Change, onIdentityChanged, whenIdentityKnown } from "./identity.js";
+import { ChannelStream } from "./channel-stream.js";
+import { StatusBadge } from "./live.js";
 import { wireCodeCopy } from "./message-content.js";
 import { wireMessageActions } from "./message-actions.js";
 import { serverUrl } from "./settings.js";
@@ -48,7 +49,7 @@ const CHAT_EVENTS = Object.freeze(["truncate", "user", "start", "delta", "done"]
 /** #chat-status: the open conversation's stream (the header's badge is the room's). */
 const badge = new StatusBadge(ui.chatStatus, ui.chatReconnect, State.CLOSED);
 /** The open conversation's stream; its lastEventId is where a reconnect resumes. */
-const stream = new LiveStream({
+const stream = new ChannelStream({
   badge,
   events: {
     ...Object.fromEntries(CHAT_EVENTS.map((type) => [type, onChatEvent])),
@@ -59,14 +60,11 @@ const stream = new LiveStream({
     settings: onSettingsEvent,
   },
   onOpen: onChatOpen,
-  // `reauth`: go on only as the same person; someone else was told (onIdentity).
-  renew: async () => (await renewIdentity()) === "same",
   // Refused outright (e.g. 404 for an unknown conversation): the transcript
   // request says why, and shows what there is.
   onClosed: () => {
     if (!chat.ready) syncTranscript();
   },
-  onUnopenable: (url) => showChatError(`Cannot open a stream at ${url}.`),
   notice: ui.chatNotice,
 });
 
@@ -158,7 +156,7 @@ function chatConnect() {
   const id = chat.conversationId;
   if (id === null) return;
   ui.chatStatus.hidden = false;
-  stream.open(`${serverUrl}${conversationPath(id, "/events")}`);
+  stream.open(`conv:${id}`);
 }
 
 /**

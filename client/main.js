@@ -1,8 +1,9 @@
 /**
  * The entry point of the ssechat page: picks the server and transport, wires
- * the header, the Settings panel and the view tabs, and starts the room (and,
- * when shown, the Chat view). The room lives in room.js, the Chat view in
- * chat.js and the modules it imports.
+ * the header, the Settings panel and the view tabs, and starts the Rooms view
+ * (and, when shown, the Chat view or the classic room). The Rooms view lives
+ * in rooms.js, the Chat view in chat.js, the classic room in room.js; the
+ * first two share the browser's one /stream (channel-leader.js).
  */
 
 import { chatHash, conversationFromHash, replaceHash } from "./chat-state.js";
@@ -12,6 +13,7 @@ import { loadIdentity, wireIdentity } from "./identity.js";
 import {
   clearSendError,
   connect,
+  disconnect,
   forgetRoom,
   onComposerKeydown,
   onTransportChange,
@@ -19,6 +21,7 @@ import {
   sendMessage,
   setTransport,
 } from "./room.js";
+import { onRoomsServerApplied, refreshRooms, setRoomsActive, startRooms, wireRooms } from "./rooms.js";
 import {
   askAboutServer,
   clearSettingsError,
@@ -47,7 +50,8 @@ function useServer(next) {
   setServerUrl(next);
   // Another server is another identity (and maybe has accounts where this one has none).
   if (changed) loadIdentity();
-  reconnectNow();
+  if (document.body.dataset.view === "room") reconnectNow();
+  onRoomsServerApplied(changed);
   onChatServerApplied(changed);
 }
 
@@ -86,13 +90,24 @@ function showView(name, conversationId = null) {
     if (tab.dataset.viewTarget === name) tab.setAttribute("aria-current", "true");
     else tab.removeAttribute("aria-current");
   }
-  // The header's badge is the room's stream; the Chat view has its own.
+  // The header's badge is the classic room's stream; the other views have their own.
+  const before = document.body.dataset.view;
   document.body.dataset.view = name;
+  // The classic room has a connection of its own: held only while it is shown.
+  if (name === "room" && before !== "room") {
+    setRoomsActive(false);
+    connect();
+  } else if (name !== "room" && before === "room") {
+    disconnect();
+    setRoomsActive(true);
+  }
+  // Back to the Rooms view: others may have made rooms meanwhile (the first showing lists them at start).
+  if (name === "rooms" && before !== undefined && before !== "rooms") refreshRooms();
   if (name === "chat") {
     startChat(conversationId);
     replaceHash(chatHash());
   } else {
-    replaceHash("");
+    replaceHash(name === "room" ? "#room" : "");
   }
 }
 
@@ -107,6 +122,7 @@ function onHashChange() {
   const wanted = conversationFromHash();
   if (wanted !== null) showView("chat", wanted);
   else if (location.hash === "#chat") showView("chat");
+  else if (location.hash === "#room") showView("room");
 }
 
 // ---------------------------------------------------------------- start
@@ -129,13 +145,15 @@ function start() {
   ui.input.addEventListener("input", clearSendError);
   if (ui.nav !== null) ui.nav.addEventListener("click", onNavClick);
   wireIdentity();
+  wireRooms();
   wireChat();
   window.addEventListener("hashchange", onHashChange);
-  // A #c=<id> (or #chat) address reopens the Chat view; otherwise the room.
+  startRooms();
+  // A #c=<id> (or #chat) address reopens the Chat view, #room the classic room; otherwise Rooms.
   const wanted = conversationFromHash();
   if (wanted !== null || location.hash === "#chat") showView("chat", wanted);
-  else showView("room");
-  connect();
+  else if (location.hash === "#room") showView("room");
+  else showView("rooms");
   // A link's ?server= on another origin would send the user's messages there:
   // nothing goes to it until they accept (meanwhile this server is used).
   if (fromQuery !== null && !isOwnOrigin(fromQuery) && fromQuery !== serverUrl) {

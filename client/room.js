@@ -99,13 +99,14 @@ export function onTransportChange(event) {
   if (next === transport) return;
   transport = next;
   showTransport();
-  reconnectNow();
+  // The classic room connects only while it is shown (main.js showView).
+  if (document.body.dataset.view === "room") reconnectNow();
 }
 
 // ---------------------------------------------------------------- stream
 
-/** Stop listening to the current stream or socket, if any. */
-function disconnect() {
+/** Stop listening to the current stream or socket, if any (also when the view is left). */
+export function disconnect() {
   clearTimeout(reconnectTimer);
   reconnectTimer = null;
   showNotice(ui.roomNotice, null);

@@ -46,9 +46,11 @@ def _send(page: Page, text: str) -> None:
     box.fill(text)
     box.press("Enter")
     # Accepted (the box empties) or refused (an error shows): either ends the wait.
+    # Polled on a timer, not per animation frame: a test may hold requestAnimationFrame.
     page.wait_for_function(
         """() => document.getElementById("chat-input").value === ""
-                 || !document.getElementById("chat-error").hidden"""
+                 || !document.getElementById("chat-error").hidden""",
+        polling=50,
     )
     expect(page.locator("#chat-error")).to_be_hidden()
     expect(box).to_have_value("")
@@ -306,9 +308,9 @@ def test_reload_and_a_return_visit_reopen_the_conversation_with_its_transcript(
     page.reload()  # the address bar's #c=<id>
     shows_the_conversation()
 
-    # A later visit without the hash opens the room; the Chat view remembers.
+    # A later visit without the hash opens the rooms; the Chat view remembers.
     page.goto(f"{assistant.url}/")
-    expect(page.locator("#messages")).to_be_visible()
+    expect(page.locator("#room-messages")).to_be_visible()
     _open_chat(page)
     shows_the_conversation()
     assert _conversation_id(page) == conversation_id

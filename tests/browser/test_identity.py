@@ -384,7 +384,7 @@ def test_in_jwt_mode_the_room_stream_renews_when_its_token_expires(
         value = jwt.encode(claims, secret, algorithm="HS256")
         return {"name": "ssechat_token", "value": value, "url": server.url}
 
-    with _people(browser, f"{server.url}/") as open_:
+    with _people(browser, f"{server.url}/#room") as open_:
         # A host application set a token that expires in a few seconds.
         page = open_(cookies=[token_cookie(3)])
         expect(page.locator("#identity-name")).to_have_text("Dee")
@@ -519,7 +519,7 @@ def test_a_page_on_another_site_changes_nothing_with_the_victims_cookies(
 def test_no_csp_violations_across_the_room_the_chat_and_the_identity_bar(
     person: OpenPerson, server: ServerProcess
 ) -> None:
-    page = person()
+    page = person(f"{server.url}/#room")
     _wait_for_name(page)
     said = f"room {token()}"
     page.locator("#message-input").fill(said)

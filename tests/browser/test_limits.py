@@ -43,7 +43,7 @@ def people(browser: Browser) -> Iterator[Callable[[ServerProcess], OpenPerson]]:
     with contextlib.ExitStack() as stack:
 
         def on(server: ServerProcess) -> OpenPerson:
-            return stack.enter_context(_people(browser, f"{server.url}/"))
+            return stack.enter_context(_people(browser, f"{server.url}/#room"))
 
         yield on
 
@@ -94,7 +94,7 @@ def test_a_room_socket_over_the_cap_closed_1013_says_busy_and_comes_back_by_itse
     server = spawn("--limits", "on", "--streams-per-ip", "1", *FAST_RETRY)
     open_person = people(server)
     with _held_stream(server):
-        page = open_person(f"{server.url}/?transport=ws")
+        page = open_person(f"{server.url}/?transport=ws#room")
         expect(page.locator("#transport-label")).to_have_text("WebSocket")
         expect(page.locator("#room-notice")).to_have_text(BUSY_NOTICE)
         expect(page.locator("#status")).to_have_text("reconnecting")

@@ -73,7 +73,7 @@ def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 @pytest.fixture
 def open_page(browser: Browser, chat: ServerProcess) -> Iterator[OpenPage]:
     """Open a page in a fresh context (the chat page by default); fail on uncaught JS errors."""
-    with page_opener(browser, f"{chat.url}/") as open_:
+    with page_opener(browser, f"{chat.url}/#room") as open_:
         yield open_
 
 
@@ -245,7 +245,7 @@ def test_our_client_served_from_another_origin_talks_to_the_server_by_query(
     open_page: OpenPage, chat: ServerProcess, other_origin: _OtherOrigin
 ) -> None:
     server = chat.url
-    page = open_page(f"{other_origin.origin}/app/?server={quote(server, safe='')}")
+    page = open_page(f"{other_origin.origin}/app/?server={quote(server, safe='')}#room")
     # The ?server= is not the page's own origin: it is used once accepted.
     expect(page.locator("#server-prompt-origin")).to_have_text(server)
     page.locator("#server-accept").click()
@@ -279,7 +279,7 @@ def test_a_link_to_another_server_asks_first_and_sends_nothing_there_until_accep
     # The page may connect only to the origins its server names (CSP
     # connect-src, from --cors-origin), so this page's server names the other.
     own = spawn("--cors-origin", foreign, *FAST_RETRY).url
-    page, seen = _open_recording(open_page, f"{own}/?server={quote(foreign, safe='')}")
+    page, seen = _open_recording(open_page, f"{own}/?server={quote(foreign, safe='')}#room")
     expect(page.locator("#server-prompt")).to_be_visible()
     expect(page.locator("#server-prompt-origin")).to_have_text(foreign)
     # Meanwhile the page talks to its own server, and says so.
@@ -308,7 +308,7 @@ def test_refusing_a_link_to_another_server_stays_on_the_own_one(
     open_page: OpenPage, chat: ServerProcess, foreign: str
 ) -> None:
     own = chat.url
-    page, seen = _open_recording(open_page, f"{own}/?server={quote(foreign, safe='')}")
+    page, seen = _open_recording(open_page, f"{own}/?server={quote(foreign, safe='')}#room")
     page.locator("#server-refuse").click()
     expect(page.locator("#server-prompt")).to_be_hidden()
     expect(page.locator("#status")).to_have_text("live")
@@ -328,7 +328,7 @@ def test_a_link_to_the_page_s_own_server_is_used_without_asking(
     open_page: OpenPage, chat: ServerProcess
 ) -> None:
     own = chat.url
-    page = open_page(f"{own}/?server={quote(own, safe='')}")
+    page = open_page(f"{own}/?server={quote(own, safe='')}#room")
     expect(page.locator("#status")).to_have_text("live")
     expect(page.locator("#server-prompt")).to_be_hidden()
     expect(page.locator("#server-label")).to_have_text(own.removeprefix("http://"))
@@ -341,7 +341,7 @@ def test_server_restart_on_the_same_port_shows_reconnecting_then_a_gap_notice(
     same = ("--db", str(tmp_path / "restarted.sqlite3"), *FAST_RETRY)
     first = spawn(*same)
     base_url = first.url
-    page = open_page(f"{base_url}/")
+    page = open_page(f"{base_url}/#room")
     status = page.locator("#status")
     expect(status).to_have_text("live")
     expect(page.locator("#messages li.join")).to_have_count(1)
@@ -411,7 +411,7 @@ def test_apply_resumes_on_the_same_server_and_starts_fresh_on_another(
     # connect-src, from --cors-origin), so this page's server names the other.
     own = spawn("--cors-origin", other_url, *FAST_RETRY)
     base_url = own.url
-    page = open_page(f"{base_url}/")
+    page = open_page(f"{base_url}/#room")
     expect(page.locator("#status")).to_have_text("live")
     text = f"kept {token()}"
     _post(page, base_url, text)

@@ -172,7 +172,7 @@ OpenApp = Callable[..., Page]
 @pytest.fixture
 def open_app(browser: Browser, chat: ServerProcess) -> Iterator[OpenApp]:
     """Open the app's page (`/` of `chat` by default) in a fresh context; fail on JS errors."""
-    with page_opener(browser, f"{chat.url}/") as open_:
+    with page_opener(browser, f"{chat.url}/#room") as open_:
         yield open_
 
 
@@ -244,7 +244,7 @@ def test_page_socket_reconnects_after_a_restart_with_a_gap_notice(
     same = ("--db", str(tmp_path / "restarted.sqlite3"))
     first = spawn(*same)
     port = first.address[1]
-    page = open_app(f"{first.url}/?transport=ws")
+    page = open_app(f"{first.url}/?transport=ws#room")
     status = page.locator("#status")
     expect(status).to_have_text("live")
     expect(page.locator("#transport-label")).to_have_text("WebSocket")
