@@ -19,10 +19,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from sse.io.server import Server
-from sse.protocol.sse import DecodedEvent
 from tests.support.client import (
     EventStream,
     Response,
+    event_data,
     json_object,
     request,
     wait_until,
@@ -72,19 +72,13 @@ def _assert_refused(response: Response, reason: str) -> None:
     assert json_object(response) == {"error": _MESSAGES[reason], "reason": reason}
 
 
-def _data(event: DecodedEvent) -> dict[str, Any]:
-    payload = json.loads(event.data)
-    assert isinstance(payload, dict)
-    return payload
-
-
 async def _assert_reauth(stream: EventStream, reason: str) -> None:
     """A 200 event stream with a `retry:`, one `event: reauth` for `reason`, and the end."""
     assert stream.status == 200
     assert stream.headers["content-type"].startswith("text/event-stream")
     event = await stream.next_event(10)
     assert event.type == "reauth"
-    assert _data(event)["reason"] == reason
+    assert event_data(event)["reason"] == reason
     await stream.wait_ended(10)
     assert stream.ended
     assert b"\nretry: " in b"\n" + bytes(stream.raw)
@@ -361,7 +355,7 @@ async def test_a_stream_ends_with_reauth_when_its_token_expires(make_server: Mak
     assert "content-length" not in stream.headers
     event = await stream.next_event(15)
     assert event.type == "reauth"
-    assert _data(event)["reason"] == "expired"
+    assert event_data(event)["reason"] == "expired"
     await stream.wait_ended(5)
     assert stream.ended
     await stream.close()

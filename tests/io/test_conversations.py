@@ -6,13 +6,18 @@ import json
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sse.io.server import Server
-from sse.protocol.sse import DecodedEvent
-from tests.support.client import EventStream, Response, events_until, json_object, request
+from tests.support.client import (
+    EventStream,
+    Response,
+    event_data,
+    events_until,
+    json_object,
+    request,
+)
 from tests.support.servers import MakeServer, ServerProcess
 
 JSON = [("content-type", "application/json")]
@@ -27,12 +32,6 @@ async def _create(server: Server) -> str:
 async def _post(server: Server, cid: str, content: object) -> Response:
     body = json.dumps({"content": content}).encode()
     return await request(server.address, "POST", f"/conversations/{cid}/messages", JSON, body)
-
-
-def _data(event: DecodedEvent) -> dict[str, Any]:
-    payload = json.loads(event.data)
-    assert isinstance(payload, dict)
-    return payload
 
 
 async def test_create_gives_201_with_an_unguessable_id_and_location(server: Server) -> None:
@@ -55,7 +54,7 @@ async def test_reply_streams_user_start_deltas_and_done(server: Server) -> None:
     kinds = [e.type for e in events]
     assert kinds[:2] == ["user", "start"]
     assert set(kinds[2:-1]) == {"delta"}
-    user, start, done = _data(events[0]), _data(events[1]), _data(events[-1])
+    user, start, done = event_data(events[0]), event_data(events[1]), event_data(events[-1])
     assert (user["message_id"], user["content"], user["role"]) == (
         ids["message_id"],
         "hello there world",
@@ -66,7 +65,7 @@ async def test_reply_streams_user_start_deltas_and_done(server: Server) -> None:
         "model": "echo",
         "model_label": "built-in echo model",
     }
-    text = "".join(_data(e)["text"] for e in events[2:-1])
+    text = "".join(event_data(e)["text"] for e in events[2:-1])
     assert text == "You said: hello there world"
     assert done["finish_reason"] == "stop"
     assert done["pieces"] == len(events) - 3
@@ -82,7 +81,7 @@ async def test_every_open_tab_sees_the_user_message(server: Server) -> None:
     await _post(server, cid, "both tabs")
     for tab in tabs:
         first = await tab.next_event()
-        assert (first.type, _data(first)["content"]) == ("user", "both tabs")
+        assert (first.type, event_data(first)["content"]) == ("user", "both tabs")
         await tab.close()
 
 
@@ -153,11 +152,11 @@ async def test_stop_cancels_the_reply_and_keeps_what_arrived(make_server: MakeSe
     assert stopped["stopped"] is True
     rest = await events_until(stream, "done")
     streamed = "".join(
-        _data(e)["text"]
+        event_data(e)["text"]
         for e in [*(e for batch in seen for e in batch), *rest]
         if e.type == "delta"
     )
-    done = _data(rest[-1])
+    done = event_data(rest[-1])
     assert done["finish_reason"] == "cancelled"
     assert done["message_id"] == stopped["message_id"]
     transcript = json_object(await request(server.address, "GET", f"/conversations/{cid}"))
@@ -177,8 +176,12 @@ async def test_reply_past_the_piece_cap_finishes_with_length(make_server: MakeSe
     stream = await EventStream.open(server.address, f"/conversations/{cid}/events")
     await _post(server, cid, "one two three four five")
     events = await events_until(stream, "done")
-    assert _data(events[-1])["finish_reason"] == "length"
-    assert [_data(e)["text"] for e in events if e.type == "delta"] == ["You ", "said: ", "one "]
+    assert event_data(events[-1])["finish_reason"] == "length"
+    assert [event_data(e)["text"] for e in events if e.type == "delta"] == [
+        "You ",
+        "said: ",
+        "one ",
+    ]
     await stream.close()
 
 
@@ -194,7 +197,7 @@ async def test_conversation_stream_resumes_by_last_event_id(server: Server) -> N
     )
     events = await events_until(rest_of_reply, "done")
     assert events[0].type == "delta"
-    text = "".join(_data(e)["text"] for e in events if e.type == "delta")
+    text = "".join(event_data(e)["text"] for e in events if e.type == "delta")
     assert text == "You said: resume me please"
     await rest_of_reply.close()
 
@@ -274,11 +277,11 @@ async def test_shutdown_mid_reply_saves_it_as_interrupted(
     await first.stop()
     rest = await events_until(stream, "error")
     streamed = "".join(
-        _data(e)["text"]
+        event_data(e)["text"]
         for e in [*(e for batch in seen for e in batch), *rest]
         if e.type == "delta"
     )
-    assert "shutting down" in _data(rest[-1])["message"]
+    assert "shutting down" in event_data(rest[-1])["message"]
     await stream.wait_ended()
     second = await make_server(db_path=db)
     transcript = json_object(await request(second.address, "GET", f"/conversations/{cid}"))
@@ -304,7 +307,7 @@ async def test_reply_cut_by_a_crash_is_marked_interrupted_with_what_was_saved(
     while streamed.count("word") < 150:
         event = await stream.next_event()
         if event.type == "delta":
-            streamed += _data(event)["text"]
+            streamed += event_data(event)["text"]
     proc.kill()
     await stream.close()
     again = spawn("--db", db)
@@ -332,7 +335,7 @@ async def test_transcript_mid_reply_joins_the_stream_exactly(make_server: MakeSe
         f"/conversations/{cid}/events?last_event_id={transcript['last_event_id']}",
     )
     rest = await events_until(late, "done")
-    whole = so_far + "".join(_data(e)["text"] for e in rest if e.type == "delta")
+    whole = so_far + "".join(event_data(e)["text"] for e in rest if e.type == "delta")
     assert whole == "You said: " + "word " * 300
     final = json_object(await request(server.address, "GET", f"/conversations/{cid}"))
     assert final["messages"][-1]["content"] == whole

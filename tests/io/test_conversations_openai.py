@@ -11,7 +11,7 @@ import pytest
 
 from sse.io.server import Server
 from sse.protocol.sse import DecodedEvent
-from tests.support.client import EventStream, request
+from tests.support.client import EventStream, event_data, request
 from tests.support.fake_openai import FakeOpenAI, Script
 from tests.support.servers import MakeServer
 
@@ -54,12 +54,6 @@ async def _until(stream: EventStream, *kinds: str) -> list[DecodedEvent]:
     return seen
 
 
-def _data(event: DecodedEvent) -> dict[str, Any]:
-    payload = json.loads(event.data)
-    assert isinstance(payload, dict)
-    return payload
-
-
 async def test_upstream_pieces_become_delta_events_and_history_is_sent(
     make_server: MakeServer, fake: FakeOpenAI
 ) -> None:
@@ -68,15 +62,15 @@ async def test_upstream_pieces_become_delta_events_and_history_is_sent(
     fake.script = Script(pieces=["Hel", "lo", " there"])
     assert await _say(server, cid, "hi") == 202
     events = await _until(stream, "done")
-    start = _data(events[1])
+    start = event_data(events[1])
     host = urlsplit(fake.url).netloc
     assert (start["model"], start["model_label"]) == ("gpt-test", f"gpt-test via {host}")
-    assert [_data(e)["text"] for e in events if e.type == "delta"] == ["Hel", "lo", " there"]
-    assert _data(events[-1])["finish_reason"] == "stop"
+    assert [event_data(e)["text"] for e in events if e.type == "delta"] == ["Hel", "lo", " there"]
+    assert event_data(events[-1])["finish_reason"] == "stop"
     fake.script = Script(pieces=["second"], finish_reason="length")
     await _say(server, cid, "again")
     events = await _until(stream, "done")
-    assert _data(events[-1])["finish_reason"] == "length"
+    assert event_data(events[-1])["finish_reason"] == "length"
     sent = fake.requests[-1].body
     assert isinstance(sent, dict)
     assert sent["model"] == "gpt-test"
@@ -109,7 +103,7 @@ async def test_upstream_failure_is_an_error_event_and_the_conversation_stays_usa
     await _say(server, cid, "break please")
     events = await _until(stream, "error", "done")
     assert events[-1].type == "error"
-    assert cause in _data(events[-1])["message"]
+    assert cause in event_data(events[-1])["message"]
     transcript = (await request(server.address, "GET", f"/conversations/{cid}")).json()
     assert isinstance(transcript, dict)
     assert transcript["messages"][-1]["status"] == "error"
@@ -128,7 +122,7 @@ async def test_unreachable_upstream_is_an_error_event(make_server: MakeServer) -
     await _say(server, cid, "anyone there?")
     events = await _until(stream, "error", "done")
     assert events[-1].type == "error"
-    assert "cannot reach the model" in _data(events[-1])["message"]
+    assert "cannot reach the model" in event_data(events[-1])["message"]
     await stream.close()
 
 
@@ -144,7 +138,7 @@ async def test_stop_mid_stream_cancels_the_upstream_request(
     assert isinstance(stop, dict)
     assert stop["stopped"] is True
     events = await _until(stream, "done")
-    assert _data(events[-1])["finish_reason"] == "cancelled"
+    assert event_data(events[-1])["finish_reason"] == "cancelled"
     await fake.wait_for_disconnect()
     await stream.close()
 

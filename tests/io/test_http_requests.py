@@ -85,9 +85,10 @@ async def test_healthz_reports_how_long_broadcasts_took(make_server: MakeServer)
             assert (await stream.next_event()).data == text
     took = (await request(server.address, "GET", "/healthz")).json()["broadcast_ms"]
     assert isinstance(took, dict)
-    # Each POST was answered before the next was sent: two broadcasts, and the
-    # lobby's JSON copies of them (published once kept, behind the answer): one or two.
-    assert 3 <= took["count"] <= 4
+    # Each POST was answered before the next was sent: two broadcasts; the lobby's
+    # JSON copies (published once kept, behind the answer) go in their own or ride
+    # along with a later one.
+    assert 2 <= took["count"] <= 4
     assert 0 <= took["p50"] <= took["max"]
     assert 0 <= took["last"] <= took["max"]
     for stream in streams:

@@ -19,7 +19,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from sse.io.server import Server
 from sse.limits.gcra import Rate
 from sse.limits.policy import GUEST_IP_FACTOR, Limits
-from sse.protocol.sse import DecodedEvent
 from tests.support.client import (
     DEFAULT,
     Connection,
@@ -28,6 +27,7 @@ from tests.support.client import (
     Headers,
     Response,
     cookie_headers,
+    event_data,
     events_until,
     json_object,
     request,
@@ -155,12 +155,6 @@ def _url(server: Server, path: str = "/ws") -> str:
 async def _recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
     message = await asyncio.wait_for(ws.recv(), timeout)
     payload = json.loads(message)
-    assert isinstance(payload, dict)
-    return payload
-
-
-def _data(event: DecodedEvent) -> dict[str, Any]:
-    payload = json.loads(event.data)
     assert isinstance(payload, dict)
     return payload
 
@@ -344,7 +338,7 @@ async def test_a_stopped_or_deleted_reply_gives_its_slot_back(make_server: MakeS
     _assert_429(await _post(server, A, second, "meanwhile"), "replies_at_once")
     stopped = await _request(server, A, "POST", f"/conversations/{first}/stop")
     assert json_object(stopped)["stopped"] is True
-    assert _data((await events_until(stream, "done"))[-1])["finish_reason"] == "cancelled"
+    assert event_data((await events_until(stream, "done"))[-1])["finish_reason"] == "cancelled"
     await stream.close()
     assert (await _post(server, A, second, "now")).status == 202
     deleted = await _request(server, A, "DELETE", f"/conversations/{second}")
@@ -457,7 +451,7 @@ async def test_a_spent_daily_budget_gets_429_and_an_error_event(
     assert "resets at" in json_object(refused)["error"]
     told = await stream.next_event()
     assert told.type == "error"
-    assert _data(told) == {"message_id": None, "message": json_object(refused)["error"]}
+    assert event_data(told) == {"message_id": None, "message": json_object(refused)["error"]}
     assert await _transcript(server, cid) == before
     assert len(fake.requests) == 1
     # Another guest at the same address has a budget of its own (the address: 10x).

@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from sse.protocol.sse import DecodedEvent
 from tests.support.client import DEFAULT as DEFAULT_JAR
 from tests.support.client import (
     Connection,
     CookieJar,
     EventStream,
     Response,
+    event_data,
     events_until,
     json_object,
     request,
@@ -105,15 +105,9 @@ async def _reply(
         posted = await _say(address, cid, content, jar)
         assert posted.status == 202, posted.body
         events = await events_until(stream, "done")
-        return "".join(_data(e)["text"] for e in events if e.type == "delta")
+        return "".join(event_data(e)["text"] for e in events if e.type == "delta")
     finally:
         await stream.close()
-
-
-def _data(event: DecodedEvent) -> dict[str, Any]:
-    payload = json.loads(event.data)
-    assert isinstance(payload, dict)
-    return payload
 
 
 def _assert_refused(response: Response, limit: str) -> dict[str, Any]:
@@ -163,7 +157,7 @@ async def test_the_budget_runs_out_mid_conversation_and_the_stream_is_told(
     assert "daily limit" in payload["error"]
     event = await stream.next_event(10)
     assert event.type == "error"
-    said = _data(event)
+    said = event_data(event)
     assert said["message_id"] is None
     assert "daily limit" in said["message"]
     assert "resets at" in said["message"]
@@ -231,7 +225,7 @@ async def test_a_busy_model_refuses_another_identity_until_its_reply_ends(
     stream = await EventStream.open(address, f"/conversations/{first}/events")
     assert (await _say(address, first, "go")).status == 202
     events = await events_until(stream, "delta")
-    assert _data(events[-1])["text"] == "slow"
+    assert event_data(events[-1])["text"] == "slow"
 
     other = CookieJar()
     second = await _conversation(address, other)

@@ -29,6 +29,7 @@ from tests.support.client import (
     CookieJar,
     EventStream,
     Response,
+    event_data,
     events_until,
     json_object,
     request,
@@ -100,17 +101,11 @@ def _target(*channels: str) -> str:
     return "/stream?" + "&".join(f"ch={c}" for c in channels)
 
 
-def _data(event: DecodedEvent) -> dict[str, Any]:
-    payload = json.loads(event.data)
-    assert isinstance(payload, dict)
-    return payload
-
-
 def _by_channel(events: list[DecodedEvent]) -> dict[str, list[tuple[str, str]]]:
     """Each channel's events as (type, data without the tag), in order."""
     out: dict[str, list[tuple[str, str]]] = {}
     for event in events:
-        data = _data(event)
+        data = event_data(event)
         channel = data.pop("channel")
         out.setdefault(channel, []).append((event.type, json.dumps(data, sort_keys=True)))
     return out
@@ -124,7 +119,7 @@ async def _until_types(stream: EventStream, wanted: dict[str, int]) -> list[Deco
         event = await stream.next_event(10.0)
         seen.append(event)
         if event.type in ("done", "message"):
-            counts[_data(event)["channel"]] += 1
+            counts[event_data(event)["channel"]] += 1
     return seen
 
 
@@ -159,8 +154,8 @@ async def test_one_stream_carries_two_conversations_and_a_room_each_tagged(
         )
     ]
     # The same data as the conversation's own stream carries, plus the tag.
-    user = next(e for e in events if e.type == "user" and _data(e)["channel"] == channels[1])
-    assert _data(user)["content"] == "second"
+    user = next(e for e in events if e.type == "user" and event_data(e)["channel"] == channels[1])
+    assert event_data(user)["content"] == "second"
     # Every event's id is the composite of all three positions.
     prefix = fingerprint(channels) + "."
     assert all(e.last_event_id.startswith(prefix) for e in events)
@@ -195,7 +190,7 @@ async def test_a_resume_replays_what_every_channel_missed_exactly_once(server: S
     # Nothing more: the next event is a live one.
     await _say(server, "lobby", "live")
     live = await back.next_event()
-    assert _data(live)["text"] == "live"
+    assert event_data(live)["text"] == "live"
     await whole.close()
     await back.close()
 
@@ -207,7 +202,7 @@ async def test_a_channel_whose_history_ran_out_gets_its_own_gap(make_server: Any
     tab = await EventStream.open(server.address, _target(*channels))
     first = await _say(server, "busy", "seen")
     seen = await tab.next_event()
-    assert _data(seen)["text"] == "seen"
+    assert event_data(seen)["text"] == "seen"
     assert seen.last_event_id.split(".")[1] == first
     await tab.close()
     for i in range(6):  # more than the room's history keeps
@@ -219,14 +214,14 @@ async def test_a_channel_whose_history_ran_out_gets_its_own_gap(make_server: Any
     )
     gap = await back.next_event()
     assert gap.type == "gap"
-    assert _data(gap)["channel"] == "room:busy"
+    assert event_data(gap)["channel"] == "room:busy"
     replay = await back.events(3)
-    assert [_data(e)["text"] for e in replay] == ["missed 4", "missed 5", "kept"]
+    assert [event_data(e)["text"] for e in replay] == ["missed 4", "missed 5", "kept"]
     assert replay[-1].last_event_id.split(".")[1] == kept
     # The conversation had nothing to miss: no gap for it, and it streams on.
     await _post(server, a, "after")
     after = await events_until(back, "done")
-    assert {_data(e)["channel"] for e in after} == {f"conv:{a}"}
+    assert {event_data(e)["channel"] for e in after} == {f"conv:{a}"}
     assert "gap" not in [e.type for e in after]
     await back.close()
 
@@ -294,11 +289,14 @@ async def test_a_malformed_last_event_id_never_wedges_the_stream(server: Server)
             )
         assert stream.status == 200, last
         gaps = await stream.events(2)
-        assert sorted(_data(g)["channel"] for g in gaps) == sorted(channels)
+        assert sorted(event_data(g)["channel"] for g in gaps) == sorted(channels)
         assert {g.type for g in gaps} == {"gap"}
         await _say(server, "other", "still streams")
         live = await stream.next_event()
-        assert (_data(live)["channel"], _data(live)["text"]) == ("room:other", "still streams")
+        assert (event_data(live)["channel"], event_data(live)["text"]) == (
+            "room:other",
+            "still streams",
+        )
         await stream.close()
 
 
@@ -335,9 +333,9 @@ async def test_a_deleted_conversation_leaves_the_other_channels_streaming(server
     assert (await request(server.address, "DELETE", f"/conversations/{a}")).status == 204
     deleted = await stream.next_event()
     assert deleted.type == "deleted"
-    assert _data(deleted) == {"conversation_id": a, "channel": f"conv:{a}"}
+    assert event_data(deleted) == {"conversation_id": a, "channel": f"conv:{a}"}
     await _say(server, "lobby", "still here")
-    assert _data(await stream.next_event())["text"] == "still here"
+    assert event_data(await stream.next_event())["text"] == "still here"
     await stream.close()
 
 
@@ -389,7 +387,7 @@ async def test_room_access_refuses_unknown_rooms_and_hears_of_opens_and_closes(
         )
         assert stream.status == 200
         await _say(server, "games", "gg")
-        assert _data(await stream.next_event())["text"] == "gg"
+        assert event_data(await stream.next_event())["text"] == "gg"
         (opened,) = rooms.told
         assert opened[0] == "opened"
         assert opened[2] == ("lobby", "games")
@@ -410,15 +408,15 @@ async def test_a_one_channel_stream_shares_its_bytes_and_resumes_exactly(server:
     prefix = fingerprint(("room:solo",)) + "."
     for got in seen:
         assert [e.last_event_id for e in got] == [prefix + i for i in ids]
-        assert [_data(e) for e in got] == [_data(e) for e in seen[0]]
-        assert _data(got[0])["channel"] == "room:solo"
+        assert [event_data(e) for e in got] == [event_data(e) for e in seen[0]]
+        assert event_data(got[0])["channel"] == "room:solo"
     await tabs[0].close()
     for i in range(3, 5):
         await _say(server, "solo", f"m{i}")
     back = await EventStream.open(
         server.address, target, [("last-event-id", seen[0][1].last_event_id)]
     )
-    assert [_data(e)["text"] for e in await back.events(3)] == ["m2", "m3", "m4"]
+    assert [event_data(e)["text"] for e in await back.events(3)] == ["m2", "m3", "m4"]
     for tab in (*tabs[1:], back):
         await tab.close()
 
@@ -428,7 +426,7 @@ async def test_a_one_channel_stream_of_a_deleted_conversation_ends(server: Serve
     stream = await EventStream.open(server.address, _target(f"conv:{cid}"))
     assert (await request(server.address, "DELETE", f"/conversations/{cid}")).status == 204
     deleted = await stream.next_event()
-    assert (deleted.type, _data(deleted)["channel"]) == ("deleted", f"conv:{cid}")
+    assert (deleted.type, event_data(deleted)["channel"]) == ("deleted", f"conv:{cid}")
     await stream.wait_ended()
     assert stream.ended
 

@@ -7,12 +7,12 @@ import uuid
 from typing import Any
 
 from sse.io.server import Server
-from sse.protocol.sse import DecodedEvent
 from tests.support.client import (
     DEFAULT,
     CookieJar,
     EventStream,
     Response,
+    event_data,
     events_until,
     json_object,
     request,
@@ -50,12 +50,6 @@ async def _transcript(server: Server, cid: str) -> dict[str, Any]:
     return json_object(await request(server.address, "GET", f"/conversations/{cid}"))
 
 
-def _data(event: DecodedEvent) -> dict[str, Any]:
-    payload = json.loads(event.data)
-    assert isinstance(payload, dict)
-    return payload
-
-
 async def _talk(server: Server, stream: EventStream, cid: str, *turns: str) -> None:
     for turn in turns:
         assert (await _post(server, cid, turn)).status == 202
@@ -76,9 +70,9 @@ async def test_regenerate_replaces_the_last_reply_and_streams_the_new_one(server
     kinds = [e.type for e in events]
     # The old reply goes; the user message stays as it was, so no `user` event.
     assert kinds[:2] == ["truncate", "start"]
-    assert _data(events[0]) == {"message_id": before[3]["id"]}
-    assert _data(events[1])["message_id"] == ids["reply_id"]
-    assert "".join(_data(e)["text"] for e in events if e.type == "delta") == "You said: second"
+    assert event_data(events[0]) == {"message_id": before[3]["id"]}
+    assert event_data(events[1])["message_id"] == ids["reply_id"]
+    assert "".join(event_data(e)["text"] for e in events if e.type == "delta") == "You said: second"
     after = (await _transcript(server, cid))["messages"]
     assert [m["id"] for m in after] == [*(m["id"] for m in before[:3]), ids["reply_id"]]
     assert [(m["content"], m["status"]) for m in after[2:]] == [
@@ -107,10 +101,10 @@ async def test_edit_replaces_the_message_drops_what_followed_and_answers_anew(
     for tab in (stream, other_tab):
         events = await events_until(tab, "done")
         assert [e.type for e in events[:3]] == ["truncate", "user", "start"]
-        assert _data(events[0]) == {"message_id": edited}
-        user = _data(events[1])
+        assert event_data(events[0]) == {"message_id": edited}
+        user = event_data(events[1])
         assert (user["message_id"], user["content"]) == (edited, "TWO again")
-        text = "".join(_data(e)["text"] for e in events if e.type == "delta")
+        text = "".join(event_data(e)["text"] for e in events if e.type == "delta")
         assert text == "You said: TWO again"
     after = (await _transcript(server, cid))["messages"]
     assert [(m["id"], m["content"]) for m in after] == [

@@ -6,12 +6,13 @@ import asyncio
 import json
 from typing import Any
 
-from sse.protocol.sse import DecodedEvent
 from tests.support.client import (
     CookieJar,
     EventStream,
     Response,
+    event_data,
     json_object,
+    next_of,
     post_message,
     request,
     wait_until,
@@ -33,19 +34,6 @@ async def _get(address: Address, target: str, **kw: Any) -> Response:
 
 async def _me(address: Address, **kw: Any) -> dict[str, Any]:
     return json_object(await _get(address, "/me", **kw))
-
-
-def _data(event: DecodedEvent) -> dict[str, Any]:
-    payload = json.loads(event.data)
-    assert isinstance(payload, dict)
-    return payload
-
-
-async def _next_of(stream: EventStream, kind: str) -> DecodedEvent:
-    while True:
-        event = await stream.next_event(10.0)
-        if event.type == kind:
-            return event
 
 
 async def test_rooms_are_made_listed_and_validated(make_server: MakeServer) -> None:
@@ -104,12 +92,12 @@ async def test_messages_carry_their_sender_and_are_bounded(make_server: MakeServ
     me = await _me(address)
     stream = await EventStream.open(address, "/rooms/general/events")
     assert stream.status == 200
-    await _next_of(stream, "presence")  # our own join
+    await next_of(stream, "presence")  # our own join
     posted = await _post(address, "/rooms/general/messages", {"text": "hello room"})
     assert posted.status == 201, posted.body
     body = json_object(posted)
-    event = await _next_of(stream, "message")
-    data = _data(event)
+    event = await next_of(stream, "message")
+    data = event_data(event)
     assert data == body
     assert data["room"] == "general"
     assert data["text"] == "hello room"
@@ -181,13 +169,13 @@ async def test_a_seed_post_reaches_the_lobby_with_its_sender(make_server: MakeSe
     plain = await seed.next_event()
     assert plain.data == "from the seed"
     assert plain.type == "message"
-    data = _data(await _next_of(lobby, "message"))
+    data = event_data(await next_of(lobby, "message"))
     assert data["text"] == "from the seed"
     assert data["room"] == "lobby"
     assert data["from"] == {"id": me["id"], "name": me["name"]}
     # Without a cookie: anonymous, and the seed's answer is the same.
     assert (await post_message_as(address, "nobody's", None)).status == 200
-    assert _data(await _next_of(lobby, "message"))["from"] == {
+    assert event_data(await next_of(lobby, "message"))["from"] == {
         "id": "anonymous",
         "name": "Anonymous",
     }
@@ -214,15 +202,15 @@ async def test_presence_joins_with_the_first_stream_and_leaves_after_the_grace(
     watcher_jar = CookieJar()
     watcher_me = await _me(address, jar=watcher_jar)  # a cookie first: streams do not set one
     watcher = await EventStream.open(address, "/rooms/lobby/events", jar=watcher_jar)
-    joined = _data(await _next_of(watcher, "presence"))
+    joined = event_data(await next_of(watcher, "presence"))
     assert joined["user"]["id"] == watcher_me["id"]
     assert joined["count"] == 1
     me = await _me(address)
     first = await EventStream.open(address, "/rooms/lobby/events")
     second = await EventStream.open(address, "/rooms/lobby/events")
-    event = await _next_of(watcher, "presence")
+    event = await next_of(watcher, "presence")
     assert not event.last_event_id  # ephemeral: no id
-    data = _data(event)
+    data = event_data(event)
     assert data == {
         "room": "lobby",
         "action": "join",
@@ -236,7 +224,7 @@ async def test_presence_joins_with_the_first_stream_and_leaves_after_the_grace(
     assert rooms == [{"name": "lobby", "members": 2}]
     await first.close()
     await second.close()
-    left = _data(await _next_of(watcher, "presence"))
+    left = event_data(await next_of(watcher, "presence"))
     assert left["action"] == "leave"
     assert left["user"]["id"] == me["id"]
     assert left["count"] == 1
@@ -250,10 +238,10 @@ async def test_a_reconnect_within_the_grace_neither_leaves_nor_joins(
     server = await make_server(presence_grace_s=60.0)
     address = server.address
     watcher = await EventStream.open(address, "/rooms/lobby/events", jar=CookieJar())
-    await _next_of(watcher, "presence")
+    await next_of(watcher, "presence")
     await _me(address)  # the person's cookie, so both streams below are one person
     person = await EventStream.open(address, "/rooms/lobby/events")
-    assert _data(await _next_of(watcher, "presence"))["action"] == "join"
+    assert event_data(await next_of(watcher, "presence"))["action"] == "join"
     await person.close()
     await wait_until(lambda: len(server.streams) == 1, what="the stream to close")
     again = await EventStream.open(address, "/rooms/lobby/events")
@@ -272,29 +260,29 @@ async def test_typing_is_ephemeral_and_throttled(make_server: MakeServer) -> Non
     address = server.address
     me = await _me(address)
     stream = await EventStream.open(address, "/rooms/lobby/events", jar=CookieJar())
-    await _next_of(stream, "presence")
+    await next_of(stream, "presence")
     first = await _post(address, "/rooms/lobby/typing", {})
     assert first.status == 202
     assert json_object(first) == {"published": True}
     throttled = await _post(address, "/rooms/lobby/typing", {})
     assert throttled.status == 202
     assert json_object(throttled) == {"published": False}
-    typing = await _next_of(stream, "typing")
+    typing = await next_of(stream, "typing")
     assert not typing.last_event_id
-    assert _data(typing) == {"room": "lobby", "user": {"id": me["id"], "name": me["name"]}}
+    assert event_data(typing) == {"room": "lobby", "user": {"id": me["id"], "name": me["name"]}}
     posted = json_object(await _post(address, "/rooms/lobby/messages", {"text": "after"}))
-    message = await _next_of(stream, "message")  # the throttled one published nothing
-    assert _data(message)["id"] == posted["id"]
+    message = await next_of(stream, "message")  # the throttled one published nothing
+    assert event_data(message)["id"] == posted["id"]
     # Resuming from before the typing replays the messages only.
     await _post(address, "/rooms/lobby/messages", {"text": "later"})
-    await _next_of(stream, "message")
+    await next_of(stream, "message")
     await stream.close()
     resumed = await EventStream.open(
         address, "/rooms/lobby/events", [("last-event-id", message.last_event_id)], jar=CookieJar()
     )
     replayed = await resumed.next_event()
     assert replayed.type == "message"
-    assert _data(replayed)["text"] == "later"
+    assert event_data(replayed)["text"] == "later"
     await resumed.close()
 
 
@@ -344,7 +332,7 @@ async def test_a_resume_past_the_rooms_history_gets_a_gap(make_server: MakeServe
     address = server.address
     stream = await EventStream.open(address, "/rooms/lobby/events", jar=CookieJar())
     await _post(address, "/rooms/lobby/messages", {"text": "first"})
-    first = await _next_of(stream, "message")
+    first = await next_of(stream, "message")
     for i in range(4):
         await _post(address, "/rooms/lobby/messages", {"text": f"later {i}"})
     await stream.close()
@@ -353,8 +341,8 @@ async def test_a_resume_past_the_rooms_history_gets_a_gap(make_server: MakeServe
     )
     gap = await resumed.next_event()
     assert gap.type == "gap"
-    replayed = [await _next_of(resumed, "message") for _ in range(2)]
-    assert [_data(e)["text"] for e in replayed] == ["later 2", "later 3"]
+    replayed = [await next_of(resumed, "message") for _ in range(2)]
+    assert [event_data(e)["text"] for e in replayed] == ["later 2", "later 3"]
     await resumed.close()
 
 
@@ -370,7 +358,7 @@ async def test_a_seed_post_with_an_accounts_cookie_shows_the_account(
     assert me["kind"] == "account"
     lobby = await EventStream.open(address, "/rooms/lobby/events", jar=CookieJar())
     assert (await post_message(address, "as an account")).status == 200
-    data = _data(await _next_of(lobby, "message"))
+    data = event_data(await next_of(lobby, "message"))
     # Named by the account, never by its sign-in (which `Gate.peek` alone would give).
     assert data["from"] == {"id": me["id"], "name": me["name"]}
     await lobby.close()
@@ -390,6 +378,6 @@ async def test_messages_posted_at_once_are_all_kept_in_order(make_server: MakeSe
     assert sorted(m["text"] for m in kept) == sorted([*texts, *(f"seed {i}" for i in range(20))])
     ids = [int(m["id"]) for m in kept]
     assert ids == sorted(set(ids))
-    live = [_data(await _next_of(stream, "message")) for _ in range(60)]
+    live = [event_data(await next_of(stream, "message")) for _ in range(60)]
     assert sorted(m["text"] for m in live) == sorted(m["text"] for m in kept)
     await stream.close()

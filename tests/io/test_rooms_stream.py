@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sse.protocol.sse import DecodedEvent
-from tests.support.client import CookieJar, EventStream, json_object, request
+from tests.support.client import CookieJar, EventStream, event_data, json_object, request
 from tests.support.servers import MakeServer
 
 Address = tuple[str, int]
 _JSON = [("content-type", "application/json")]
-
-
-def _data(event: DecodedEvent) -> dict[str, Any]:
-    payload = json.loads(event.data)
-    assert isinstance(payload, dict)
-    return payload
 
 
 async def _next_of(stream: EventStream, kind: str) -> DecodedEvent:
@@ -53,10 +46,10 @@ async def test_a_stream_makes_its_person_present_in_each_room_until_it_closes(
     me = await _me(address)
     stream = await EventStream.open(address, "/stream?ch=room:lobby&ch=room:general")
     assert stream.status == 200
-    joined = _data(await _next_of(watcher, "presence"))
+    joined = event_data(await _next_of(watcher, "presence"))
     assert (joined["action"], joined["user"]["id"], joined["count"]) == ("join", me["id"], 2)
     # The stream hears its own joins too, each tagged with its channel.
-    own = {_data(await _next_of(stream, "presence"))["channel"] for _ in range(2)}
+    own = {event_data(await _next_of(stream, "presence"))["channel"] for _ in range(2)}
     assert own == {"room:lobby", "room:general"}
     lobby = json_object(await request(address, "GET", "/rooms/lobby/presence", jar=watcher_jar))
     assert [u["id"] for u in lobby["users"]] == [me["id"]]
@@ -64,9 +57,9 @@ async def test_a_stream_makes_its_person_present_in_each_room_until_it_closes(
         address, "POST", "/rooms/general/messages", _JSON, b'{"text": "hi"}', jar=watcher_jar
     )
     assert posted.status == 201
-    message = _data(await _next_of(stream, "message"))
+    message = event_data(await _next_of(stream, "message"))
     assert (message["channel"], message["text"]) == ("room:general", "hi")
     await stream.close()
-    left = _data(await _next_of(watcher, "presence"))
+    left = event_data(await _next_of(watcher, "presence"))
     assert (left["action"], left["user"]["id"], left["count"]) == ("leave", me["id"], 1)
     await watcher.close()

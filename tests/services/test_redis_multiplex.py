@@ -14,7 +14,7 @@ from typing import Any
 
 from sse.io.server import Server
 from sse.protocol.sse import DecodedEvent
-from tests.support.client import EventStream, json_object, request
+from tests.support.client import EventStream, event_data, json_object, request
 from tests.support.redis_server import RedisServer
 from tests.support.servers import MakeServer
 
@@ -71,16 +71,10 @@ def _target(*channels: str) -> str:
     return "/stream?" + "&".join(f"ch={c}" for c in channels)
 
 
-def _data(event: DecodedEvent) -> dict[str, Any]:
-    payload = json.loads(event.data)
-    assert isinstance(payload, dict)
-    return payload
-
-
 def _by_channel(events: list[DecodedEvent]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for event in events:
-        data = _data(event)
+        data = event_data(event)
         out.setdefault(data.pop("channel"), []).append(
             event.type + " " + json.dumps(data, sort_keys=True)
         )
@@ -100,7 +94,7 @@ async def _until(stream: EventStream, wanted: dict[str, int]) -> list[DecodedEve
             continue
         seen.append(event)
         if event.type in ("done", "message"):
-            counts[_data(event)["channel"]] += 1
+            counts[event_data(event)["channel"]] += 1
     return seen
 
 
@@ -157,7 +151,7 @@ async def test_a_composite_id_from_one_node_resumes_every_channel_on_the_other(
     assert "gap" not in [e.type for e in missed]
     assert _by_channel([*before, *missed]) == _by_channel(reference)
     await _say(b, "lobby", "live")
-    assert _data(await _next(back))["text"] == "live"
+    assert event_data(await _next(back))["text"] == "live"
     await whole.close()
     await back.close()
 
@@ -180,15 +174,15 @@ async def test_a_gap_only_for_the_channel_whose_redis_history_ran_out(
         a.address, _target(*channels), [("last-event-id", seen.last_event_id)]
     )
     first = await _next(back)
-    assert (first.type, _data(first)["channel"]) == ("gap", "room:busy")
-    assert "no longer kept" in _data(first)["message"]
+    assert (first.type, event_data(first)["channel"]) == ("gap", "room:busy")
+    assert "no longer kept" in event_data(first)["message"]
     rest = []
-    while not rest or _data(rest[-1])["text"] != "m299":
+    while not rest or event_data(rest[-1])["text"] != "m299":
         rest.append(await _next(back))
-    assert all(_data(e)["channel"] == "room:busy" for e in rest)
+    assert all(event_data(e)["channel"] == "room:busy" for e in rest)
     # The quiet room lost nothing: its one missed event, with no gap.
     quiet = await _next(back)
-    assert (quiet.type, _data(quiet)["text"], _data(quiet)["channel"]) == (
+    assert (quiet.type, event_data(quiet)["text"], event_data(quiet)["channel"]) == (
         "message",
         "missed",
         "room:quiet",
@@ -225,7 +219,7 @@ async def test_live_events_while_the_channels_attach_are_neither_lost_nor_double
     sent = await task
     for resumer in resumers:
         got = await _events(resumer, len(sent))
-        texts = [_data(e)["text"] for e in got]
+        texts = [event_data(e)["text"] for e in got]
         assert sorted(texts) == sorted(sent)  # each once
         for room in "xy":  # and each channel in its order
             assert [t for t in texts if t[0] == room] == [s for s in sent if s[0] == room]

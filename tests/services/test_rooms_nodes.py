@@ -16,6 +16,7 @@ from tests.support.client import (
     CookieJar,
     EventStream,
     Response,
+    event_data,
     json_object,
     post_message,
     request,
@@ -34,12 +35,6 @@ async def _post(address: Address, target: str, payload: object, **kw: Any) -> Re
 
 async def _me(address: Address, **kw: Any) -> dict[str, Any]:
     return json_object(await request(address, "GET", "/me", **kw))
-
-
-def _data(event: DecodedEvent) -> dict[str, Any]:
-    payload = json.loads(event.data)
-    assert isinstance(payload, dict)
-    return payload
 
 
 async def _next_of(stream: EventStream, kind: str, timeout: float = 15.0) -> DecodedEvent:
@@ -64,11 +59,11 @@ async def test_presence_joins_and_leaves_across_nodes(
         for node in (a, b)
     ]
     for watcher in watchers:
-        assert _data(await _next_of(watcher, "presence"))["count"] == 1
+        assert event_data(await _next_of(watcher, "presence"))["count"] == 1
     me = await _me(b.address)  # one guest on every node: they share the session secret
     on_b = await EventStream.open(b.address, "/rooms/lobby/events")
     for watcher in watchers:
-        data = _data(await _next_of(watcher, "presence"))
+        data = event_data(await _next_of(watcher, "presence"))
         assert data == {
             "room": "lobby",
             "action": "join",
@@ -92,7 +87,7 @@ async def test_presence_joins_and_leaves_across_nodes(
     await on_b.close()
     await on_a.close()
     for watcher in watchers:
-        left = _data(await _next_of(watcher, "presence"))
+        left = event_data(await _next_of(watcher, "presence"))
         assert left["action"] == "leave"
         assert left["user"]["id"] == me["id"]
         assert left["count"] == 1
@@ -108,12 +103,12 @@ async def test_a_killed_nodes_people_leave_after_its_lease(
     await _next_of(watcher, "presence")
     me = await _me(b.address)
     doomed = await EventStream.open(b.address, "/rooms/lobby/events")
-    joined = _data(await _next_of(watcher, "presence"))
+    joined = event_data(await _next_of(watcher, "presence"))
     assert joined["action"] == "join"
     assert joined["user"]["id"] == me["id"]
     b.proc.send_signal(signal.SIGKILL)
     b.proc.wait(5)
-    left = _data(await _next_of(watcher, "presence"))
+    left = event_data(await _next_of(watcher, "presence"))
     assert left["action"] == "leave"
     assert left["user"]["id"] == me["id"]
     assert left["count"] == 1
@@ -137,11 +132,11 @@ async def test_typing_crosses_nodes_throttled_once_for_all(
     assert json_object(again) == {"published": False}
     typing = await _next_of(watcher, "typing")
     assert not typing.last_event_id
-    assert _data(typing)["user"] == {"id": me["id"], "name": me["name"]}
+    assert event_data(typing)["user"] == {"id": me["id"], "name": me["name"]}
     # Not kept in Redis's history: a resume from before it replays only messages.
     first = json_object(await _post(b.address, "/rooms/lobby/messages", {"text": "one"}))
     one = await _next_of(watcher, "message")
-    assert _data(one)["id"] == first["id"]
+    assert event_data(one)["id"] == first["id"]
     await _post(b.address, "/rooms/lobby/typing", {}, jar=CookieJar())
     await _post(b.address, "/rooms/lobby/messages", {"text": "two"})
     await _next_of(watcher, "message")
@@ -150,7 +145,7 @@ async def test_typing_crosses_nodes_throttled_once_for_all(
     )
     replayed = await resumed.next_event(15.0)
     assert replayed.type == "message"
-    assert _data(replayed)["text"] == "two"
+    assert event_data(replayed)["text"] == "two"
     await resumed.close()
     await watcher.close()
 
@@ -196,7 +191,7 @@ async def test_presence_catches_up_after_a_redis_outage(
     during = await EventStream.open(node.address, "/rooms/lobby/events")
     assert during.status == 200
     redis_server.start()
-    joined = _data(await _next_of(watcher, "presence", timeout=30.0))
+    joined = event_data(await _next_of(watcher, "presence", timeout=30.0))
     assert joined["action"] == "join"
     assert joined["user"]["id"] == me["id"]
     assert joined["count"] == 2

@@ -307,6 +307,18 @@ def json_object(response: Response) -> dict[str, Any]:
     return payload
 
 
+def event_data(event: DecodedEvent) -> dict[str, Any]:
+    """An event's data, which must be a JSON object."""
+    payload = json.loads(event.data)
+    assert isinstance(payload, dict)
+    return payload
+
+
+async def next_of(stream: EventStream, kind: str, timeout: float = 10.0) -> DecodedEvent:
+    """The next event of type `kind`, skipping the others."""
+    return (await events_until(stream, kind, timeout))[-1]
+
+
 async def events_until(stream: EventStream, kind: str, timeout: float = 10.0) -> list[DecodedEvent]:
     """Events up to and including the first of type `kind`."""
     seen: list[DecodedEvent] = []
