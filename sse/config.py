@@ -624,6 +624,15 @@ class Config:
         "office behind one NAT is one address)",
         _PER_CLIENT,
     )
+    cap_retry_s: float = _opt(
+        15.0,
+        "--cap-retry",
+        "how long a stream refused for a cap that is full (--streams-per-identity, "
+        "--streams-per-ip) is told to wait before it reconnects (its `retry:`, jittered), "
+        "and a POST over --replies-at-once its Retry-After",
+        _PER_CLIENT,
+        metavar="SECONDS",
+    )
     stream_opens_per_s: float = _opt(
         20.0,
         "--stream-opens-per-second",
@@ -723,6 +732,7 @@ class Config:
             "replies_at_once": self.replies_at_once,
             "streams_per_identity": self.streams_per_identity,
             "streams_per_ip": self.streams_per_ip,
+            "cap_retry_s": self.cap_retry_s,
             "stream_opens_per_s": self.stream_opens_per_s,
             "requests_per_s": self.requests_per_s,
             "guests_per_min": self.guests_per_min,

@@ -108,6 +108,7 @@ class Limits:
             "replies_at_once": config.replies_at_once,
         }
         self._daily = (config.model_daily_tokens, config.model_guest_daily_tokens)
+        self._cap_retry_s = config.cap_retry_s
         self._rates = LocalRates()
         self._open = LocalCaps()
         self._tokens: dict[tuple[str, str], int] = {}
@@ -218,7 +219,7 @@ class Limits:
         held: list[tuple[str, str, str]] = []
         for cap, client in caps:
             if not self._open.acquire(cap, client, member, self._caps[cap]):
-                refusal = self._verdict(cap, CAP_LEASE_S / 4)
+                refusal = self._verdict(cap, self._cap_retry_s)
                 if refusal is not None:
                     for taken in held:
                         self._open.release(*taken)
@@ -236,7 +237,7 @@ class Limits:
         try:
             for cap, client in caps:
                 if not await shared.acquire(cap, client, member, self._caps[cap]):
-                    refusal = self._verdict(cap, CAP_LEASE_S / 4)
+                    refusal = self._verdict(cap, self._cap_retry_s)
                     if refusal is not None:
                         for taken in held:
                             self.release(*taken)

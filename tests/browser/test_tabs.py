@@ -27,7 +27,7 @@ from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, e
 from sse.protocol.multiplex import fingerprint, parse_composite
 from tests.browser.test_chat import _conversation_id, _open_chat, _replies, _send
 from tests.browser.test_identity import _WATCH_CSP, _wait_for_name
-from tests.browser.test_limits import BUSY_NOTICE, CAP_RETRY_TIMEOUT_MS, _held_stream
+from tests.browser.test_limits import BUSY_NOTICE, CAP_RETRY, CAP_RETRY_TIMEOUT_MS, _held_stream
 from tests.browser.test_room import FAST_RETRY
 from tests.support.browser import token
 from tests.support.servers import ServerProcess
@@ -402,7 +402,7 @@ def test_the_page_writes_composite_ids_as_the_server_reads_them_and_keeps_16_cha
 def test_a_shared_stream_over_the_cap_says_busy_in_every_tab_and_comes_back_by_itself(
     person: OpenBrowser, spawn: Callable[..., ServerProcess]
 ) -> None:
-    server = spawn("--limits", "on", "--streams-per-ip", "1", *FAST_RETRY)
+    server = spawn("--limits", "on", "--streams-per-ip", "1", *CAP_RETRY, *FAST_RETRY)
     with _held_stream(server):
         first = person(server)
         second = _tab(first)
