@@ -7,7 +7,7 @@ the lobby is a row from the start.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg 0.32 ships no type hints
@@ -110,6 +110,30 @@ class PostgresRooms:
                 at,
             )
         return None if found is None else RoomMessage(found, room, text, sender, at)
+
+    async def add_room_messages(
+        self, room: str, messages: Sequence[tuple[str, Sender]]
+    ) -> list[RoomMessage | None]:
+        """One transaction for all of them (the seed's posts, kept behind their answers)."""
+        at = time.time()
+        kept: list[RoomMessage | None] = []
+        with self._health.watch(self._unavailable, write=True):
+            async with self._pool().acquire() as conn, conn.transaction():
+                for text, sender in messages:
+                    text, sender = _text(text), Sender(_text(sender.id), _text(sender.name))
+                    found = await conn.fetchval(
+                        "INSERT INTO room_messages (room, text, from_id, from_name, at) "
+                        "SELECT name, $2, $3, $4, $5 FROM rooms WHERE name = $1 RETURNING id",
+                        room,
+                        text,
+                        sender.id,
+                        sender.name,
+                        at,
+                    )
+                    kept.append(
+                        None if found is None else RoomMessage(found, room, text, sender, at)
+                    )
+        return kept
 
     async def room_messages(self, room: str, before: int | None, limit: int) -> list[RoomMessage]:
         """Newest first from the index, then turned oldest first."""

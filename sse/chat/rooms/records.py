@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -87,6 +88,12 @@ class RoomStore(Protocol):
 
     async def add_room_message(self, room: str, text: str, sender: Sender) -> RoomMessage | None:
         """Keep a new message of `room`, now; None when there is no such room."""
+        ...
+
+    async def add_room_messages(
+        self, room: str, messages: Sequence[tuple[str, Sender]]
+    ) -> list[RoomMessage | None]:
+        """Keep several new messages of `room` at once, in order; None for each if no such room."""
         ...
 
     async def room_messages(self, room: str, before: int | None, limit: int) -> list[RoomMessage]:

@@ -46,7 +46,7 @@ class SeedPosts:
         publish: Callable[[RoomMessage], None],
         spawn: Callable[[Coroutine[Any, Any, None]], object],
         *,
-        max_queued: int = 10_000,
+        max_queued: int = 50_000,  # about 10 MB of posts
     ) -> None:
         self._store = store
         self._publish = publish
@@ -82,23 +82,18 @@ class SeedPosts:
         try:
             while self._queued:
                 batch, self._queued = self._queued[:_BATCH], self._queued[_BATCH:]
-                # Concurrent calls: the SQLite store writes them as one transaction.
-                results = await asyncio.gather(
-                    *(self._store.add_room_message(LOBBY, text, who) for text, who in batch),
-                    return_exceptions=True,
-                )
-                failed = 0
-                for result in results:
-                    if isinstance(result, RoomMessage):
-                        self._publish(result)
-                    elif isinstance(result, BaseException):
-                        failed += 1
-                if failed:
+                try:
+                    kept = await self._store.add_room_messages(LOBBY, batch)
+                except Exception as exc:  # any failure: the batch is not kept
                     log.warning(
                         "%d lobby posts were sent but not kept in its scrollback: %s",
-                        failed,
-                        next(r for r in results if isinstance(r, BaseException)),
+                        len(batch),
+                        exc,
                     )
+                    continue
+                for message in kept:
+                    if message is not None:
+                        self._publish(message)
         finally:
             self._writing = None
             writing.set()

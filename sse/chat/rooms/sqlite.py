@@ -11,7 +11,7 @@ import asyncio
 import functools
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from sse.chat.rooms.records import LOBBY, RoomMessage, Sender
 
@@ -121,6 +121,16 @@ class SqliteRooms:
         if self._writer is None:
             self._writer = loop.create_task(self._write_queued())
         return await done
+
+    async def add_room_messages(
+        self, room: str, messages: Sequence[tuple[str, Sender]]
+    ) -> list[RoomMessage | None]:
+        """One transaction for all of them (the seed's posts, kept behind their answers)."""
+        at = time.time()
+        rows = [(room, text, sender, at) for text, sender in messages]
+        stored = await self._run(functools.partial(_insert_all, rows), write=True)
+        assert isinstance(stored, list)
+        return stored
 
     async def _write_queued(self) -> None:
         try:
