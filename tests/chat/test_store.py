@@ -7,8 +7,7 @@ import json
 import sqlite3
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from sse.config import Config
 from sse.errors import StoreError
 from tests.support.client import Response, request, wait_until
 from tests.support.servers import ROOT, ServerProcess
+from tests.support.stores import Backend
 
 JSON = [("content-type", "application/json")]
 # Every migration this release has, as schema_version rows.
@@ -34,54 +34,6 @@ SILENT = {"lease_interval_s": 60.0, "stale_after_s": 120.0}
 # Owners, as the app's principals name them: opaque to the store.
 OWNER = "guest:3f2a"
 OTHER = "account:ab12"
-# schema_version's rows once every migration of this release is applied.
-_ALL_VERSIONS = [(v,) for v in range(1, len(_MIGRATIONS) + 1)]
-
-
-@dataclass
-class Backend:
-    """Stores of one kind on one database (a SQLite file, or a fresh PostgreSQL database)."""
-
-    kind: str
-    target: str  # the file, or the URL
-    stores: list[Store]
-
-    def make(self, **options: Any) -> Store:
-        """A new store (a new node) on the test's database; closed after the test."""
-        store: Store
-        if self.kind == "sqlite":
-            store = SqliteStore(Path(self.target), **options)
-        else:
-            store = PostgresStore(self.target, **options)
-        self.stores.append(store)
-        return store
-
-    async def rows(self, sql: str) -> list[tuple[Any, ...]]:
-        """Run `sql` on the database directly, around the stores; the rows it returns."""
-        if self.kind == "sqlite":
-            db = sqlite3.connect(self.target, isolation_level=None)  # autocommit
-            try:
-                return [tuple(row) for row in db.execute(sql)]
-            finally:
-                db.close()
-        conn = await asyncpg.connect(self.target)
-        try:
-            return [tuple(row) for row in await conn.fetch(sql)]
-        finally:
-            await conn.close()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """Each test once on SQLite and once on PostgreSQL."""
-    if request.param == "sqlite":
-        target = str(tmp_path / "chat.sqlite3")
-    else:
-        target = request.getfixturevalue("postgres_url")
-    found = Backend(request.param, target, [])
-    yield found
-    for store in found.stores:
-        await store.close()
 
 
 def _files(folder: Path) -> list[str]:

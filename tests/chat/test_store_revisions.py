@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from sse.chat.store.base import ConversationSettings, Store
 from sse.errors import NothingToRevise, ReplyInProgress
-from tests.chat.test_store import OTHER, OWNER, Backend
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    """Each test once on SQLite and once on PostgreSQL."""
-    if request.param == "sqlite":
-        target = str(tmp_path / "chat.sqlite3")
-    else:
-        target = request.getfixturevalue("postgres_url")
-    found = Backend(request.param, target, [])
-    yield found
-    for store in found.stores:
-        await store.close()
+from tests.chat.test_store import OTHER, OWNER
+from tests.support.stores import Backend
 
 
 async def _answered(store: Store, *turns: str) -> str:
